@@ -1,0 +1,237 @@
+"""The Python API: ``annotate(input, output, **options)`` and the options it takes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable
+
+from .errors import OptionError, OutputError
+from .media import FileSink, FileSource, check_output_path
+from .models import DEFAULT_MODEL, CamModel, load_model
+from .pipeline import (CamEngine, Rendered, default_batch_size, resolve_device,
+                       resolve_precision, run_stream)
+from .render import Renderer
+from .smoothing import DEFAULT_MARGIN, DEFAULT_TAU, Smoother
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Options:
+    """Every option of ``camvideo IN OUT`` (the CLI's flags, same names).
+
+    Model: ``model``, ``weights``, ``labels``, ``cls`` (``--class``: name or index; None =
+    top-1), ``size`` (input short side). Render: ``topk``, ``colormap``, ``alpha``, ``bbox``,
+    ``bbox_threshold``, ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off),
+    ``smooth_mode``, ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``,
+    ``crf``, ``preset``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
+    ``device``, ``precision``, ``batch_size`` (None = automatic).
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    labels: str | None = None
+    cls: str | int | None = None
+    size: int = 224
+    topk: int = 3
+    colormap: str = "jet"
+    alpha: float = 0.5
+    bbox: bool = False
+    bbox_threshold: float = 0.2
+    layout: str = "overlay"
+    smooth: float = DEFAULT_TAU
+    smooth_mode: str = "causal"
+    switch_margin: float = DEFAULT_MARGIN
+    cut_reset: bool = True
+    motion: bool = True
+    codec: str = "libx264"
+    crf: int = 20
+    preset: str = "veryfast"
+    audio: bool = True
+    json: str | None = None
+    json_cams: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+
+    @classmethod
+    def from_kwargs(klass, **kwargs: object) -> "Options":
+        """Build from keyword options, refusing unknown names with a clear message."""
+        names = {f.name for f in dataclasses.fields(klass)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise OptionError(f"unknown option(s): {', '.join(unknown)}")
+        return klass(**kwargs)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Range checks that need no model (the rest happen where the value is used)."""
+        if not 32 <= self.size <= 2048:
+            raise OptionError(f"--size must be in 32..2048, got {self.size}")
+        if not 0 <= self.crf <= 63:
+            raise OptionError(f"--crf must be in 0..63, got {self.crf}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= 1024:
+            raise OptionError(f"--batch-size must be in 1..1024, got {self.batch_size}")
+        if self.smooth < 0:
+            raise OptionError(f"--smooth must be ≥ 0 seconds, got {self.smooth}")
+        if self.json_cams and not self.json:
+            raise OptionError("--json-cams needs --json PATH")
+
+
+@dataclass
+class Summary:
+    """What a run did."""
+
+    output: str
+    frames: int
+    skipped: int
+    seconds: float
+    json: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+class JsonLinesSink:
+    """JSON Lines sidecar, one object per output frame, written to a temp file and renamed
+    into place on :meth:`close` (:meth:`abort` removes it)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        try:
+            self._fh: IO[str] = open(self.tmp, "w", encoding="utf-8")
+        except OSError as e:
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+
+    def write(self, r: Rendered) -> None:
+        n = r.note
+        rec = {"frame": r.frame.index, "time": round(r.frame.time, 6), "class": n.cls,
+               "label": n.label, "score": round(n.score, 6),
+               "topk": [[i, lab, round(p, 6)] for i, lab, p in n.topk],
+               "peak": list(n.peak), "bbox": list(n.bbox) if n.bbox else None}
+        if n.cam is not None:
+            rec["cam"] = n.cam
+        self._fh.write(json.dumps(rec) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def build_engine(opts: Options, model: CamModel | None = None) -> CamEngine:
+    """Model (loaded unless given), renderer and smoother for ``opts``."""
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
+    if model is None:
+        model = load_model(opts.model, opts.weights, opts.labels, device=device)
+    fixed = model.class_index(opts.cls) if opts.cls is not None else None
+    renderer = Renderer(model.labels, colormap=opts.colormap, alpha=opts.alpha,
+                        topk=opts.topk, bbox=opts.bbox, bbox_threshold=opts.bbox_threshold,
+                        layout=opts.layout, keep_cams=opts.json_cams)
+    smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
+                        switch_margin=opts.switch_margin, motion=opts.motion,
+                        cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
+    return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision)
+
+
+def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
+             progress: Callable[[int, int], None] | None = None,
+             stop: threading.Event | None = None, **options: object) -> Summary:
+    """Annotate a video file: CAM heatmap and top labels on every frame.
+
+    Args:
+        input: video file.
+        output: output file (``.mp4``, ``.mkv``, ``.mov``, ``.webm``, ``.avi``); written
+            to a temporary file and renamed on success.
+        progress: called as ``progress(frames_done, frames_total_or_0)`` after each frame.
+        stop: set it to stop early; the output is then discarded.
+        **options: see :class:`Options`; ``model`` may also be a loaded
+            :class:`CamModel` to reuse (batch jobs load it once).
+
+    Returns:
+        A :class:`Summary`.
+
+    Raises:
+        camvideo.errors.CamVideoError: bad input, output or option (nothing is left behind).
+    """
+    model = options.pop("model", None)
+    if isinstance(model, CamModel):
+        options["model"] = model.name
+    elif model is not None:
+        options["model"] = model
+        model = None
+    opts = Options.from_kwargs(**options)
+    opts.validate()
+    out_path = check_output_path(output, [input], opts.overwrite)
+    if opts.json:
+        check_output_path_json(opts.json, [input, output], opts.overwrite)
+    engine = build_engine(opts, model)
+    t0 = time.monotonic()
+    source = FileSource(input)
+    sink = json_sink = None
+    try:
+        frames = iter(source)
+        first = next(frames)  # decode one frame: size after rotation, fail early
+        h, w = first.image.shape[:2]
+        sink = FileSink(out_path, source.info, engine.renderer.output_size(w, h),
+                        codec=opts.codec, crf=opts.crf, preset=opts.preset,
+                        audio_from=str(input) if opts.audio else None)
+        json_sink = JsonLinesSink(opts.json) if opts.json else None
+        total = source.info.frames
+
+        def consume(r: Rendered) -> None:
+            sink.write(r.image, r.frame.pts, r.frame.time)
+            if json_sink is not None:
+                json_sink.write(r)
+            if progress is not None:
+                progress(r.frame.index + 1, total)
+
+        def all_frames():
+            yield first
+            for f in frames:
+                if f.image.shape[:2] != (h, w):
+                    import cv2
+                    f = type(f)(f.index, cv2.resize(f.image, (w, h)), f.pts, f.time)
+                yield f
+
+        bs = opts.batch_size or default_batch_size(engine.device)
+        stop = stop or threading.Event()
+        n = run_stream(all_frames(), engine, consume, batch_size=bs, stop=stop)
+        if stop.is_set():
+            raise KeyboardInterrupt
+        sink.close()
+        if json_sink is not None:
+            json_sink.close()
+    except BaseException:
+        for s in (sink, json_sink):
+            if s is not None:
+                s.abort()
+        raise
+    finally:
+        source.close()
+    return Summary(str(out_path), n, source.skipped, time.monotonic() - t0, opts.json)
+
+
+def check_output_path_json(path: str | os.PathLike, inputs: list, overwrite: bool) -> None:
+    p = Path(path)
+    for inp in inputs:
+        if Path(inp).resolve() == p.resolve():
+            raise OutputError(f"--json {path} would overwrite {inp}")
+    if p.exists() and not overwrite:
+        raise OutputError(f"output exists: {path} (use -y/--overwrite)")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: folder missing or not writable")

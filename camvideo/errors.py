@@ -1,0 +1,62 @@
+"""Errors a user can cause, and the exit codes the CLI maps them to.
+
+The library raises these; only :mod:`camvideo.cli` turns them into one line on stderr
+and an exit code. Anything else escaping the library is a bug (exit code ``INTERNAL``).
+"""
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of every ``camvideo`` command."""
+
+    OK = 0
+    INTERNAL = 1        #: a bug: an unexpected exception
+    USAGE = 2           #: bad command line or option value (argparse uses 2 too)
+    INPUT = 3           #: missing, unreadable or undecodable input
+    OUTPUT = 4          #: output exists, is the input, or cannot be written
+    MODEL = 5           #: unknown model, bad weights, unsupported head, unknown class
+    PARTIAL = 6         #: batch: some inputs failed, the rest were done
+    SOURCE_LOST = 7     #: live: the camera or stream disappeared or stalled
+    INTERRUPTED = 130   #: Ctrl-C / SIGINT (128 + 2)
+
+
+class CamVideoError(Exception):
+    """Base class of the errors a user can cause; ``str(e)`` is the one line shown."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class OptionError(CamVideoError, ValueError):
+    """An option value is out of range or unknown."""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputError(CamVideoError):
+    """The input is missing, unreadable, not a video, or cannot be decoded."""
+
+    exit_code = ExitCode.INPUT
+
+
+class OutputError(CamVideoError):
+    """The output cannot be written (exists, is the input, disk full, ...)."""
+
+    exit_code = ExitCode.OUTPUT
+
+
+class ModelError(CamVideoError):
+    """The model cannot be built or loaded, or is unsuitable for CAM."""
+
+    exit_code = ExitCode.MODEL
+
+
+class ClassNameError(ModelError):
+    """``--class`` names no class of the model's label set."""
+
+
+class SourceLostError(CamVideoError):
+    """A live source could not be opened, disappeared or stalled."""
+
+    exit_code = ExitCode.SOURCE_LOST

@@ -1,0 +1,416 @@
+"""PyAV sources and sinks: decode frames with their timestamps, encode them back with the
+input's timing, remux (or, where the container refuses the codec, re-encode) the audio.
+
+Every source has one shape: ``open`` in the constructor (raising :class:`InputError`),
+iteration yields :class:`Frame` objects until the end, ``close()`` releases it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from .errors import InputError, OptionError, OutputError
+
+log = logging.getLogger(__name__)
+
+# Audio codecs each output container takes as they are (otherwise: re-encode).
+_AUDIO_COPY = {
+    "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
+    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
+    "matroska": None,  # None: anything
+    "webm": {"opus", "vorbis"},
+}
+_AUDIO_REENCODE = {"webm": "libopus"}
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska",
+            ".webm": "webm", ".avi": "avi"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame.
+
+    Attributes:
+        index: 0-based position in the output.
+        image: ``(H, W, 3)`` uint8 RGB, rotation metadata already applied.
+        pts: presentation timestamp in ``time_base`` units (strictly increasing).
+        time: presentation time in seconds.
+    """
+
+    index: int
+    image: np.ndarray
+    pts: int
+    time: float
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know of an input video.
+
+    ``width``/``height`` are the displayed size (after rotation); ``frames`` is the
+    container's count (may be 0 when unknown); ``fps`` the average rate.
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: Fraction
+    time_base: Fraction
+    frames: int
+    duration: float | None
+    rotation: int
+    codec: str
+    audio_streams: int
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class FileSource:
+    """Decode the first video stream of a file (threaded decoding).
+
+    Undecodable packets are skipped and counted in :attr:`skipped`; a stream that breaks
+    off (truncated file) ends early with a warning. Missing timestamps are filled from the
+    frame rate; non-increasing ones are bumped so the output's are strictly increasing.
+
+    Raises:
+        InputError: missing, unreadable, not a video, or no decodable frame.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0) -> None:
+        self.path = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"input not found: {path}")
+        if p.is_dir():
+            raise InputError(f"input is a directory: {path}")
+        if not os.access(p, os.R_OK):
+            raise InputError(f"input is not readable: {path}")
+        if p.stat().st_size == 0:
+            raise InputError(f"input is empty (0 bytes): {path}")
+        try:
+            self._container = av.open(self.path, "r", timeout=30.0)
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise InputError(f"not a readable video: {path}: {_first_line(e)}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise InputError(f"no video stream in {path}")
+        self._stream = vs = self._container.streams.video[0]
+        vs.thread_type = "AUTO"
+        vs.codec_context.thread_count = threads
+        cc = vs.codec_context
+        if not cc.width or not cc.height:
+            self._container.close()
+            raise InputError(f"video stream of {path} has no frame size (corrupt header?)")
+        fps = vs.average_rate or vs.guessed_rate or vs.base_rate or Fraction(30)
+        tb = vs.time_base or Fraction(1, 90000)
+        duration = float(vs.duration * tb) if vs.duration else (
+            self._container.duration / 1e6 if self._container.duration else None)
+        self.skipped = 0
+        self._rotation = 0
+        self._next_index = 0
+        self._closed = False
+        self.info = VideoInfo(path=self.path, width=cc.width, height=cc.height,
+                              fps=Fraction(fps), time_base=Fraction(tb),
+                              frames=int(vs.frames or 0), duration=duration, rotation=0,
+                              codec=cc.name, audio_streams=len(self._container.streams.audio))
+
+    def _packets(self) -> Iterator[av.Packet]:
+        try:
+            yield from self._container.demux(self._stream)
+        except av.FFmpegError as e:
+            log.warning("%s: stream broke off after %d frames (%s)", self.path,
+                        self._next_index, _first_line(e))
+
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        for packet in self._packets():
+            try:
+                yield from packet.decode()
+            except av.FFmpegError as e:
+                self.skipped += 1
+                log.debug("skipping undecodable packet: %s", _first_line(e))
+
+    def __iter__(self) -> Iterator[Frame]:
+        tb = self.info.time_base
+        step = max(1, round(1 / (self.info.fps * tb))) if self.info.fps else 1
+        last_pts: int | None = None
+        for vf in self._decoded():
+            pts = vf.pts
+            if pts is None:
+                pts = 0 if last_pts is None else last_pts + step
+            elif last_pts is not None and pts <= last_pts:
+                pts = last_pts + 1
+            last_pts = pts
+            try:
+                image = vf.to_ndarray(format="rgb24")
+            except (av.FFmpegError, ValueError) as e:
+                self.skipped += 1
+                log.debug("skipping unconvertible frame: %s", _first_line(e))
+                continue
+            rot = int(getattr(vf, "rotation", 0) or 0) % 360
+            if rot:
+                image = np.ascontiguousarray(np.rot90(image, k=rot // 90))
+            self._rotation = rot
+            yield Frame(self._next_index, image, int(pts), float(pts * tb))
+            self._next_index += 1
+        if self.skipped:
+            log.warning("%s: %d undecodable packets/frames skipped", self.path, self.skipped)
+        if self._next_index == 0:
+            raise InputError(f"no decodable video frame in {self.path}")
+
+    def display_size(self) -> tuple[int, int]:
+        """``(W, H)`` as displayed, from the first frame's rotation (call after it)."""
+        w, h = self.info.width, self.info.height
+        return (h, w) if self._rotation in (90, 270) else (w, h)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._container.close()
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike],
+                      overwrite: bool) -> Path:
+    """Refuse outputs that are an input (also through links), exist without ``overwrite``,
+    have no known container extension, or lie in a missing/unwritable folder."""
+    out = Path(output)
+    for inp in inputs:
+        same = out.exists() and Path(inp).exists() and os.path.samefile(out, inp)
+        if same or out.resolve() == Path(inp).resolve():
+            raise OutputError(f"output {output} is the input; choose another name")
+    if out.suffix.lower() not in _FORMATS:
+        raise OutputError(f"unknown output container {out.suffix or '(none)'!r}; "
+                          f"use one of {', '.join(sorted(_FORMATS))}")
+    if out.is_dir():
+        raise OutputError(f"output is a directory: {output}")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output exists: {output} (use -y/--overwrite)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder is not writable: {parent}")
+    return out
+
+
+def _temp_path(out: Path) -> Path:
+    return out.with_name(f".{out.stem}.{os.getpid()}.{threading.get_ident() % 100000}"
+                         f".partial{out.suffix}")
+
+
+class FileSink:
+    """Encode frames to a file with the input's timing and audio.
+
+    Writes to a hidden temporary file beside the output and renames it on :meth:`close`;
+    :meth:`abort` (or any error) removes it, so a failed run leaves nothing half written.
+
+    Args:
+        output: destination path (container from its extension).
+        info: the input's :class:`VideoInfo` (time base, rate).
+        size: ``(W, H)`` of the frames that will be written.
+        codec: video encoder name (``libx264``, ``h264_nvenc``, ``libx265``, ...).
+        crf: constant rate factor (quality) for encoders that have one.
+        preset: encoder speed preset.
+        audio_from: file whose audio streams are copied (None: no audio).
+    """
+
+    def __init__(self, output: str | os.PathLike, info: VideoInfo, size: tuple[int, int], *,
+                 codec: str = "libx264", crf: int = 20, preset: str = "veryfast",
+                 audio_from: str | None = None) -> None:
+        self.output = Path(output)
+        self.fmt = _FORMATS[self.output.suffix.lower()]
+        self.tmp = _temp_path(self.output)
+        self.frames = 0
+        self._done = False
+        try:
+            self._container = av.open(str(self.tmp), "w", format=self.fmt)
+        except (av.FFmpegError, OSError) as e:
+            raise OutputError(f"cannot write {output}: {_first_line(e)}") from None
+        try:
+            self._stream = self._add_video(codec, info, size, crf, preset)
+            self._audio = _AudioRemuxer(audio_from, self._container, self.fmt) \
+                if audio_from and info.audio_streams else None
+        except BaseException:
+            self.abort()
+            raise
+
+    def _add_video(self, codec: str, info: VideoInfo, size: tuple[int, int], crf: int,
+                   preset: str) -> av.video.stream.VideoStream:
+        w, h = size
+        try:
+            av.codec.Codec(codec, "w")
+        except (av.FFmpegError, ValueError):
+            raise OptionError(f"unknown video encoder {codec!r}") from None
+        rate = info.fps if info.fps and info.fps > 0 else Fraction(30)
+        for attempt in (codec, "libx264"):
+            stream = self._container.add_stream(attempt, rate=rate)
+            formats = {f.name for f in (stream.codec_context.codec.video_formats or [])}
+            odd = w % 2 or h % 2
+            pix = "yuv420p" if "yuv420p" in formats or not formats else sorted(formats)[0]
+            if odd and "yuv444p" in formats:
+                pix = "yuv444p"  # 4:2:0 needs even sizes; 4:4:4 keeps the input's size
+            elif odd:
+                raise OptionError(f"encoder {attempt} cannot encode the odd size {w}x{h}")
+            stream.width, stream.height, stream.pix_fmt = w, h, pix
+            stream.time_base = info.time_base
+            stream.codec_context.time_base = info.time_base
+            stream.codec_context.thread_type = "FRAME"
+            opts = {}
+            if attempt in ("libx264", "libx265"):
+                opts = {"crf": str(crf), "preset": preset}
+            elif attempt.startswith(("libvpx", "libaom")):
+                opts = {"crf": str(crf), "b": "0"}
+            elif "nvenc" in attempt:
+                opts = {"cq": str(crf), "preset": "p4"}
+            stream.codec_context.options = opts
+            try:
+                stream.codec_context.open()
+                return stream
+            except av.FFmpegError as e:
+                if attempt == "libx264":
+                    raise OutputError(f"cannot open encoder {attempt}: {_first_line(e)}"
+                                      ) from None
+                log.warning("encoder %s unavailable (%s); falling back to libx264",
+                            attempt, _first_line(e))
+                self._container.close()
+                self._container = av.open(str(self.tmp), "w", format=self.fmt)
+        raise AssertionError("unreachable")
+
+    def write(self, image: np.ndarray, pts: int, time: float) -> None:
+        """Encode one ``(H, W, 3)`` uint8 RGB frame at ``pts`` (input time base)."""
+        if self._audio is not None:
+            self._audio.mux_until(time)
+        vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+        vf.pts = pts
+        vf.time_base = self._stream.codec_context.time_base
+        try:
+            for packet in self._stream.encode(vf):
+                self._container.mux(packet)
+        except (av.FFmpegError, OSError) as e:
+            raise OutputError(f"cannot write {self.output}: {_first_line(e)}") from None
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush, finish the audio, close and rename into place."""
+        if self._done:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._audio.mux_until(float("inf"))
+            self._container.close()
+        except (av.FFmpegError, OSError) as e:
+            self.abort()
+            raise OutputError(f"cannot write {self.output}: {_first_line(e)}") from None
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        if self._audio is not None:
+            self._audio.close()
+        os.replace(self.tmp, self.output)
+        log.info("wrote %s (%d frames)", self.output, self.frames)
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        self._done = True
+        for closer in (getattr(self, "_container", None),
+                       getattr(self, "_audio", None)):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:  # noqa: BLE001 - already failing; just clean up
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+
+class _AudioRemuxer:
+    """Copies the audio packets of ``path`` into ``out`` as the video advances, or
+    re-encodes them (AAC, or Opus for WebM) where the container refuses the codec."""
+
+    def __init__(self, path: str, out: av.container.OutputContainer, fmt: str) -> None:
+        self._in = av.open(path, "r")
+        self._pairs: dict[int, tuple[av.stream.Stream, bool]] = {}
+        allowed = _AUDIO_COPY.get(fmt, None)
+        for ins in self._in.streams.audio:
+            name = ins.codec_context.name
+            if allowed is None or name in allowed:
+                outs = out.add_stream_from_template(ins)
+                self._pairs[ins.index] = (outs, True)
+            else:
+                enc = _AUDIO_REENCODE.get(fmt, "aac")
+                rate = ins.codec_context.sample_rate or 48000
+                outs = out.add_stream(enc, rate=rate, layout=ins.codec_context.layout)
+                self._pairs[ins.index] = (outs, False)
+                log.info("audio %s cannot go into %s as is; re-encoding to %s", name, fmt,
+                         enc)
+        self._out = out
+        self._packets = self._in.demux(list(self._in.streams.audio))
+        self._pending: av.Packet | None = None
+        self._ended = False
+
+    def mux_until(self, t: float) -> None:
+        """Mux every audio packet that starts before ``t`` seconds."""
+        while not self._ended:
+            pkt = self._pending or self._next()
+            if pkt is None:
+                break
+            if pkt.pts is not None and pkt.time_base is not None and \
+                    float(pkt.pts * pkt.time_base) > t:
+                self._pending = pkt
+                return
+            self._pending = None
+            self._mux(pkt)
+        if self._ended:
+            for outs, copy in self._pairs.values():
+                if not copy:
+                    for p in outs.encode(None):
+                        self._out.mux(p)
+                    self._pairs = {k: v for k, v in self._pairs.items() if v[0] is not outs}
+
+    def _next(self) -> av.Packet | None:
+        try:
+            pkt = next(self._packets)
+        except StopIteration:
+            self._ended = True
+            return None
+        except av.FFmpegError as e:
+            log.warning("audio stream broke off: %s", _first_line(e))
+            self._ended = True
+            return None
+        return pkt
+
+    def _mux(self, pkt: av.Packet) -> None:
+        outs, copy = self._pairs[pkt.stream.index]
+        if copy:
+            if pkt.dts is None:
+                return  # demuxer's flush packet
+            pkt.stream = outs
+            self._out.mux(pkt)
+            return
+        try:
+            for frame in pkt.decode():
+                frame.pts = None
+                for p in outs.encode(frame):
+                    self._out.mux(p)
+        except av.FFmpegError as e:
+            log.debug("skipping undecodable audio packet: %s", _first_line(e))
+
+    def close(self) -> None:
+        self._in.close()

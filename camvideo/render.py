@@ -1,0 +1,191 @@
+"""Rendering: colormap, alpha blend, labels and boxes.
+
+Colouring and blending are tensor work on the frames' device (one uint8 copy back per
+batch); only text and rectangles are drawn on the CPU, last.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .cam import paper_bbox
+from .errors import OptionError
+
+log = logging.getLogger(__name__)
+
+COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
+             for name in dir(cv2) if name.startswith("COLORMAP_")}
+LAYOUTS = ("overlay", "side")
+
+
+def colormap_lut(name: str) -> Tensor:
+    """``(256, 3)`` uint8 RGB lookup table of an OpenCV colormap (``jet``, ``turbo``, ...).
+
+    Raises:
+        OptionError: unknown name (the message lists the known ones).
+    """
+    key = name.lower()
+    if key not in COLORMAPS:
+        raise OptionError(f"unknown colormap {name!r}; choose from "
+                          f"{', '.join(sorted(COLORMAPS))}")
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    bgr = cv2.applyColorMap(ramp, COLORMAPS[key]).reshape(256, 3)
+    return torch.from_numpy(np.ascontiguousarray(bgr[:, ::-1]))
+
+
+@dataclass
+class Annotation:
+    """What was drawn on one output frame (the JSON sidecar's record).
+
+    ``peak`` is ``(x, y)`` and ``bbox`` ``(x0, y0, x1, y1)`` in output-frame pixels;
+    ``cam`` the rendered map at feature resolution, values in ``[0, 1]`` (when asked).
+    """
+
+    cls: int
+    label: str
+    score: float
+    topk: list[tuple[int, str, float]]
+    peak: tuple[int, int]
+    bbox: tuple[int, int, int, int] | None
+    cam: list[list[float]] | None = field(default=None)
+
+
+class Renderer:
+    """Blend maps over frames and draw the top labels.
+
+    Args:
+        labels: class names.
+        colormap: OpenCV colormap name.
+        alpha: heatmap opacity in ``[0, 1]``.
+        topk: number of labels drawn (0: none).
+        bbox: draw the paper's box.
+        bbox_threshold: box threshold as a fraction of the map's maximum, in ``(0, 1]``.
+        layout: ``overlay`` (heatmap over the frame) or ``side`` (original | overlay).
+        keep_cams: put the rendered map in each :class:`Annotation`.
+    """
+
+    def __init__(self, labels: list[str], *, colormap: str = "jet", alpha: float = 0.5,
+                 topk: int = 3, bbox: bool = False, bbox_threshold: float = 0.2,
+                 layout: str = "overlay", keep_cams: bool = False) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise OptionError(f"alpha must be in [0, 1], got {alpha}")
+        if topk < 0 or topk > len(labels):
+            raise OptionError(f"topk must be in 0..{len(labels)}, got {topk}")
+        if not 0.0 < bbox_threshold <= 1.0:
+            raise OptionError(f"bbox threshold must be in (0, 1], got {bbox_threshold}")
+        if layout not in LAYOUTS:
+            raise OptionError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.labels = labels
+        self.lut = colormap_lut(colormap)
+        self.alpha = alpha
+        self.topk = topk
+        self.bbox = bbox
+        self.bbox_threshold = bbox_threshold
+        self.layout = layout
+        self.keep_cams = keep_cams
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(W, H)`` of rendered frames for input frames of ``width × height``."""
+        return (2 * width if self.layout == "side" else width), height
+
+    @torch.inference_mode()
+    def render(self, frames: Tensor, maps: Tensor, probs: Tensor,
+               classes: Tensor) -> tuple[list[np.ndarray], list[Annotation]]:
+        """Render a batch.
+
+        Args:
+            frames: ``(N, H, W, 3)`` uint8 RGB on the device.
+            maps: ``(N, h, w)`` float in ``[0, 1]``, the maps to draw.
+            probs: ``(N, K)`` class probabilities (the labels drawn).
+            classes: ``(N,)`` int64 class each map belongs to.
+
+        Returns:
+            ``N`` output frames ``(H, W', 3)`` uint8 RGB (C-contiguous numpy arrays) and
+            their :class:`Annotation`.
+        """
+        n, h, w, _ = frames.shape
+        dev = frames.device
+        up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
+                           align_corners=False)[:, 0].clamp_(0.0, 1.0)
+        lut = self.lut.to(dev)
+        colors = lut[(up * 255.0).round_().long()]                    # (N, H, W, 3) uint8
+        a = self.alpha
+        blended = frames.float().mul_(1.0 - a).add_(colors.float().mul_(a)).round_()
+        blended = blended.to(torch.uint8)
+        if self.layout == "side":
+            blended = torch.cat((frames, blended), dim=2)
+        peaks = up.reshape(n, -1).argmax(dim=1)
+        top_p, top_i = probs.float().topk(max(self.topk, 1), dim=1)
+        cls_p = probs.float().gather(1, classes.view(-1, 1).to(probs.device))[:, 0]
+        # one copy back per batch
+        images = blended.cpu().numpy()
+        peaks, top_p, top_i = peaks.cpu().tolist(), top_p.cpu().tolist(), top_i.cpu().tolist()
+        cls_list, cls_p = classes.cpu().tolist(), cls_p.cpu().tolist()
+        small = None
+        if self.bbox:
+            scale = max(1, min(h, w) // 180)
+            small = F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
+                                  mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+        cams = maps.float().cpu().numpy() if self.keep_cams else None
+        x_off = w if self.layout == "side" else 0
+        out, notes = [], []
+        for i in range(n):
+            img = images[i]
+            box = None
+            if small is not None:
+                b = paper_bbox(small[i], self.bbox_threshold)
+                if b is not None:
+                    sy, sx = h / small.shape[1], w / small.shape[2]
+                    box = (int(round(b[0] * sx)) + x_off, int(round(b[1] * sy)),
+                           min(w, int(round(b[2] * sx))) + x_off,
+                           min(h, int(round(b[3] * sy))))
+            topk = [(int(j), self.labels[j], float(p))
+                    for p, j in zip(top_p[i][:self.topk], top_i[i][:self.topk])]
+            c = int(cls_list[i])
+            note = Annotation(cls=c, label=self.labels[c], score=float(cls_p[i]), topk=topk,
+                              peak=(peaks[i] % w + x_off, peaks[i] // w), bbox=box,
+                              cam=cams[i].round(4).tolist() if cams is not None else None)
+            if box is not None:
+                _draw_box(img, box)
+            if self.topk:
+                _draw_labels(img, topk, c, x_off)
+            out.append(img)
+            notes.append(note)
+        return out, notes
+
+
+def _draw_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    th = max(2, img.shape[0] // 240)
+    x0, y0, x1, y1 = box
+    cv2.rectangle(img, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (0, 255, 0), th,
+                  cv2.LINE_AA)
+
+
+def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int,
+                 x_off: int) -> None:
+    """Top-k labels in a dark, semi-transparent box, scaled to the frame height (readable
+    from 360p to 4K; the shown class is highlighted)."""
+    h = img.shape[0]
+    scale = max(0.35, h / 720 * 0.75)
+    thick = max(1, int(round(h / 720 * 1.6)))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    lines = [f"{p * 100:5.1f}%  {label}" for _, label, p in topk]
+    sizes = [cv2.getTextSize(s, font, scale, thick)[0] for s in lines]
+    pad = max(4, int(round(8 * scale)))
+    line_h = max(sz[1] for sz in sizes) + pad
+    box_w = min(img.shape[1] - x_off, max(sz[0] for sz in sizes) + 2 * pad)
+    box_h = line_h * len(lines) + pad
+    x0, y0 = x_off + pad, pad
+    x1, y1 = min(img.shape[1], x0 + box_w), min(h, y0 + box_h)
+    roi = img[y0:y1, x0:x1]
+    roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken to 40%
+    for k, ((idx, _, _), text) in enumerate(zip(topk, lines)):
+        colour = (255, 255, 0) if idx == shown else (255, 255, 255)
+        y = y0 + (k + 1) * line_h
+        cv2.putText(img, text, (x0 + pad, y), font, scale, colour, thick, cv2.LINE_AA)

@@ -7,6 +7,7 @@ same model, render, smoothing and device options, with the same names and defaul
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from . import __version__
 from .api import Options
@@ -20,7 +21,7 @@ _D = Options()
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``camvideo: error: ...``), exit code 2."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

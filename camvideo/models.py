@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from .cam import logits_from_features
 from .errors import ClassNameError, ModelError
+from .weights import apply_state_dict, classes_in, load_state_dict, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -171,72 +171,6 @@ def imagenet_labels() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """One class name per line (blank lines ignored; Places365-style ``/a/abbey 0`` lines
-    give ``abbey``)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ModelError(f"cannot read labels file {path}: {e.strerror or e}") from None
-    labels = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        name = line.split()[0] if line.startswith("/") else line
-        labels.append(name.split("/")[-1] if name.startswith("/") else name)
-    if not labels:
-        raise ModelError(f"labels file {path} is empty")
-    return labels
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Load a state_dict or a checkpoint holding one, safely (``weights_only=True``).
-
-    Accepts ``{'state_dict': ...}``, ``{'model': ...}``, ``{'model_state_dict': ...}`` and
-    strips a ``module.`` prefix (DataParallel checkpoints such as Places365's).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise ModelError(f"refusing to load {path}: it is not a plain weights file "
-                             "(it would run code when unpickled; loaded with "
-                             "weights_only=True)") from None
-        raise ModelError(f"cannot load weights {path}: {first}") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ModelError(f"{path} holds no state_dict of tensors")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _apply_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        detail = str(e).splitlines()[0] if str(e) else "mismatch"
-        missing = [line.strip() for line in str(e).splitlines()[1:2]]
-        raise ModelError(f"weights {source} do not fit the model: {detail} "
-                         f"{' '.join(missing)}".strip()[:300]) from None
-
-
-def _classes_in(sd: dict[str, Tensor]) -> int | None:
-    """Number of classes of the last 2-D weight in a state_dict (the linear head)."""
-    for key in reversed(list(sd)):
-        if key.endswith("weight") and sd[key].ndim == 2:
-            return int(sd[key].shape[0])
-    return None
-
-
 def _load_lite0() -> nn.Module:
     import timm
 
@@ -283,13 +217,13 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
         model = _load_lite0()
         if weights is not None:
             sd = load_state_dict(weights)
-            k = _classes_in(sd)
+            k = classes_in(sd)
             if k != 1000:
                 import timm
 
                 model = timm.create_model("tf_efficientnet_lite0", pretrained=False,
                                           num_classes=k or 1000)
-            _apply_state_dict(model, sd, str(weights))
+            apply_state_dict(model, sd, str(weights))
         backbone, fc = _split_timm(model, name)
         return model, backbone, fc, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -305,8 +239,8 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
             if weights is not None:
                 sd = load_state_dict(weights)
                 model = timm.create_model(tname, pretrained=False,
-                                          num_classes=_classes_in(sd) or 1000)
-                _apply_state_dict(model, sd, str(weights))
+                                          num_classes=classes_in(sd) or 1000)
+                apply_state_dict(model, sd, str(weights))
             else:
                 model = timm.create_model(tname, pretrained=True)
         except ModelError:
@@ -332,8 +266,8 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
                          f"{refused or 'its head is not pool + linear'}")
     if weights is not None:
         sd = load_state_dict(weights)
-        model = tvm.get_model(name, weights=None, num_classes=_classes_in(sd) or 1000)
-        _apply_state_dict(model, sd, str(weights))
+        model = tvm.get_model(name, weights=None, num_classes=classes_in(sd) or 1000)
+        apply_state_dict(model, sd, str(weights))
     else:
         model = tvm.get_model(name, weights=None)
         default = tvm.get_model_weights(name).DEFAULT
@@ -344,7 +278,7 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
             raise ModelError(f"no weights for {name}: not in {cached} and the download "
                              f"failed ({str(e).splitlines()[0][:120]}); pass --weights FILE"
                              ) from None
-        _apply_state_dict(model, sd, default.url)
+        apply_state_dict(model, sd, default.url)
     backbone, fc = _TV_SPLITS[family](model)
     return model, backbone, fc, IMAGENET_MEAN, IMAGENET_STD
 

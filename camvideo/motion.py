@@ -1,0 +1,170 @@
+"""Cheap image motion and shot-change cues for the temporal smoother.
+
+Everything works on small frames: the model-input RGB frames ``(N, 3, H, W)`` are
+area-downsampled on their device to 8 pixels per feature cell (``(8h, 8w)``, e.g. 56x96
+for a 7x12 feature grid). From those:
+
+- :func:`color_histograms` / :func:`histogram_distance`: a 4x4x4 joint RGB histogram per
+  frame and the total-variation distance between consecutive ones (0 = same colours,
+  1 = disjoint), the scene-cut cue. Computed on the device; only the distances come back.
+- :class:`MotionEstimator`: per-cell displacement from the current frame back to the
+  previous one, in feature cells, from dense optical flow (OpenCV DIS or Farneback) or a
+  global translation (phase correlation) on small grayscale frames copied to the CPU.
+- :func:`warp`: moves a ``(B, C, h, w)`` feature state along such a displacement with
+  bilinear ``grid_sample`` (sub-cell shifts), returning which cells had a source.
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import OptionError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CELL_PX", "METHODS", "MotionEstimator", "color_histograms", "downsample",
+           "gray_u8", "histogram_distance", "warp"]
+
+CELL_PX = 8            #: small-frame pixels per feature cell
+METHODS = ("dis", "farneback", "phase")
+_BINS = 4              #: histogram bins per RGB channel
+
+
+def downsample(frames01: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Area-downsample frames to :data:`CELL_PX` pixels per feature cell.
+
+    Args:
+        frames01: ``(N, 3, H, W)`` float RGB in ``[0, 1]``.
+        grid: feature grid ``(h, w)``.
+
+    Returns:
+        ``(N, 3, 8h, 8w)`` float32 on ``frames01``' device.
+    """
+    size = (grid[0] * CELL_PX, grid[1] * CELL_PX)
+    x = frames01.float()
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="area")
+
+
+def gray_u8(small: Tensor) -> np.ndarray:
+    """``(N, 3, h, w)`` RGB in ``[0, 1]`` → ``(N, h, w)`` uint8 luma on the CPU (one copy)."""
+    y = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
+    return (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def color_histograms(small: Tensor) -> Tensor:
+    """Normalised ``4x4x4`` joint RGB histograms.
+
+    Args:
+        small: ``(N, 3, h, w)`` RGB in ``[0, 1]``.
+
+    Returns:
+        ``(N, 64)`` float32, each row summing to 1, on ``small``'s device.
+    """
+    n = small.shape[0]
+    q = (small * _BINS).long().clamp_(0, _BINS - 1)                 # (N, 3, h, w)
+    idx = (q[:, 0] * _BINS + q[:, 1]) * _BINS + q[:, 2]
+    nb = _BINS ** 3
+    idx = idx.reshape(n, -1) + torch.arange(n, device=small.device)[:, None] * nb
+    counts = torch.bincount(idx.reshape(-1), minlength=n * nb).reshape(n, nb).float()
+    return counts / counts.sum(dim=1, keepdim=True)
+
+
+def histogram_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Total-variation distance ``0.5 * sum |a - b|`` of histograms, in ``[0, 1]``.
+
+    Args:
+        a, b: ``(N, B)`` normalised histograms.
+
+    Returns:
+        ``(N,)`` float32 distances.
+    """
+    return 0.5 * (a - b).abs().sum(dim=1)
+
+
+class MotionEstimator:
+    """Displacement from each frame back to the previous one, per feature cell.
+
+    Args:
+        method: ``"dis"`` (OpenCV DIS optical flow, ultrafast preset), ``"farneback"``
+            (dense Farneback flow) or ``"phase"`` (one global translation by phase
+            correlation; cannot follow zoom or several objects).
+    """
+
+    def __init__(self, method: str = "dis") -> None:
+        if method not in METHODS:
+            raise OptionError(f"motion method must be one of {', '.join(METHODS)}, "
+                              f"got {method!r}")
+        self.method = method
+        self._dis = None
+        self._window: np.ndarray | None = None
+
+    def _flow(self, cur: np.ndarray, prev: np.ndarray) -> np.ndarray:
+        """Dense ``(hs, ws, 2)`` flow with ``cur(y, x) ~ prev(y + fy, x + fx)``."""
+        if self.method == "dis":
+            if self._dis is None:
+                self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+            return self._dis.calc(cur, prev, None)
+        return cv2.calcOpticalFlowFarneback(cur, prev, None, 0.5, 3, 13, 3, 5, 1.1, 0)
+
+    def estimate(self, prev: np.ndarray, cur: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        """Displacement of the content from ``cur`` back to ``prev``.
+
+        Args:
+            prev, cur: ``(hs, ws)`` uint8 small grayscale frames (``hs = 8h``, ``ws = 8w``).
+            grid: feature grid ``(h, w)``.
+
+        Returns:
+            ``(h, w, 2)`` float32 ``(dx, dy)`` in feature cells: the content of cell ``p``
+            of ``cur`` was at ``p + d[p]`` in ``prev``.
+        """
+        h, w = grid
+        hs, ws = cur.shape
+        if self.method == "phase":
+            if self._window is None or self._window.shape != cur.shape:
+                self._window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
+            (dx, dy), _ = cv2.phaseCorrelate(prev.astype(np.float32),
+                                             cur.astype(np.float32), self._window)
+            out = np.empty((h, w, 2), np.float32)
+            out[..., 0], out[..., 1] = -dx * w / ws, -dy * h / hs
+            return out
+        flow = self._flow(cur, prev)
+        cells = cv2.resize(flow, (w, h), interpolation=cv2.INTER_AREA)
+        cells[..., 0] *= w / ws
+        cells[..., 1] *= h / hs
+        return cells
+
+
+def warp(state: Tensor, disp: Tensor) -> tuple[Tensor, Tensor]:
+    """Move a state along a displacement field (backward warping, bilinear).
+
+    Args:
+        state: ``(B, C, h, w)`` float features of the previous frame.
+        disp: ``(h, w, 2)`` float ``(dx, dy)`` in cells on ``state``'s device: output cell
+            ``p`` samples ``state`` at ``p + disp[p]``.
+
+    Returns:
+        ``(warped, valid)``: ``warped`` ``(B, C, h, w)`` (edge cells replicated where the
+        source lies outside the grid) and ``valid`` ``(1, 1, h, w)`` in ``[0, 1]``, the
+        share of each output cell whose source lay inside the previous grid (0 where new
+        content entered the frame).
+    """
+    _, _, h, w = state.shape
+    dev, dt = state.device, state.dtype
+    ys = (torch.arange(h, device=dev, dtype=dt) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=dev, dtype=dt) + 0.5) * (2.0 / w) - 1.0
+    gx = xs[None, :] + disp[..., 0].to(dt) * (2.0 / w)
+    gy = ys[:, None] + disp[..., 1].to(dt) * (2.0 / h)
+    grid = torch.stack((gx, gy), dim=-1)[None]                     # (1, h, w, 2)
+    warped = F.grid_sample(state, grid.expand(state.shape[0], -1, -1, -1), mode="bilinear",
+                           padding_mode="border", align_corners=False)
+    ones = torch.ones((1, 1, h, w), device=dev, dtype=dt)
+    valid = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+    return warped, valid

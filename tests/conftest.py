@@ -1,0 +1,99 @@
+"""Shared pytest configuration: markers and session-scoped clips made by camvideo.synth.
+
+Markers (registered here, not in setup.cfg):
+
+- ``slow``: skipped unless ``--runslow`` is given.
+- ``cuda``: skipped when ``torch.cuda.is_available()`` is false.
+
+Clip fixtures return :class:`camvideo.synth.Clip` objects written once per session under
+``tmp_path_factory``; each is at most 2 s long and 320 px wide so the suite stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from camvideo import synth
+
+#: Irregular frame gaps (seconds) for the variable-frame-rate clip, cycled.
+VFR_GAPS = (1 / 30, 1 / 15, 1 / 24, 1 / 30, 1 / 60, 1 / 10)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="run tests marked slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: slow test, run only with --runslow")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device, skipped without one")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = config.getoption("--runslow")
+    cuda = None
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: needs --runslow"))
+        if "cuda" in item.keywords:
+            if cuda is None:
+                try:
+                    import torch
+                    cuda = torch.cuda.is_available()
+                except ImportError:
+                    cuda = False
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="CUDA not available"))
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session directory holding the generated clips."""
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="session")
+def vfr_gaps() -> tuple[float, ...]:
+    """The frame gaps (seconds) that ``vfr_clip`` cycles through."""
+    return VFR_GAPS
+
+
+@pytest.fixture(scope="session")
+def pan_clip(clip_dir: Path) -> synth.Clip:
+    """The cat panning across a 320x180 gradient: 45 frames at 30 fps (1.5 s), stereo
+    AAC tone for the whole clip, H.264 in MP4."""
+    return synth.make_clip("pan", clip_dir / "pan.mp4", size=(320, 180), n=45, fps=30,
+                           audio=True)
+
+
+@pytest.fixture(scope="session")
+def silent_clip(clip_dir: Path) -> synth.Clip:
+    """Slow zoom on the cat, 320x180, 30 frames at 25 fps, no audio stream."""
+    return synth.make_clip("zoom", clip_dir / "silent.mp4", size=(320, 180), n=30, fps=25)
+
+
+@pytest.fixture(scope="session")
+def vfr_clip(clip_dir: Path) -> synth.Clip:
+    """Variable frame rate pan (gaps cycle through :data:`VFR_GAPS`), 36 frames (~1.8 s),
+    320x180, tone track, MP4 with a 1/90000 time base."""
+    n = 36
+    times = [0.0]
+    for i in range(n - 1):
+        times.append(times[-1] + VFR_GAPS[i % len(VFR_GAPS)])
+    return synth.make_clip("pan", clip_dir / "vfr.mp4", size=(320, 180), n=n, fps=30,
+                           times=times, audio=True)
+
+
+@pytest.fixture(scope="session")
+def odd_clip(clip_dir: Path) -> synth.Clip:
+    """Odd-sized (319x179) pan, 24 frames at 24 fps, H.264 yuv444p, no audio."""
+    return synth.make_clip("pan", clip_dir / "odd.mp4", size=(319, 179), n=24, fps=24)
+
+
+@pytest.fixture(scope="session")
+def cuts_clip(clip_dir: Path) -> synth.Clip:
+    """Three shots (cat, coffee mug, pagoda) of 16 frames each, 320x180 at 30 fps, hard
+    cuts at frames 16 and 32, keyframe every 8 frames, no audio."""
+    return synth.make_clip("cuts", clip_dir / "cuts.mp4", size=(320, 180), n=48, fps=30,
+                           gop=8)

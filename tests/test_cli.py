@@ -1,0 +1,274 @@
+"""End to end: `camvideo IN OUT` on generated clips of real photos, read back with PyAV.
+
+Timing, size, audio and frame counts are compared with the input; the sidecar's values
+with the ground truth the clip generator knows (object boxes); bad input gets one line
+and an exit code, and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import camvideo
+from camvideo.cli import main
+from camvideo.errors import ExitCode
+from camvideo.models import load_model
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model()
+
+
+def probe(path: Path) -> dict:
+    """Frame count, size, rate, per-frame times and audio duration of a file."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        times = [float(f.pts * f.time_base) for f in c.decode(v)]
+    with av.open(str(path)) as c:
+        audio = []
+        for s in c.streams.audio:
+            last = None
+            for p in c.demux(s):
+                if p.pts is not None:
+                    last = float((p.pts + p.duration) * p.time_base)
+            audio.append((s.codec_context.name, last))
+        v = c.streams.video[0]
+        return {"frames": len(times), "size": (v.width, v.height), "times": times,
+                "rate": Fraction(v.average_rate), "audio": audio}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if "partial" in p.name)
+
+
+def run(args: list, capsys) -> tuple[int, str]:
+    rc = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    return rc, err
+
+
+# --------------------------------------------------------------------- timing and audio
+
+def test_output_keeps_frames_size_rate_timestamps_and_audio(pan_clip, lite0, tmp_path):
+    out = tmp_path / "out.mp4"
+    summary = camvideo.annotate(pan_clip.path, out, model=lite0)
+    src, dst = probe(pan_clip.path), probe(out)
+    assert summary.frames == dst["frames"] == src["frames"] == pan_clip.frames == 45
+    assert dst["size"] == src["size"] == (320, 180)
+    assert dst["rate"] == src["rate"] == 30
+    assert np.allclose(dst["times"], pan_clip.times, atol=1e-3)
+    (codec, a_end), = dst["audio"]
+    assert codec == "aac"  # copied, not re-encoded
+    assert abs(a_end - src["audio"][0][1]) < 1 / 30
+    assert abs(a_end - pan_clip.duration) <= 1 / 30 + 0.03  # AAC frames are 21 ms
+    assert leftovers(tmp_path) == []
+
+
+def test_variable_frame_rate_timestamps_kept(vfr_clip, lite0, tmp_path):
+    out = tmp_path / "vfr.mp4"
+    camvideo.annotate(vfr_clip.path, out, model=lite0)
+    dst = probe(out)
+    assert dst["frames"] == vfr_clip.frames
+    assert np.allclose(dst["times"], vfr_clip.times, atol=1e-3)
+    gaps = np.diff(dst["times"])
+    assert gaps.max() / gaps.min() > 5  # 1/10 vs 1/60: still variable
+    assert abs(dst["audio"][0][1] - vfr_clip.duration) <= 0.1
+
+
+def test_odd_size_kept(odd_clip, lite0, tmp_path):
+    out = tmp_path / "odd.mp4"
+    camvideo.annotate(odd_clip.path, out, model=lite0)
+    dst = probe(out)
+    assert dst["size"] == (319, 179) and dst["frames"] == odd_clip.frames
+    assert np.allclose(dst["times"], odd_clip.times, atol=1e-3)
+
+
+def test_rotation_metadata_is_applied(lite0, tmp_path):
+    from camvideo import synth
+    frames, _ = synth.pan_frames("chelsea", (160, 96), 8)
+    clip = synth.write_clip(tmp_path / "rot.mp4", frames, fps=10, rotation=90)
+    out = tmp_path / "rot_out.mp4"
+    camvideo.annotate(clip.path, out, model=lite0, smooth=0)
+    dst = probe(out)
+    assert dst["size"] == (96, 160)  # displayed upright: width and height swapped
+    assert dst["frames"] == 8
+
+
+def test_no_audio_and_side_layout(pan_clip, lite0, tmp_path):
+    out = tmp_path / "side.mkv"
+    camvideo.annotate(pan_clip.path, out, model=lite0, audio=False, layout="side")
+    dst = probe(out)
+    assert dst["audio"] == [] and dst["size"] == (640, 180)
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    with av.open(str(pan_clip.path)) as c:
+        orig = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    left, right = frame[:, :320], frame[:, 320:]
+    assert np.abs(left - orig).mean() < 4          # left half: the original
+    assert np.abs(right - orig).mean() > 20        # right half: the heatmap over it
+
+
+def test_audio_reencoded_when_container_refuses_codec(pan_clip, lite0, tmp_path):
+    out = tmp_path / "out.webm"  # WebM takes Opus/Vorbis, not AAC
+    camvideo.annotate(pan_clip.path, out, model=lite0, codec="libvpx-vp9", smooth=0)
+    dst = probe(out)
+    assert dst["frames"] == pan_clip.frames
+    assert dst["audio"][0][0] == "opus"
+    assert abs(dst["audio"][0][1] - pan_clip.duration) < 0.1
+
+
+# --------------------------------------------------------------------- what is drawn
+
+def test_json_sidecar_records(pan_clip, lite0, tmp_path):
+    out, side = tmp_path / "o.mp4", tmp_path / "o.jsonl"
+    camvideo.annotate(pan_clip.path, out, model=lite0, json=str(side), json_cams=True,
+                      bbox=True, topk=5)
+    recs = [json.loads(line) for line in side.read_text().splitlines()]
+    assert [r["frame"] for r in recs] == list(range(pan_clip.frames))
+    assert np.allclose([r["time"] for r in recs], pan_clip.times, atol=1e-3)
+    for r in recs:
+        assert set(r) == {"frame", "time", "class", "label", "score", "topk", "peak",
+                          "bbox", "cam"}
+        assert len(r["topk"]) == 5 and r["label"] == lite0.labels[r["class"]]
+        probs = [p for _, _, p in r["topk"]]
+        assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+        x, y = r["peak"]
+        assert 0 <= x < 320 and 0 <= y < 180
+        x0, y0, x1, y1 = r["bbox"]
+        assert 0 <= x0 < x1 <= 320 and 0 <= y0 < y1 <= 180
+        cam = np.array(r["cam"])
+        assert cam.shape == (7, 12)  # 16:9 at 224: aspect kept, not a squashed 7x7
+        # normalised against a range smoothed over time: in [0, 1], not each 0..1
+        assert cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0.5
+
+
+def test_peak_lies_on_the_moving_object(lite0, tmp_path):
+    from camvideo import synth
+    clip = synth.make_clip("pan", tmp_path / "pan.mp4", size=(640, 360), n=60, fps=30)
+    side = tmp_path / "pan.jsonl"
+    camvideo.annotate(clip.path, tmp_path / "pan_out.mp4", model=lite0, json=str(side))
+    recs = [json.loads(line) for line in side.read_text().splitlines()]
+    hits = 0
+    for r, box in zip(recs, clip.boxes):
+        x, y = r["peak"]
+        hits += box[0] <= x < box[2] and box[1] <= y < box[3]
+    assert hits / len(recs) >= 0.9
+    assert sum(r["class"] in {281, 282, 283, 284, 285} for r in recs) / len(recs) >= 0.9
+
+
+def test_fixed_class_by_name(pan_clip, lite0, tmp_path):
+    side = tmp_path / "c.jsonl"
+    camvideo.annotate(pan_clip.path, tmp_path / "c.mp4", model=lite0, cls="coffee mug",
+                      json=str(side))
+    recs = [json.loads(line) for line in side.read_text().splitlines()]
+    assert {r["class"] for r in recs} == {504} and {r["label"] for r in recs} == {"coffee mug"}
+
+
+# --------------------------------------------------------------------- bad input
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, code, words", [
+    (lambda d: d / "missing.mp4", ExitCode.INPUT, "input not found"),
+    (lambda d: _file(d / "empty.mp4", b""), ExitCode.INPUT, "empty"),
+    (lambda d: _file(d / "notes.mp4", b"hello\n" * 50), ExitCode.INPUT, "not a readable video"),
+    (lambda d: d, ExitCode.INPUT, "directory"),
+])
+def test_bad_input_one_line_and_exit_code(tmp_path, capsys, make, code, words):
+    src = make(tmp_path)
+    out = tmp_path / "out.mp4"
+    rc, err = run([src, out], capsys)
+    assert rc == code
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_output_rules(pan_clip, tmp_path, capsys):
+    existing = tmp_path / "exists.mp4"
+    existing.write_bytes(b"keep me")
+    rc, err = run([pan_clip.path, existing], capsys)
+    assert rc == ExitCode.OUTPUT and "exists" in err and "--overwrite" in err
+    assert existing.read_bytes() == b"keep me"
+    rc, err = run([pan_clip.path, pan_clip.path, "-y"], capsys)
+    assert rc == ExitCode.OUTPUT and "is the input" in err
+    link = tmp_path / "link.mp4"
+    link.symlink_to(pan_clip.path)
+    rc, err = run([pan_clip.path, link, "-y"], capsys)
+    assert rc == ExitCode.OUTPUT and "is the input" in err
+    rc, err = run([pan_clip.path, tmp_path / "nope" / "o.mp4"], capsys)
+    assert rc == ExitCode.OUTPUT and "does not exist" in err
+    rc, err = run([pan_clip.path, tmp_path / "o.xyz"], capsys)
+    assert rc == ExitCode.OUTPUT and "unknown output container" in err
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--alpha", "1.5"], ExitCode.USAGE, "outside 0.0..1.0"),
+    (["--size", "10"], ExitCode.USAGE, "outside 32..2048"),
+    (["--colormap", "rainbowz"], ExitCode.USAGE, "invalid choice"),
+    (["--batch-size", "0"], ExitCode.USAGE, "outside 1..1024"),
+    (["--model", "resnet5"], ExitCode.MODEL, "close matches: resnet50"),
+    (["--class", "tabby kat"], ExitCode.MODEL, "close matches: tabby"),
+    (["--device", "tpu"], ExitCode.USAGE, "unknown device"),
+    (["--json-cams"], ExitCode.USAGE, "--json-cams needs --json"),
+    (["--codec", "nosuchcodec"], ExitCode.USAGE, "unknown video encoder"),
+])
+def test_bad_options(pan_clip, tmp_path, capsys, args, code, words):
+    out = tmp_path / "o.mp4"
+    rc, err = run([pan_clip.path, out, *args], capsys)
+    assert rc == code, err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_unwritable_output_folder(pan_clip, tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = __import__("os").access
+    # root ignores folder permissions, so deny write access the way a read-only mount would
+    monkeypatch.setattr("camvideo.media.os.access",
+                        lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+    rc, err = run([pan_clip.path, ro / "o.mp4"], capsys)
+    assert rc == ExitCode.OUTPUT and "not writable" in err and err.count("\n") == 1
+    assert list(ro.iterdir()) == []
+    parent_is_file = _file(tmp_path / "f.txt", b"x")
+    rc, err = run([pan_clip.path, parent_is_file / "o.mp4"], capsys)
+    assert rc == ExitCode.OUTPUT and "does not exist" in err
+
+
+# --------------------------------------------------------------------- process level
+
+def test_console_script_runs_offline(pan_clip, tmp_path):
+    """The installed entry point, in a child process with every socket connection
+    refused: nothing is fetched from the network."""
+    out = tmp_path / "net.mp4"
+    code = ("import socket, sys\n"
+            "def refuse(*a, **k): raise OSError('network access attempted')\n"
+            "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
+            "from camvideo.cli import main\n"
+            f"sys.exit(main([{str(pan_clip.path)!r}, {str(out)!r}, '-q']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert probe(out)["frames"] == pan_clip.frames
+    assert proc.stdout == ""
+
+
+def test_help_and_models_listing(capsys):
+    assert main(["--help"]) == 0
+    assert "--smooth" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("efficientnet_lite0") and "resnet50" in listing
+    assert socket is not None

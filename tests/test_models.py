@@ -1,0 +1,141 @@
+"""Model registry: the default model's predictions on real photos, other families,
+refusals with reasons, weights and labels files, class names."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+from camvideo import synth
+from camvideo.errors import ClassNameError, ModelError
+from camvideo.models import available_models, load_model
+
+CATS = {281, 282, 283, 284, 285}           # tabby, tiger cat, Persian, Siamese, Egyptian
+MUG = {504, 967, 968}                      # coffee mug, espresso, cup
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model()
+
+
+def _predict(model, name: str) -> list[int]:
+    img = synth.load_photo(name)
+    frames = torch.from_numpy(img)[None]
+    x, _ = model.preprocess(frames, model.input_size(*img.shape[:2]))
+    with torch.inference_mode():
+        _, logits = model(x)
+    return logits[0].topk(5).indices.tolist()
+
+
+def test_default_model_top1_on_real_photos(lite0):
+    assert _predict(lite0, "chelsea")[0] in CATS
+    assert _predict(lite0, "coffee")[0] in MUG
+    assert lite0.labels[285] == "Egyptian cat"
+    assert len(lite0.labels) == 1000 and lite0.weight.shape == (1000, 1280)
+
+
+def test_input_size_keeps_aspect_ratio(lite0):
+    assert lite0.input_size(1080, 1920) == (224, 384)   # 16:9 -> 7x12 map
+    assert lite0.input_size(360, 640, 224) == (224, 384)
+    assert lite0.input_size(480, 640) == (224, 288)
+    assert lite0.input_size(1920, 1080) == (384, 224)   # portrait
+    x = torch.zeros(1, 3, 224, 384)
+    feats, _ = lite0(x)
+    assert feats.shape[-2:] == (7, 12)
+
+
+@pytest.mark.parametrize("name, why", [
+    ("vgg16", "three fully connected layers"),
+    ("convnext_tiny", "LayerNorm"),
+    ("mobilenet_v3_small", "two linear layers"),
+    ("vit_b_16", "transformer"),
+])
+def test_refuses_heads_that_are_not_pool_plus_linear(name, why):
+    with pytest.raises(ModelError, match=why):
+        load_model(name)
+
+
+def test_refuses_timm_head_with_norm_after_pooling(tmp_path):
+    m = timm.create_model("convnext_atto", pretrained=False, num_classes=10)
+    torch.save(m.state_dict(), tmp_path / "c.pth")
+    with pytest.raises(ModelError, match="not supported for CAM"):
+        load_model("timm:convnext_atto", weights=tmp_path / "c.pth")
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(ModelError, match="close matches: resnet50"):
+        load_model("resnet5")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121",
+                                  "regnet_y_400mf", "efficientnet_b0", "timm:resnet18"])
+def test_other_families_split_exactly(tmp_path, name):
+    if name.startswith("timm:"):
+        net = timm.create_model(name[5:], pretrained=False, num_classes=7)
+    else:
+        net = torchvision.models.get_model(name, num_classes=7)
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    model = load_model(name, weights=tmp_path / "w.pth")   # probe check inside
+    assert len(model.labels) == 7 and model.labels[0] == "class 0"
+    x = torch.randn(1, 3, 224, 288)
+    with torch.inference_mode():
+        _, logits = model(x)
+        assert torch.allclose(logits, net.eval()(x), atol=1e-3)
+
+
+def test_places365_style_checkpoint_and_labels(tmp_path):
+    net = torchvision.models.resnet18(num_classes=365)
+    ckpt = {"epoch": 90, "state_dict": {"module." + k: v for k, v in net.state_dict().items()}}
+    torch.save(ckpt, tmp_path / "resnet18_places365.pth.tar")
+    names = [f"/{c}/scene_{i}" for i, c in enumerate("abcdefghijklmnopqrstuvwxyz" * 15)][:365]
+    (tmp_path / "categories.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    model = load_model("resnet18", weights=tmp_path / "resnet18_places365.pth.tar",
+                       labels=tmp_path / "categories.txt")
+    assert len(model.labels) == 365 and model.labels[2] == "scene_2"
+    assert model.class_index("SCENE_2") == 2
+
+
+def test_labels_count_must_match(tmp_path):
+    (tmp_path / "l.txt").write_text("a\nb\n")
+    with pytest.raises(ModelError, match="2 labels given but model efficientnet_lite0 has 1000"):
+        load_model(labels=tmp_path / "l.txt")
+
+
+def test_weights_only_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+    torch.save({"fc.weight": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ModelError, match="weights_only=True"):
+        load_model("resnet18", weights=tmp_path / "evil.pth")
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model("resnet34", weights=tmp_path / "r18.pth")
+    with pytest.raises(ModelError, match="not found"):
+        load_model("resnet34", weights=tmp_path / "missing.pth")
+
+
+def test_class_names_and_indices(lite0):
+    assert lite0.class_index("Egyptian cat") == 285
+    assert lite0.class_index("egyptian CAT") == 285
+    assert lite0.class_index("504") == 504
+    with pytest.raises(ClassNameError, match="close matches: .*tabby"):
+        lite0.class_index("tabby kat")
+    with pytest.raises(ClassNameError, match="out of range"):
+        lite0.class_index("1000")
+
+
+def test_registry_lists_supported_families():
+    names = available_models()
+    assert names[0] == "efficientnet_lite0"
+    for n in ("resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
+              "efficientnet_b3", "densenet121", "regnet_y_1_6gf"):
+        assert n in names
+    assert "vgg16" not in names and "convnext_tiny" not in names
+    assert np.all([isinstance(n, str) for n in names])

@@ -29,6 +29,7 @@ _AUDIO_COPY = {
     "webm": {"opus", "vorbis"},
 }
 _AUDIO_REENCODE = {"webm": "libopus"}
+_NOT_VIDEO = {"tty"}
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska",
             ".webm": "webm", ".avi": "avi"}
 
@@ -70,7 +71,24 @@ class VideoInfo:
     audio_streams: int
 
 
+def _stream_duration(vs: av.video.stream.VideoStream, tb: Fraction) -> float | None:
+    """The video stream's own duration in seconds (not the container's, which counts
+    the audio too): from the stream, or Matroska's per-track ``DURATION`` tag."""
+    if vs.duration:
+        return float(vs.duration * tb)
+    tag = vs.metadata.get("DURATION") or vs.metadata.get("duration")
+    try:
+        h, m, sec = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except (AttributeError, ValueError):
+        return None
+
+
 def _first_line(e: BaseException) -> str:
+    """A short reason: FFmpeg's own words without errno numbers and repeated file names."""
+    reason = getattr(e, "strerror", None)
+    if isinstance(e, (av.FFmpegError, OSError)) and reason:
+        return str(reason)
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -100,7 +118,10 @@ class FileSource:
         try:
             self._container = av.open(self.path, "r", timeout=30.0)
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise InputError(f"not a readable video: {path}: {_first_line(e)}") from None
+            raise InputError(f"not a readable video: {path} ({_first_line(e)})") from None
+        if self._container.format.name in _NOT_VIDEO:  # FFmpeg renders text files as video
+            self._container.close()
+            raise InputError(f"not a video: {path} (a text file)")
         if not self._container.streams.video:
             self._container.close()
             raise InputError(f"no video stream in {path}")
@@ -113,8 +134,8 @@ class FileSource:
             raise InputError(f"video stream of {path} has no frame size (corrupt header?)")
         fps = vs.average_rate or vs.guessed_rate or vs.base_rate or Fraction(30)
         tb = vs.time_base or Fraction(1, 90000)
-        duration = float(vs.duration * tb) if vs.duration else (
-            self._container.duration / 1e6 if self._container.duration else None)
+        duration = _stream_duration(vs, tb)
+        self._start = int(vs.start_time or 0)
         self.skipped = 0
         self._rotation = 0
         self._next_index = 0
@@ -143,12 +164,17 @@ class FileSource:
         tb = self.info.time_base
         step = max(1, round(1 / (self.info.fps * tb))) if self.info.fps else 1
         last_pts: int | None = None
+        self._max_gap = self._step = step
+        self._regular = 0  # gaps of one nominal frame: most of them in constant-rate video
         for vf in self._decoded():
             pts = vf.pts
             if pts is None:
                 pts = 0 if last_pts is None else last_pts + step
             elif last_pts is not None and pts <= last_pts:
                 pts = last_pts + 1
+            if last_pts is not None:
+                self._max_gap = max(self._max_gap, pts - last_pts)
+                self._regular += abs(pts - last_pts - step) <= step // 10
             last_pts = pts
             try:
                 image = vf.to_ndarray(format="rgb24")
@@ -162,10 +188,27 @@ class FileSource:
             self._rotation = rot
             yield Frame(self._next_index, image, int(pts), float(pts * tb))
             self._next_index += 1
-        if self.skipped:
-            log.warning("%s: %d undecodable packets/frames skipped", self.path, self.skipped)
         if self._next_index == 0:
             raise InputError(f"no decodable video frame in {self.path}")
+        if self.skipped:
+            log.warning("%s: %d undecodable packets/frames skipped", self.path, self.skipped)
+        self._check_complete(last_pts)
+
+    def _check_complete(self, last_pts: int | None) -> None:
+        """Warn when fewer frames came out than the container announced (truncation)."""
+        info, got = self.info, self._next_index
+        if info.frames and got < info.frames:
+            log.warning("%s: %d of %d frames decoded (truncated or damaged input?)",
+                        self.path, got, info.frames)
+        elif not info.frames and info.duration and last_pts is not None:
+            end = float((last_pts - self._start) * info.time_base)
+            step = float(self._step * info.time_base)
+            if end + 1.5 * float(self._max_gap * info.time_base) < info.duration:
+                log.warning("%s: video ends at %.2f s of %.2f s (truncated input?)",
+                            self.path, end, info.duration)
+            elif self._regular >= 0.8 * (got - 1) and got < info.duration / step - 0.5:
+                log.warning("%s: %d of %d frames decoded (truncated or damaged input?)",
+                            self.path, got, round(info.duration / step))
 
     def display_size(self) -> tuple[int, int]:
         """``(W, H)`` as displayed, from the first frame's rotation (call after it)."""

@@ -1,0 +1,323 @@
+"""Hardening: a corpus of bad and unusual inputs, each with an asserted outcome.
+
+Every case ends either in a valid output (decodable, every decodable frame annotated) or in
+exactly one line on stderr with a non-zero exit code — never a traceback, a hang or a file
+left half written. The network is a tiny convolution here (monkeypatched in for the
+default model): these tests are about media handling, not about the network.
+"""
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from camvideo import synth
+from camvideo.cli import main
+from camvideo.errors import ExitCode
+from camvideo.models import from_modules
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    """Replace model loading with a tiny random network (stride 32, 5 classes)."""
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32), torch.nn.ReLU())
+    model = from_modules(backbone, torch.nn.Linear(8, 5), labels=list("abcde"))
+    monkeypatch.setattr("camvideo.api.load_model", lambda *a, **k: model)
+    return model
+
+
+def decoded(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        return [float(f.pts * f.time_base) for f in c.decode(video=0)]
+
+
+def no_leftovers(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if "partial" in p.name]
+
+
+def encode(path: Path, *, codec="libx264", pix="yuv420p", size=(160, 96), n=12, fps=12,
+           fmt=None, options=None) -> Path:
+    frames, _ = synth.pan_frames("chelsea", size, n)
+    with av.open(str(path), "w", format=fmt) as out:
+        s = out.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = size[0], size[1], pix
+        if options:
+            s.codec_context.options = options
+        for i, im in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(im), format="rgb24")
+            vf = vf.reformat(format=pix)
+            vf.pts = i
+            for p in s.encode(vf):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_mp4(tmp_path_factory) -> synth.Clip:
+    frames, _ = synth.pan_frames("chelsea", (160, 96), 24)
+    return synth.write_clip(tmp_path_factory.mktemp("good") / "good.mp4", frames, fps=24,
+                            audio=True)
+
+
+@pytest.fixture(scope="module")
+def good_mkv(tmp_path_factory) -> synth.Clip:
+    frames, _ = synth.pan_frames("chelsea", (160, 96), 24)
+    return synth.write_clip(tmp_path_factory.mktemp("good") / "good.mkv", frames, fps=24,
+                            audio=True)
+
+
+def run_cli(args: list, capsys) -> tuple[int, str]:
+    rc = main([str(a) for a in args] + ["-q", "--smooth", "0"])
+    return rc, capsys.readouterr().err
+
+
+def assert_refused(rc: int, err: str, code: ExitCode, words: str, out: Path) -> None:
+    assert rc == code, err
+    assert err.count("\n") == 1 and err.startswith("camvideo: error: ") and words in err
+    assert "Traceback" not in err
+    assert not out.exists() and no_leftovers(out.parent)
+
+
+# ------------------------------------------------------------------ refused inputs
+
+def _random(d: Path) -> Path:
+    p = d / "random.mp4"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    return p
+
+
+def _text(d: Path) -> Path:
+    p = d / "notes.txt"
+    p.write_text("this is not a video\n" * 100)
+    return p
+
+
+def _zero(d: Path) -> Path:
+    p = d / "zero.mp4"
+    p.write_bytes(b"")
+    return p
+
+
+def _audio_only(d: Path) -> Path:
+    p = d / "audio.m4a"
+    with av.open(str(p), "w") as out:
+        a = out.add_stream("aac", rate=48000, layout="stereo")
+        for k in range(0, 48000, 1024):
+            fr = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp",
+                                            layout="stereo")
+            fr.sample_rate, fr.pts = 48000, k
+            for pkt in a.encode(fr):
+                out.mux(pkt)
+        for pkt in a.encode(None):
+            out.mux(pkt)
+    return p
+
+
+@pytest.mark.parametrize("make, words", [
+    (_zero, "empty (0 bytes)"),
+    (_random, "not a readable video"),
+    (_text, "not a video"),
+    (_audio_only, "no video stream"),
+])
+def test_refused_inputs(tmp_path, capsys, tiny_model, make, words):
+    out = tmp_path / "out.mp4"
+    rc, err = run_cli([make(tmp_path), out], capsys)
+    assert_refused(rc, err, ExitCode.INPUT, words, out)
+
+
+@pytest.mark.parametrize("frac", [0.05, 0.5, 0.9])
+def test_truncated_mp4_without_index_is_refused(good_mp4, tmp_path, capsys, tiny_model,
+                                                frac):
+    """An MP4 cut before its index (moov at the end) cannot be decoded at all."""
+    data = good_mp4.path.read_bytes()
+    src = tmp_path / "cut.mp4"
+    src.write_bytes(data[: int(len(data) * frac)])
+    out = tmp_path / "out.mp4"
+    rc, err = run_cli([src, out], capsys)
+    assert_refused(rc, err, ExitCode.INPUT, "not a readable video", out)
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.6, 0.9])
+def test_truncated_matroska_gives_the_frames_that_are_there(good_mkv, tmp_path, capsys,
+                                                            tiny_model, frac):
+    data = good_mkv.path.read_bytes()
+    src = tmp_path / "cut.mkv"
+    src.write_bytes(data[: int(len(data) * frac)])
+    out = tmp_path / "out.mp4"
+    rc, err = run_cli([src, out], capsys)
+    assert rc == 0, err
+    times = decoded(out)
+    assert 0 < len(times) < good_mkv.frames
+    # the frames that survive keep their own timestamps (a B-frame whose reference was
+    # cut off may be missing, so they are a subset of the original times, not a prefix)
+    original = np.array(good_mkv.times)
+    assert all(np.abs(original - t).min() < 2e-3 for t in times)
+    assert "truncated" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_corrupted_packets_in_the_middle(good_mp4, tmp_path, capsys, tiny_model):
+    data = bytearray(good_mp4.path.read_bytes())
+    rng = np.random.default_rng(1)
+    mid = len(data) // 2
+    for k in range(mid, mid + 4000, 53):
+        data[k] = int(rng.integers(0, 256))
+    src = tmp_path / "corrupt.mp4"
+    src.write_bytes(bytes(data))
+    out = tmp_path / "out.mp4"
+    rc, err = run_cli([src, out], capsys)
+    assert rc == 0, err
+    assert 0 < len(decoded(out)) <= good_mp4.frames and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ unusual but valid
+
+@pytest.mark.parametrize("name, kw, size", [
+    ("tiny.mp4", dict(size=(16, 16)), (16, 16)),
+    ("large.mp4", dict(size=(4000, 3000), n=3), (4000, 3000)),
+    ("odd.mp4", dict(size=(161, 95), pix="yuv444p"), (161, 95)),
+    ("tenbit.mkv", dict(pix="yuv420p10le"), (160, 96)),
+    ("yuv444.mp4", dict(pix="yuv444p"), (160, 96)),
+    ("gray.mkv", dict(pix="gray"), (160, 96)),
+    ("paletted.gif", dict(codec="gif", pix="rgb8"), (160, 96)),
+    ("longgop.mp4", dict(n=60, options={"x264-params": "keyint=600:min-keyint=600:scenecut=0"}),
+     (160, 96)),
+    ("no_timestamps.h264", dict(fmt="h264"), (160, 96)),
+])
+def test_unusual_inputs_give_valid_outputs(tmp_path, capsys, tiny_model, name, kw, size):
+    n = kw.get("n", 12)
+    src = encode(tmp_path / name, **kw)
+    out = tmp_path / "out.mp4"
+    rc, err = run_cli([src, out], capsys)
+    assert rc == 0, err
+    times = decoded(out)
+    assert len(times) == n
+    assert all(b > a for a, b in zip(times, times[1:]))  # strictly increasing
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == size
+    assert no_leftovers(tmp_path)
+
+
+def test_packets_without_timestamps_get_the_nominal_rate(tmp_path, capsys, tiny_model):
+    src = encode(tmp_path / "raw.h264", fmt="h264", n=10)
+    out = tmp_path / "out.mp4"
+    assert run_cli([src, out], capsys)[0] == 0
+    times = decoded(out)
+    gaps = np.diff(times)
+    assert np.allclose(gaps, gaps[0], atol=1e-3) and 0.01 < gaps[0] < 0.1
+
+
+def test_rotation_and_vfr_together(tmp_path, capsys, tiny_model):
+    frames, _ = synth.pan_frames("chelsea", (160, 96), 10)
+    times = [0, 0.05, 0.2, 0.25, 0.5, 0.55, 0.6, 1.0, 1.05, 1.3]
+    clip = synth.write_clip(tmp_path / "rot.mp4", frames, times=times, rotation=270)
+    out = tmp_path / "out.mp4"
+    assert run_cli([clip.path, out], capsys)[0] == 0
+    assert np.allclose(decoded(out), times, atol=1e-3)
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (96, 160)
+
+
+# ------------------------------------------------------------------ output safety
+
+def test_never_overwrites_the_input_even_through_a_symlink(good_mp4, tmp_path, capsys,
+                                                           tiny_model):
+    before = good_mp4.path.read_bytes()
+    link = tmp_path / "same.mp4"
+    link.symlink_to(good_mp4.path)
+    for target in (good_mp4.path, link):
+        rc, err = run_cli([good_mp4.path, target, "-y"], capsys)
+        assert rc == ExitCode.OUTPUT and "is the input" in err
+    rc, err = run_cli([link, good_mp4.path, "-y"], capsys)
+    assert rc == ExitCode.OUTPUT and "is the input" in err
+    assert good_mp4.path.read_bytes() == before
+
+
+def test_full_disk_leaves_no_partial_file(good_mp4, tmp_path):
+    """The file size limit (RLIMIT_FSIZE) makes writes fail as a full disk does."""
+    out = tmp_path / "out.mp4"
+    code = ("import sys, torch\n"
+            "import camvideo.api as api\n"
+            "from camvideo.models import from_modules\n"
+            "torch.manual_seed(0)\n"
+            "m = from_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32)),"
+            " torch.nn.Linear(8, 5), labels=list('abcde'))\n"
+            "api.load_model = lambda *a, **k: m\n"
+            "from camvideo.cli import main\n"
+            f"sys.exit(main([{str(good_mp4.path)!r}, {str(out)!r}, '-q', '--crf', '0']))\n")
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit)
+    assert proc.returncode == ExitCode.OUTPUT, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "Traceback" not in proc.stderr
+    assert not out.exists() and no_leftovers(tmp_path)
+
+
+def test_interrupt_leaves_nothing(good_mp4, tmp_path, tiny_model, monkeypatch, capsys):
+    import camvideo.media as media
+    calls = {"n": 0}
+    real_write = media.FileSink.write
+
+    def write_then_interrupt(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(media.FileSink, "write", write_then_interrupt)
+    out, side = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    rc, err = run_cli([good_mp4.path, out, "--json", side], capsys)
+    assert rc == ExitCode.INTERRUPTED and "interrupted" in err
+    assert not out.exists() and not side.exists() and no_leftovers(tmp_path)
+
+
+def test_resolution_change_mid_stream(tmp_path, capsys, tiny_model):
+    """Frames whose size changes mid-stream are scaled to the first frame's size (two
+    MPEG-TS segments of different sizes, concatenated as a stream splice does)."""
+    parts = []
+    for k, size in enumerate([(160, 96), (96, 64)]):
+        seg = tmp_path / f"seg{k}.ts"
+        with av.open(str(seg), "w", format="mpegts") as out:
+            s = out.add_stream("mpeg2video", rate=10)
+            s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+            for i in range(4):
+                im = np.full((size[1], size[0], 3), 30 * (4 * k + i), np.uint8)
+                vf = av.VideoFrame.from_ndarray(im, format="rgb24").reformat(format="yuv420p")
+                vf.pts = 4 * k + i
+                vf.time_base = Fraction(1, 10)
+                for p in s.encode(vf):
+                    out.mux(p)
+            for p in s.encode(None):
+                out.mux(p)
+        parts.append(seg.read_bytes())
+    src = tmp_path / "spliced.ts"
+    src.write_bytes(b"".join(parts))
+    out = tmp_path / "out.mp4"
+    rc, err = run_cli([src, out], capsys)
+    assert rc == 0, err
+    # every frame FFmpeg decodes from the splice is annotated (the decoder itself drops
+    # the one frame left in its reorder buffer at the splice point)
+    assert len(decoded(out)) == len(decoded(src)) >= 7
+    assert {w for w in _widths(src)} == {160, 96}
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (160, 96)
+
+
+def _widths(path: Path) -> list[int]:
+    with av.open(str(path)) as c:
+        return [f.width for f in c.decode(video=0)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 
+import av
+
 
 class ExitCode(enum.IntEnum):
     """Process exit codes of every ``camvideo`` command."""
@@ -60,3 +62,12 @@ class SourceLostError(CamVideoError):
     """A live source could not be opened, disappeared or stalled."""
 
     exit_code = ExitCode.SOURCE_LOST
+
+
+def first_line(e: BaseException) -> str:
+    """A short reason: FFmpeg's own words without errno numbers and repeated file names."""
+    reason = getattr(e, "strerror", None)
+    if isinstance(e, (av.FFmpegError, OSError)) and reason:
+        return str(reason)
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -17,18 +17,11 @@ from typing import Iterator
 import av
 import numpy as np
 
-from .errors import InputError, OptionError, OutputError
+from .audio import AudioRemuxer
+from .errors import InputError, OptionError, OutputError, first_line
 
 log = logging.getLogger(__name__)
 
-# Audio codecs each output container takes as they are (otherwise: re-encode).
-_AUDIO_COPY = {
-    "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
-    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
-    "matroska": None,  # None: anything
-    "webm": {"opus", "vorbis"},
-}
-_AUDIO_REENCODE = {"webm": "libopus"}
 _NOT_VIDEO = {"tty"}
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska",
             ".webm": "webm", ".avi": "avi"}
@@ -84,15 +77,6 @@ def _stream_duration(vs: av.video.stream.VideoStream, tb: Fraction) -> float | N
         return None
 
 
-def _first_line(e: BaseException) -> str:
-    """A short reason: FFmpeg's own words without errno numbers and repeated file names."""
-    reason = getattr(e, "strerror", None)
-    if isinstance(e, (av.FFmpegError, OSError)) and reason:
-        return str(reason)
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 class FileSource:
     """Decode the first video stream of a file (threaded decoding).
 
@@ -118,7 +102,7 @@ class FileSource:
         try:
             self._container = av.open(self.path, "r", timeout=30.0)
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise InputError(f"not a readable video: {path} ({_first_line(e)})") from None
+            raise InputError(f"not a readable video: {path} ({first_line(e)})") from None
         if self._container.format.name in _NOT_VIDEO:  # FFmpeg renders text files as video
             self._container.close()
             raise InputError(f"not a video: {path} (a text file)")
@@ -150,7 +134,7 @@ class FileSource:
             yield from self._container.demux(self._stream)
         except av.FFmpegError as e:
             log.warning("%s: stream broke off after %d frames (%s)", self.path,
-                        self._next_index, _first_line(e))
+                        self._next_index, first_line(e))
 
     def _decoded(self) -> Iterator[av.VideoFrame]:
         for packet in self._packets():
@@ -158,7 +142,7 @@ class FileSource:
                 yield from packet.decode()
             except av.FFmpegError as e:
                 self.skipped += 1
-                log.debug("skipping undecodable packet: %s", _first_line(e))
+                log.debug("skipping undecodable packet: %s", first_line(e))
 
     def __iter__(self) -> Iterator[Frame]:
         tb = self.info.time_base
@@ -180,7 +164,7 @@ class FileSource:
                 image = vf.to_ndarray(format="rgb24")
             except (av.FFmpegError, ValueError) as e:
                 self.skipped += 1
-                log.debug("skipping unconvertible frame: %s", _first_line(e))
+                log.debug("skipping unconvertible frame: %s", first_line(e))
                 continue
             rot = int(getattr(vf, "rotation", 0) or 0) % 360
             if rot:
@@ -283,10 +267,10 @@ class FileSink:
         try:
             self._container = av.open(str(self.tmp), "w", format=self.fmt)
         except (av.FFmpegError, OSError) as e:
-            raise OutputError(f"cannot write {output}: {_first_line(e)}") from None
+            raise OutputError(f"cannot write {output}: {first_line(e)}") from None
         try:
             self._stream = self._add_video(codec, info, size, crf, preset)
-            self._audio = _AudioRemuxer(audio_from, self._container, self.fmt) \
+            self._audio = AudioRemuxer(audio_from, self._container, self.fmt) \
                 if audio_from and info.audio_streams else None
         except BaseException:
             self.abort()
@@ -326,10 +310,10 @@ class FileSink:
                 return stream
             except av.FFmpegError as e:
                 if attempt == "libx264":
-                    raise OutputError(f"cannot open encoder {attempt}: {_first_line(e)}"
+                    raise OutputError(f"cannot open encoder {attempt}: {first_line(e)}"
                                       ) from None
                 log.warning("encoder %s unavailable (%s); falling back to libx264",
-                            attempt, _first_line(e))
+                            attempt, first_line(e))
                 self._container.close()
                 self._container = av.open(str(self.tmp), "w", format=self.fmt)
         raise AssertionError("unreachable")
@@ -345,7 +329,7 @@ class FileSink:
             for packet in self._stream.encode(vf):
                 self._container.mux(packet)
         except (av.FFmpegError, OSError) as e:
-            raise OutputError(f"cannot write {self.output}: {_first_line(e)}") from None
+            raise OutputError(f"cannot write {self.output}: {first_line(e)}") from None
         self.frames += 1
 
     def close(self) -> None:
@@ -360,7 +344,7 @@ class FileSink:
             self._container.close()
         except (av.FFmpegError, OSError) as e:
             self.abort()
-            raise OutputError(f"cannot write {self.output}: {_first_line(e)}") from None
+            raise OutputError(f"cannot write {self.output}: {first_line(e)}") from None
         except BaseException:
             self.abort()
             raise
@@ -381,79 +365,3 @@ class FileSink:
             except Exception:  # noqa: BLE001 - already failing; just clean up
                 pass
         self.tmp.unlink(missing_ok=True)
-
-
-class _AudioRemuxer:
-    """Copies the audio packets of ``path`` into ``out`` as the video advances, or
-    re-encodes them (AAC, or Opus for WebM) where the container refuses the codec."""
-
-    def __init__(self, path: str, out: av.container.OutputContainer, fmt: str) -> None:
-        self._in = av.open(path, "r")
-        self._pairs: dict[int, tuple[av.stream.Stream, bool]] = {}
-        allowed = _AUDIO_COPY.get(fmt, None)
-        for ins in self._in.streams.audio:
-            name = ins.codec_context.name
-            if allowed is None or name in allowed:
-                outs = out.add_stream_from_template(ins)
-                self._pairs[ins.index] = (outs, True)
-            else:
-                enc = _AUDIO_REENCODE.get(fmt, "aac")
-                rate = ins.codec_context.sample_rate or 48000
-                outs = out.add_stream(enc, rate=rate, layout=ins.codec_context.layout)
-                self._pairs[ins.index] = (outs, False)
-                log.info("audio %s cannot go into %s as is; re-encoding to %s", name, fmt,
-                         enc)
-        self._out = out
-        self._packets = self._in.demux(list(self._in.streams.audio))
-        self._pending: av.Packet | None = None
-        self._ended = False
-
-    def mux_until(self, t: float) -> None:
-        """Mux every audio packet that starts before ``t`` seconds."""
-        while not self._ended:
-            pkt = self._pending or self._next()
-            if pkt is None:
-                break
-            if pkt.pts is not None and pkt.time_base is not None and \
-                    float(pkt.pts * pkt.time_base) > t:
-                self._pending = pkt
-                return
-            self._pending = None
-            self._mux(pkt)
-        if self._ended:
-            for outs, copy in self._pairs.values():
-                if not copy:
-                    for p in outs.encode(None):
-                        self._out.mux(p)
-                    self._pairs = {k: v for k, v in self._pairs.items() if v[0] is not outs}
-
-    def _next(self) -> av.Packet | None:
-        try:
-            pkt = next(self._packets)
-        except StopIteration:
-            self._ended = True
-            return None
-        except av.FFmpegError as e:
-            log.warning("audio stream broke off: %s", _first_line(e))
-            self._ended = True
-            return None
-        return pkt
-
-    def _mux(self, pkt: av.Packet) -> None:
-        outs, copy = self._pairs[pkt.stream.index]
-        if copy:
-            if pkt.dts is None:
-                return  # demuxer's flush packet
-            pkt.stream = outs
-            self._out.mux(pkt)
-            return
-        try:
-            for frame in pkt.decode():
-                frame.pts = None
-                for p in outs.encode(frame):
-                    self._out.mux(p)
-        except av.FFmpegError as e:
-            log.debug("skipping undecodable audio packet: %s", _first_line(e))
-
-    def close(self) -> None:
-        self._in.close()

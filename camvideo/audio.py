@@ -20,6 +20,17 @@ _AUDIO_COPY = {
 _AUDIO_REENCODE = {"webm": "libopus"}
 
 
+def audio_streams(container: av.container.InputContainer) -> list[av.audio.AudioStream]:
+    """The audio streams FFmpeg can read (a stream of unknown codec is dropped)."""
+    streams = []
+    for s in container.streams.audio:
+        if s.codec_context is None:
+            log.warning("audio stream %d has an unknown codec; dropped", s.index)
+        else:
+            streams.append(s)
+    return streams
+
+
 class AudioRemuxer:
     """Copies the audio packets of ``path`` into ``out`` as the video advances, or
     re-encodes them (AAC, or Opus for WebM) where the container refuses the codec."""
@@ -28,7 +39,8 @@ class AudioRemuxer:
         self._in = av.open(path, "r")
         self._pairs: dict[int, tuple[av.stream.Stream, bool]] = {}
         allowed = _AUDIO_COPY.get(fmt, None)
-        for ins in self._in.streams.audio:
+        usable = audio_streams(self._in)
+        for ins in usable:
             name = ins.codec_context.name
             if allowed is None or name in allowed:
                 outs = out.add_stream_from_template(ins)
@@ -41,7 +53,7 @@ class AudioRemuxer:
                 log.info("audio %s cannot go into %s as is; re-encoding to %s", name, fmt,
                          enc)
         self._out = out
-        self._packets = self._in.demux(list(self._in.streams.audio))
+        self._packets = self._in.demux(usable)
         self._pending: av.Packet | None = None
         self._ended = self._flushed = False
 

@@ -56,6 +56,8 @@ class AudioRemuxer:
         self._packets = self._in.demux(usable)
         self._pending: av.Packet | None = None
         self._ended = self._flushed = False
+        self._last_dts: dict[int, int] = {}
+        self.dropped = 0
 
     def mux_until(self, t: float) -> None:
         """Mux every audio packet that starts before ``t`` seconds."""
@@ -93,8 +95,18 @@ class AudioRemuxer:
         if copy:
             if pkt.dts is None:
                 return  # demuxer's flush packet
+            last = self._last_dts.get(pkt.stream.index)
+            if last is not None and pkt.dts <= last:
+                self.dropped += 1  # damaged input: muxers need increasing timestamps
+                log.debug("dropping audio packet with non-increasing dts %d", pkt.dts)
+                return
+            self._last_dts[pkt.stream.index] = pkt.dts
             pkt.stream = outs
-            self._out.mux(pkt)
+            try:
+                self._out.mux(pkt)
+            except (av.error.ArgumentError, av.error.InvalidDataError) as e:
+                self.dropped += 1  # a damaged packet the muxer refuses
+                log.debug("dropping audio packet: %s", first_line(e))
             return
         try:
             for frame in pkt.decode():
@@ -105,4 +117,6 @@ class AudioRemuxer:
             log.debug("skipping undecodable audio packet: %s", first_line(e))
 
     def close(self) -> None:
+        if self.dropped:
+            log.warning("%d damaged audio packets dropped", self.dropped)
         self._in.close()

@@ -10,8 +10,9 @@ for a 7x12 feature grid). From those:
 - :class:`MotionEstimator`: per-cell displacement from the current frame back to the
   previous one, in feature cells, from dense optical flow (OpenCV DIS or Farneback) or a
   global translation (phase correlation) on small grayscale frames copied to the CPU.
-- :func:`warp`: moves a ``(B, C, h, w)`` feature state along such a displacement with
-  bilinear ``grid_sample`` (sub-cell shifts), returning which cells had a source.
+- :func:`sampling` / :func:`warp`: move a ``(B, C, h, w)`` feature state along such a
+  displacement by bilinear interpolation (sub-cell shifts; an ``(hw, hw)`` matrix, since
+  the grid is tiny), and tell which cells had a source inside the previous grid.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .errors import OptionError
 log = logging.getLogger(__name__)
 
 __all__ = ["CELL_PX", "METHODS", "MotionEstimator", "color_histograms", "downsample",
-           "gray_u8", "histogram_distance", "warp"]
+           "gray_u8", "histogram_distance", "sampling", "warp"]
 
 CELL_PX = 8            #: small-frame pixels per feature cell
 METHODS = ("dis", "farneback", "phase")
@@ -141,30 +142,45 @@ class MotionEstimator:
         return cells
 
 
-def warp(state: Tensor, disp: Tensor) -> tuple[Tensor, Tensor]:
-    """Move a state along a displacement field (backward warping, bilinear).
+def sampling(disp: Tensor) -> tuple[Tensor, Tensor]:
+    """Bilinear backward warp along a displacement field, as a matrix.
+
+    The grid is tiny (``h * w`` is about 100 cells), so the warp is an ``(hw, hw)``
+    matrix: applying it to ``C`` channels is one matrix product, far cheaper than
+    ``grid_sample`` over ``C`` channels, and it is built once per frame. It equals
+    ``grid_sample(state, grid, "bilinear", padding_mode="border", align_corners=False)``.
 
     Args:
-        state: ``(B, C, h, w)`` float features of the previous frame.
-        disp: ``(h, w, 2)`` float ``(dx, dy)`` in cells on ``state``'s device: output cell
-            ``p`` samples ``state`` at ``p + disp[p]``.
+        disp: ``(h, w, 2)`` float ``(dx, dy)`` in cells: output cell ``p`` takes the
+            state at ``p + disp[p]``.
 
     Returns:
-        ``(warped, valid)``: ``warped`` ``(B, C, h, w)`` (edge cells replicated where the
-        source lies outside the grid) and ``valid`` ``(1, 1, h, w)`` in ``[0, 1]``, the
-        share of each output cell whose source lay inside the previous grid (0 where new
-        content entered the frame).
+        ``(mat, valid)``: ``mat`` ``(hw, hw)`` (rows: output cells, row-major) and
+        ``valid`` ``(1, 1, h, w)`` in ``[0, 1]``, the share of each output cell's
+        bilinear source inside the grid (what warping a field of ones with zero padding
+        gives; 0 where new content entered the frame).
     """
-    _, _, h, w = state.shape
-    dev, dt = state.device, state.dtype
-    ys = (torch.arange(h, device=dev, dtype=dt) + 0.5) * (2.0 / h) - 1.0
-    xs = (torch.arange(w, device=dev, dtype=dt) + 0.5) * (2.0 / w) - 1.0
-    gx = xs[None, :] + disp[..., 0].to(dt) * (2.0 / w)
-    gy = ys[:, None] + disp[..., 1].to(dt) * (2.0 / h)
-    grid = torch.stack((gx, gy), dim=-1)[None]                     # (1, h, w, 2)
-    warped = F.grid_sample(state, grid.expand(state.shape[0], -1, -1, -1), mode="bilinear",
-                           padding_mode="border", align_corners=False)
-    ones = torch.ones((1, 1, h, w), device=dev, dtype=dt)
-    valid = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False)
-    return warped, valid
+    h, w, _ = disp.shape
+    dev, dt = disp.device, disp.dtype
+    x = torch.arange(w, device=dev, dtype=dt)[None, :] + disp[..., 0]   # source, in cells
+    y = torch.arange(h, device=dev, dtype=dt)[:, None] + disp[..., 1]
+    valid = (torch.minimum(x + 1.0, w - x).clamp(0.0, 1.0)
+             * torch.minimum(y + 1.0, h - y).clamp(0.0, 1.0))
+    xc, yc = x.clamp(0, w - 1).reshape(-1), y.clamp(0, h - 1).reshape(-1)
+    x0, y0 = xc.floor(), yc.floor()
+    wx, wy = xc - x0, yc - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    rows = torch.arange(h * w, device=dev).repeat(4)
+    cols = torch.cat((y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1))
+    vals = torch.cat(((1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy))
+    mat = torch.zeros(h * w, h * w, device=dev, dtype=dt)
+    mat.index_put_((rows, cols), vals, accumulate=True)
+    return mat, valid[None, None]
+
+
+def warp(state: Tensor, mat: Tensor) -> Tensor:
+    """Apply a :func:`sampling` matrix to a ``(B, C, h, w)`` state (sources outside the
+    grid replicate the edge cells; weigh the result with ``valid``)."""
+    b, c, h, w = state.shape
+    return torch.matmul(state.reshape(b, c, h * w), mat.t().to(state.dtype)).reshape(b, c, h, w)

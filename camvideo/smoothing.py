@@ -5,27 +5,34 @@ rescaled by its own min/max. :class:`Smoother` is the pipeline's only stateful s
 
 - **Features, by a time constant.** The state is an exponential average of the last
   features ``(C, h, w)`` with ``alpha = 1 - exp(-dt / tau)`` from the frames' timestamps,
-  so the response is the same in seconds at any (or a variable) frame rate. CAM is
-  linear in the features, so this smooths every class's map at once.
+  so the response is the same in seconds at any (or a variable) frame rate. CAM is linear
+  in the features, so this smooths every class's map at once. Right after a reset the
+  state is the plain mean of the frames so far (``alpha >= dt / time since the reset``),
+  so the first frame of a shot does not dominate the next ``tau`` seconds.
 - **Motion compensation.** Before blending, the previous state is moved with the image
-  motion between the two frames (optical flow on small grayscale frames, averaged per
-  feature cell, applied with bilinear ``grid_sample``), so the heatmap stays on a moving
-  object instead of trailing it. Cells whose content just entered the frame take the
-  new features.
-- **Class hysteresis.** Probabilities are averaged with the same time constant; the
-  shown class changes only when another one beats it by ``switch_margin``.
-- **Anti-flicker range.** The drawn map is ``(M - lo) / (hi - lo)`` with ``(lo, hi)`` an
-  average over time of the map's min and max (the max follows an increase at once, so the
-  peak never saturates into a plateau); it restarts when the class changes.
-- **Scene cuts** (a jump of the small frames' colour histogram) reset everything, so the
-  first frame of a shot is exactly the unsmoothed result.
+  motion between the two frames (DIS optical flow on small grayscale frames, averaged per
+  feature cell, applied by bilinear interpolation), so the heatmap stays on a moving
+  object instead of trailing it. Cells whose content just entered the frame take the new
+  features.
+- **Class hysteresis.** Probabilities are averaged the same way. The shown class changes
+  only when another one beats it by ``switch_margin``, or when it has not been the most
+  probable class for ``switch_hold`` seconds; during a shot's first ``tau`` seconds (the
+  average is still warming up) it simply follows the most probable class.
+- **Anti-flicker range.** The drawn map is ``(M - lo) / (hi - lo)`` with ``(lo, hi)``
+  averaged over time from the map's min and max (``hi`` follows an increase at once, so
+  the peak never saturates into a plateau); it restarts when the class changes.
+- **Scene cuts** reset everything, so the first frame of a shot is exactly the unsmoothed
+  result. The cut score is the mean of the small frames' colour-histogram distance and the
+  pooled features' cosine distance to the previous frame (both in ``[0, 1]``).
 - **Modes.** ``"causal"`` (live) returns every frame at once. ``"centered"`` (files)
   averages the causal state with an anti-causal one over ``lag`` frames of look-ahead (a
-  symmetric two-sided exponential), returning results ``lag`` frames late; :meth:`flush`
+  symmetric two-sided exponential, motion-compensated both ways), returning results
+  ``lag`` frames late; :meth:`flush`
   returns the rest at the end of the stream.
 
 ``tau=0`` turns all of it off: the result is plain per-frame CAM (argmax class, softmax
-probabilities, each map min-max normalised).
+probabilities, each map min-max normalised). Defaults are measured in
+``benchmarks/quality.py`` (see ``benchmarks/README.md``).
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import motion as mo
@@ -44,12 +52,13 @@ from .errors import OptionError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CUT_THRESHOLD", "DEFAULT_MARGIN", "DEFAULT_TAU", "MODES", "Smoothed",
-           "Smoother"]
+__all__ = ["DEFAULT_CUT_THRESHOLD", "DEFAULT_HOLD", "DEFAULT_MARGIN", "DEFAULT_TAU",
+           "MODES", "Smoothed", "Smoother"]
 
-DEFAULT_TAU = 0.3            #: seconds; see benchmarks/README.md "Quality"
-DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over
-DEFAULT_CUT_THRESHOLD = 0.5  #: colour-histogram distance (0..1) that starts a new shot
+DEFAULT_TAU = 0.3            #: seconds
+DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over at once
+DEFAULT_HOLD = 1.0           #: seconds a shown class may trail before it gives way
+DEFAULT_CUT_THRESHOLD = 0.3  #: cut score (0..1) above which a frame starts a new shot
 MODES = ("causal", "centered")
 
 
@@ -73,15 +82,17 @@ class Smoothed:
 
 @dataclass
 class _Frame:
-    """A frame inside the smoother: inputs, causal state, motion to its predecessor."""
+    """A frame inside the smoother: its inputs, motion and (smoothed) state."""
 
     time: float
     cut: bool
-    feat: Tensor              # (1, C, h, w) input features
-    prob: Tensor              # (K,) softmax of its logits
-    disp: Tensor | None       # (h, w, 2) cells back to the previous frame, or None
-    c_feat: Tensor | None = None  # causal state after this frame
-    c_prob: Tensor | None = None
+    feat: Tensor                      # (1, C, h, w) input features
+    prob: Tensor                      # (K,) softmax of its logits
+    fwd: tuple[Tensor, Tensor] | None = None   # warp (matrix, valid): previous → this
+    bwd: tuple[Tensor, Tensor] | None = None   # warp: this frame → previous one
+    s_feat: Tensor | None = None      # causal feature state after this frame
+    s_prob: Tensor | None = None      # smoothed probabilities (causal, then centered)
+    window: list[_Frame] | None = None         # centered: this frame and its look-ahead
 
 
 class Smoother:
@@ -91,17 +102,25 @@ class Smoother:
         weight: ``(K, C)`` linear-layer weight of the model (the CAM weights), on the
             features' device.
         tau: time constant in seconds; 0 turns smoothing off.
-        switch_margin: in ``[0, 1)``: the shown class changes only when another class's
-            smoothed probability exceeds it by more than this.
+        switch_margin: in ``[0, 1)``: another class whose smoothed probability exceeds the
+            shown one's by more than this takes over at once.
         motion: motion-compensate the state before blending.
         cut_reset: reset the state on detected scene cuts.
-        mode: ``"causal"`` or ``"centered"`` (look-ahead of ``lag`` frames).
+        mode: ``"causal"`` or ``"centered"`` (look-ahead of :attr:`lag` frames).
         fixed_class: always show this class's map (``--class``).
         lookahead: look-ahead frames in centered mode; default ``ceil(tau * 30)`` clipped
-            to 1..15 (about one time constant at 30 fps).
-        cut_threshold: colour-histogram distance in ``(0, 1]`` that counts as a cut.
-        motion_method: ``"dis"``, ``"farneback"`` or ``"phase"`` (see
-            :class:`camvideo.motion.MotionEstimator`).
+            to 1..15 (one time constant at 30 fps).
+        switch_hold: a shown class that has not been the most probable one for this many
+            seconds gives way to the most probable one even without the margin (so a
+            low-confidence video, where no class ever leads by the margin, cannot stay
+            stuck on a stale class); ``inf`` disables it.
+        cut_threshold: cut score in ``(0, 1]`` above which a frame starts a new shot.
+        motion_method: ``"dis"``, ``"farneback"`` or ``"phase"``
+            (:class:`camvideo.motion.MotionEstimator`).
+
+    Attributes:
+        lag: frames of look-ahead: :meth:`push` returns results that many frames late
+            (0 when causal or ``tau == 0``).
 
     Raises:
         OptionError: an option is out of range.
@@ -111,56 +130,65 @@ class Smoother:
                  switch_margin: float = DEFAULT_MARGIN, motion: bool = True,
                  cut_reset: bool = True, mode: str = "causal",
                  fixed_class: int | None = None, *, lookahead: int | None = None,
+                 switch_hold: float = DEFAULT_HOLD,
                  cut_threshold: float = DEFAULT_CUT_THRESHOLD,
                  motion_method: str = "dis") -> None:
-        tau, switch_margin = float(tau), float(switch_margin)
+        tau, switch_margin, switch_hold = float(tau), float(switch_margin), float(switch_hold)
         if not (math.isfinite(tau) and tau >= 0):
             raise OptionError(f"smoothing time constant must be ≥ 0 seconds, got {tau}")
         if not 0.0 <= switch_margin < 1.0:
             raise OptionError(f"switch margin must be in [0, 1), got {switch_margin}")
+        if not switch_hold > 0:
+            raise OptionError(f"switch hold must be > 0 seconds, got {switch_hold}")
         if mode not in MODES:
             raise OptionError(f"smoothing mode must be causal or centered, got {mode!r}")
         if not 0.0 < cut_threshold <= 1.0:
             raise OptionError(f"cut threshold must be in (0, 1], got {cut_threshold}")
+        if lookahead is not None and not 1 <= int(lookahead) <= 300:
+            raise OptionError(f"lookahead must be 1..300 frames, got {lookahead}")
         if weight.dim() != 2:
-            raise OptionError(f"weight must be (K, C), got shape {tuple(weight.shape)}")
-        k = weight.shape[0]
-        if fixed_class is not None and not 0 <= int(fixed_class) < k:
-            raise OptionError(f"class {fixed_class} out of range 0..{k - 1}")
-        if lookahead is not None and not 0 <= int(lookahead) <= 300:
-            raise OptionError(f"lookahead must be in 0..300 frames, got {lookahead}")
+            raise OptionError(f"CAM weight must be (K, C), got shape {tuple(weight.shape)}")
+        if fixed_class is not None and not 0 <= int(fixed_class) < weight.shape[0]:
+            raise OptionError(f"class {fixed_class} out of range 0..{weight.shape[0] - 1}")
         self.weight = weight
-        self.tau, self.margin = tau, switch_margin
+        self.tau, self.margin, self.switch_hold = tau, switch_margin, switch_hold
         self.motion, self.cut_reset, self.mode = bool(motion), bool(cut_reset), mode
         self.fixed_class = None if fixed_class is None else int(fixed_class)
         self.cut_threshold = float(cut_threshold)
-        self._grid = (0, 0)
+        self.lag = 0
         if mode == "centered" and tau > 0:
-            self.lag = int(lookahead) if lookahead is not None else min(15, max(
-                1, math.ceil(tau * 30 - 1e-9)))
-        else:
-            self.lag = 0
+            self.lag = (int(lookahead) if lookahead is not None
+                        else min(15, max(1, math.ceil(tau * 30 - 1e-9))))
         self._estimator = mo.MotionEstimator(motion_method)
+        self._grid = (0, 0)
         self.reset()
 
     def reset(self) -> None:
-        """Forget all state: the next frame is treated as the start of a stream."""
-        self._prev_hist: Tensor | None = None
-        self._prev_gray = None
-        self._prev_time: float | None = None
-        self._feat: Tensor | None = None      # causal (1, C, h, w) state
-        self._prob: Tensor | None = None      # causal (K,) state
+        """Forget all state (and any held-back frames): the next frame starts a stream."""
+        self._started = False
+        self._prev_hist: Tensor | None = None     # (1, 64) colour histogram
+        self._prev_pooled: Tensor | None = None   # (1, C) unit pooled features
+        self._prev_gray = None                    # (hs, ws) uint8, CPU
+        self._prev_time = 0.0
+        self._shot_start = self._first_dt = None  # for the warm-up mean
+        self._feat: Tensor | None = None          # causal (1, C, h, w) state
+        self._prob: Tensor | None = None          # causal (K,) state
         self._pending: collections.deque[_Frame] = collections.deque()
-        # output stage
-        self._out_time: float | None = None
-        self._cls: Tensor | None = None       # 0-dim int64 shown class
-        self._lo: Tensor | None = None        # (1,) range of the drawn map
+        self._out_time = self._out_start = 0.0    # output stage: hysteresis and range
+        self._cls: Tensor | None = None           # () int64 shown class
+        self._stale: Tensor | None = None         # () seconds it has not been the top one
+        self._lo: Tensor | None = None            # (1,) range of the drawn map
         self._hi: Tensor | None = None
+
+    @property
+    def state(self) -> Tensor | None:
+        """``(1, C, h, w)`` causal feature state after the last pushed frame (None before
+        the first frame or when ``tau == 0``)."""
+        return self._feat
 
     def _alpha(self, dt: float) -> float:
         return 1.0 - math.exp(-max(dt, 0.0) / self.tau)
 
-    # ------------------------------------------------------------------ public API
     def push(self, features: Tensor, logits: Tensor, times: Sequence[float],
              frames01: Tensor) -> Smoothed:
         """Add ``N`` frames; return the results that are ready.
@@ -170,35 +198,39 @@ class Smoother:
             logits: ``(N, K)`` float32 class scores.
             times: ``N`` presentation times in seconds, increasing.
             frames01: ``(N, 3, H, W)`` float RGB in ``[0, 1]``, the model-input frames
-                (used, downsampled, for motion and cut detection).
+                (downsampled here for motion and cut detection).
 
         Returns:
             :class:`Smoothed` for the next ``M`` frames in order: ``M == N`` when causal;
-            in centered mode the frames are held back until ``lag`` later ones arrived.
+            in centered mode each frame comes out once :attr:`lag` later ones arrived.
         """
         n = features.shape[0]
-        if (features.dim() != 4 or logits.shape != (n, self.weight.shape[0])
-                or len(times) != n or frames01.shape[:2] != (n, 3)):
-            raise ValueError(f"push: inconsistent shapes features {tuple(features.shape)}, "
-                             f"logits {tuple(logits.shape)}, {len(times)} times, frames01 "
+        if (features.dim() != 4 or tuple(logits.shape) != (n, self.weight.shape[0])
+                or len(times) != n or tuple(frames01.shape[:2]) != (n, 3)):
+            raise ValueError(f"push: inconsistent shapes: features {tuple(features.shape)},"
+                             f" logits {tuple(logits.shape)}, {len(times)} times, frames01 "
                              f"{tuple(frames01.shape)}")
+        grid = (int(features.shape[2]), int(features.shape[3]))
+        if self._started and grid != self._grid:
+            raise ValueError(f"push: feature grid changed from {self._grid} to {grid}; "
+                             "flush() and reset() first")
+        self._grid = grid
         probs = torch.softmax(logits.float(), dim=1)
-        self._grid = (features.shape[2], features.shape[3])
         if self.tau == 0:
-            return self._plain(features, probs, len(times))
+            return self._plain(features, probs)
         if n == 0:
             return self._empty()
-        if self._feat is not None and self._feat.shape[1:] != features.shape[1:]:
-            raise ValueError(f"push: features changed shape from {tuple(self._feat.shape[1:])}"
-                             f" to {tuple(features.shape[1:])}; flush() and reset() first")
-        grid = (features.shape[2], features.shape[3])
+        features = features.float()
         small = mo.downsample(frames01, grid)
-        cuts = self._detect_cuts(small)
-        disps = self._estimate_motion(small, grid, cuts)
+        cuts = self._detect_cuts(small, features)
+        disps = self._estimate_motion(small, cuts)
         ready: list[_Frame] = []
         for i in range(n):
-            fr = _Frame(float(times[i]), cuts[i], features[i:i + 1].float(), probs[i],
-                        disps[i] if disps is not None else None)
+            fr = _Frame(float(times[i]), cuts[i], features[i:i + 1], probs[i])
+            if disps[i] is not None:
+                fr.fwd = mo.sampling(disps[i])
+                if self.lag:
+                    fr.bwd = mo.sampling(-disps[i])
             self._causal_step(fr)
             if self.lag == 0:
                 ready.append(fr)
@@ -215,103 +247,135 @@ class Smoother:
             ready.append(self._centered(self._pending.popleft()))
         return self._emit(ready)
 
-    # ------------------------------------------------------------------ internals
-    def _plain(self, features: Tensor, probs: Tensor, n: int) -> Smoothed:
+    def _plain(self, features: Tensor, probs: Tensor) -> Smoothed:
+        n = probs.shape[0]
         classes = (torch.full((n,), self.fixed_class, dtype=torch.long, device=probs.device)
                    if self.fixed_class is not None else probs.argmax(dim=1))
         maps = minmax_normalize(cam_maps(features.float(), self.weight, classes).float())
-        cut = [self._prev_time is None] + [False] * (n - 1) if n else []
-        if n:
-            self._prev_time = 0.0
+        cut = [i == 0 and not self._started for i in range(n)]
+        self._started = self._started or n > 0
         return Smoothed(maps, classes, probs, cut)
 
     def _empty(self) -> Smoothed:
         dev, k = self.weight.device, self.weight.shape[0]
-        h, w = self._grid
-        return Smoothed(torch.empty(0, h, w, device=dev), torch.empty(0, dtype=torch.long,
-                        device=dev), torch.empty(0, k, device=dev), [])
+        return Smoothed(torch.empty(0, *self._grid, device=dev),
+                        torch.empty(0, dtype=torch.long, device=dev),
+                        torch.empty(0, k, device=dev), [])
 
-    def _detect_cuts(self, small: Tensor) -> list[bool]:
+    def _detect_cuts(self, small: Tensor, features: Tensor) -> list[bool]:
         """Per frame: does it start a new shot (always true for the stream's first)?"""
         hist = mo.color_histograms(small)
-        prev = hist[:1] if self._prev_hist is None else self._prev_hist
-        dist = mo.histogram_distance(hist, torch.cat((prev, hist[:-1])))
-        self._prev_hist = hist[-1:]
-        flags = (dist > self.cut_threshold).tolist() if self.cut_reset else [False] * len(hist)
-        if self._prev_time is None:
-            flags[0] = True
-        if log.isEnabledFor(logging.DEBUG) and any(flags):
-            log.debug("cuts at batch frames %s (distances %s)",
-                      [i for i, f in enumerate(flags) if f], [f"{d:.2f}" for d in dist.tolist()])
+        pooled = F.normalize(features.mean(dim=(2, 3)), dim=1)
+        prev_h = hist[:1] if self._prev_hist is None else self._prev_hist
+        prev_p = pooled[:1] if self._prev_pooled is None else self._prev_pooled
+        hist_d = mo.histogram_distance(hist, torch.cat((prev_h, hist[:-1])))
+        feat_d = (1.0 - (pooled * torch.cat((prev_p, pooled[:-1]))).sum(dim=1)).clamp(0, 1)
+        self._prev_hist, self._prev_pooled = hist[-1:], pooled[-1:]
+        score = 0.5 * (hist_d + feat_d)
+        flags = (score > self.cut_threshold).tolist() if self.cut_reset else [False] * len(hist)
+        if not self._started:
+            flags[0], self._started = True, True
+        if any(flags[1:] if len(flags) else ()):
+            log.debug("cut score %s", [f"{s:.2f}" for s in score.tolist()])
         return flags
 
-    def _estimate_motion(self, small: Tensor, grid: tuple[int, int],
-                         cuts: list[bool]) -> list[Tensor | None] | None:
+    def _estimate_motion(self, small: Tensor, cuts: list[bool]) -> list[Tensor | None]:
+        """Per frame, ``(h, w, 2)`` cell displacement back to the previous frame (None at
+        the start of a shot or without motion compensation)."""
         if not self.motion:
-            return None
-        gray = mo.gray_u8(small)
+            return [None] * len(cuts)
         out: list[Tensor | None] = []
-        prev = self._prev_gray
-        for i, g in enumerate(gray):
-            if cuts[i] or prev is None:
+        for i, g in enumerate(mo.gray_u8(small)):
+            if cuts[i] or self._prev_gray is None:
                 out.append(None)
             else:
-                out.append(torch.from_numpy(self._estimator.estimate(prev, g, grid)))
-            prev = g
-        self._prev_gray = prev
-        dev = small.device
-        return [d.to(dev, non_blocking=True) if d is not None else None for d in out]
+                d = self._estimator.estimate(self._prev_gray, g, self._grid)
+                out.append(torch.from_numpy(d).to(small.device, non_blocking=True))
+            self._prev_gray = g
+        return out
 
-    def _blend(self, state: Tensor, new: Tensor, a: float, disp: Tensor | None) -> Tensor:
+    @staticmethod
+    def _blend(state: Tensor, new: Tensor, a: float,
+               sampling: tuple[Tensor, Tensor] | None) -> Tensor:
         """``(1 - a) * warp(state) + a * new``; cells without a source take ``new``."""
-        if disp is None:
+        if sampling is None:
             return torch.lerp(state, new, a)
-        warped, valid = mo.warp(state, disp)
-        keep = valid.mul_(1.0 - a)
-        return new + keep * (warped - new)
+        mat, valid = sampling
+        return new + (valid * (1.0 - a)) * (mo.warp(state, mat) - new)
 
     def _causal_step(self, fr: _Frame) -> None:
         if fr.cut or self._feat is None:
             self._feat, self._prob = fr.feat, fr.prob
+            self._shot_start, self._first_dt = fr.time, None
         else:
-            a = self._alpha(fr.time - self._prev_time)
-            self._feat = self._blend(self._feat, fr.feat, a, fr.disp)
+            dt = fr.time - self._prev_time
+            if dt <= 0:
+                log.debug("non-increasing time %.6f after %.6f", fr.time, self._prev_time)
+            if self._first_dt is None:
+                self._first_dt = max(dt, 1e-6)
+            span = fr.time - self._shot_start + self._first_dt   # warm-up: mean so far
+            a = max(self._alpha(dt), max(dt, 0.0) / span)
+            self._feat = self._blend(self._feat, fr.feat, a, fr.fwd)
             self._prob = torch.lerp(self._prob, fr.prob, a)
         self._prev_time = fr.time
-        fr.c_feat, fr.c_prob = self._feat, self._prob
+        fr.s_feat, fr.s_prob = self._feat, self._prob
 
     def _centered(self, fr: _Frame) -> _Frame:
-        """Average ``fr``'s causal state with the anti-causal one over its look-ahead."""
-        window = [fr]
+        """Average ``fr``'s causal probabilities with anti-causal ones over its look-ahead
+        (the frames still pending, up to the next cut); the map follows in :meth:`_map`."""
+        fr.window = [fr]
         for nxt in self._pending:
             if nxt.cut:
                 break
-            window.append(nxt)
-        a_feat, a_prob = window[-1].feat, window[-1].prob
-        for cur, nxt in zip(reversed(window[:-1]), reversed(window[1:])):
-            a = self._alpha(nxt.time - cur.time)
-            back = -nxt.disp if nxt.disp is not None else None
-            a_feat = self._blend(a_feat, cur.feat, a, back)
-            a_prob = torch.lerp(a_prob, cur.prob, a)
-        return _Frame(fr.time, fr.cut, fr.feat, fr.prob, None,
-                      0.5 * (fr.c_feat + a_feat), 0.5 * (fr.c_prob + a_prob))
+            fr.window.append(nxt)
+        a_prob = fr.window[-1].prob
+        for cur, nxt in zip(reversed(fr.window[:-1]), reversed(fr.window[1:])):
+            a_prob = torch.lerp(a_prob, cur.prob, self._alpha(nxt.time - cur.time))
+        fr.s_prob = 0.5 * (fr.s_prob + a_prob)
+        return fr
+
+    def _map(self, fr: _Frame, cls: Tensor) -> Tensor:
+        """``(1, h, w)`` raw CAM of class ``cls`` for an output frame. Centered: the mean
+        of the causal state's map and the anti-causal average of the look-ahead frames'
+        maps (CAM is linear and so is warping, so averaging one class's maps equals
+        averaging the features, at ``1 / C`` of the cost)."""
+        raw = cam_maps(fr.s_feat, self.weight, cls.view(1))
+        if fr.window is None:
+            return raw
+        win = fr.window
+        maps = cam_maps(torch.cat([f.feat for f in win]), self.weight,
+                        cls.view(1).expand(len(win)))[:, None]          # (L+1, 1, h, w)
+        acc = maps[-1:]
+        for i in range(len(win) - 2, -1, -1):
+            acc = self._blend(acc, maps[i:i + 1], self._alpha(win[i + 1].time - win[i].time),
+                              win[i + 1].bwd)
+        fr.window = None
+        return 0.5 * (raw + acc[:, 0])
 
     def _emit(self, ready: list[_Frame]) -> Smoothed:
-        """Class hysteresis and the smoothed normalisation range, in output order."""
+        """Class hysteresis and the smoothed normalisation range, in output order (all on
+        the device: no synchronisation per frame)."""
         if not ready:
             return self._empty()
-        maps, classes, probs = [], [], []
+        maps, classes = [], []
         for fr in ready:
-            p = fr.c_prob
+            p = fr.s_prob
             best = p.argmax()
             restart = fr.cut or self._cls is None
+            if restart:
+                self._out_start = fr.time
             if self.fixed_class is not None:
                 cls = torch.tensor(self.fixed_class, device=p.device)
-            elif restart:
-                cls = best
+            elif restart or fr.time - self._out_start < self.tau:   # still warming up
+                cls, self._stale = best, torch.zeros((), device=p.device)
             else:
-                cls = torch.where(p[best] - p[self._cls] > self.margin, best, self._cls)
-            raw = cam_maps(fr.c_feat, self.weight, cls.view(1)).float()    # (1, h, w)
+                self._stale = torch.where(best == self._cls, 0.0,
+                                          self._stale + (fr.time - self._out_time))
+                take = ((p[best] - p[self._cls] > self.margin)
+                        | (self._stale >= self.switch_hold - 1e-6))
+                cls = torch.where(take, best, self._cls)
+                self._stale = torch.where(take, 0.0, self._stale)
+            raw = self._map(fr, cls).float()                                # (1, h, w)
             lo, hi = raw.amin(dim=(1, 2)), raw.amax(dim=(1, 2))
             if not restart:
                 a = self._alpha(fr.time - self._out_time)
@@ -321,6 +385,5 @@ class Smoother:
             self._cls, self._lo, self._hi, self._out_time = cls, lo, hi, fr.time
             maps.append(minmax_normalize(raw, lo, hi))
             classes.append(cls)
-            probs.append(p)
-        return Smoothed(torch.cat(maps), torch.stack(classes).long(), torch.stack(probs),
-                        [fr.cut for fr in ready])
+        return Smoothed(torch.cat(maps), torch.stack(classes).long(),
+                        torch.stack([fr.s_prob for fr in ready]), [fr.cut for fr in ready])

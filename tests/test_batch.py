@@ -1,0 +1,415 @@
+"""``camvideo batch``: folders of generated clips (nested, plus broken files), resume,
+isolation, containment, Ctrl-C, ``--jobs`` and the Ray backend.
+
+Clips are tiny (160x96, 12-24 frames) and the model input small (``size=64``): what is
+tested is the batch machinery; the default model is still the real one (loaded once), so
+that ``--jobs 2`` sharing it across threads is checked against ``--jobs 1``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from camvideo import synth
+from camvideo.batch import (DONE, FAILED, INTERRUPTED, SKIPPED, clean_stale_partials,
+                            find_videos, plan, run_batch)
+from camvideo.errors import ExitCode, InputError, ModelError, OptionError
+from camvideo.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"size": 64, "smooth": 0.0, "topk": 1}
+GOOD = {"a.mp4": ("pan", 16), "sub/b.MOV": ("zoom", 12), "sub/deep/c.mkv": ("cuts", 18),
+        "sub/deep/d.mp4": ("pan", 12)}
+BAD = {"sub/trunc.mp4": "not a readable video", "empty.mp4": "empty",
+       "notes.avi": "not a readable video"}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def source_tree(tmp_path_factory) -> Path:
+    """IN_DIR: four good clips in nested folders, a truncated MP4, an empty file, a text
+    file named .avi, an ignored .txt, a hidden clip, and a link to a clip outside."""
+    base = tmp_path_factory.mktemp("batch_src")
+    root = base / "in"
+    for rel, (kind, n) in GOOD.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        synth.make_clip(kind, root / rel, size=(160, 96), n=n, fps=24)
+    data = (root / "a.mp4").read_bytes()
+    (root / "sub/trunc.mp4").write_bytes(data[: len(data) // 2])  # no index: unreadable
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notes.avi").write_text("not a video\n")
+    (root / "readme.txt").write_text("ignored\n")
+    shutil.copy(root / "a.mp4", root / ".hidden.mp4")
+    shutil.copy(root / "a.mp4", base / "outside.mp4")
+    (root / "link.mp4").symlink_to(base / "outside.mp4")
+    return root
+
+
+@pytest.fixture
+def tree(source_tree, tmp_path) -> Path:
+    """A fresh copy of :func:`source_tree` (links kept as links)."""
+    dst = tmp_path / "in"
+    shutil.copytree(source_tree, dst, symlinks=True)
+    return dst
+
+
+def frame_count(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def partials(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if "partial" in p.name)
+
+
+def by_rel(summary, in_dir: Path) -> dict[str, object]:
+    return {Path(r.path).relative_to(in_dir).as_posix(): r for r in summary.records}
+
+
+def check_done(rec, in_dir: Path, rel: str, sidecar: bool = False) -> None:
+    """The output exists, decodes, and has as many frames as the input."""
+    assert rec.status == DONE, rec
+    out = Path(rec.output)
+    assert out.is_file() and out.suffix == ".mp4"
+    n = frame_count(in_dir / rel)
+    assert frame_count(out) == n == rec.frames == GOOD[rel][1]
+    if sidecar:
+        lines = out.with_suffix(".jsonl").read_text().splitlines()
+        assert [json.loads(x)["frame"] for x in lines] == list(range(n))
+
+
+# --------------------------------------------------------------------------- pieces
+
+def test_find_videos_patterns_hidden_links(tree, tmp_path):
+    found, refused = find_videos(tree)
+    rels = [p.relative_to(tree).as_posix() for p in found]
+    assert sorted(rels) == sorted([*GOOD, *BAD])  # .MOV matched; .txt, hidden left out
+    assert [(Path(r.path).name, r.status) for r in refused] == [("link.mp4", SKIPPED)]
+    assert "outside IN_DIR" in refused[0].reason
+    found, _ = find_videos(tree, ["sub/deep/*", "A.MP4"])
+    assert sorted(p.relative_to(tree).as_posix() for p in found) == \
+        ["a.mp4", "sub/deep/c.mkv", "sub/deep/d.mp4"]
+    out_inside = tree / "sub" / "results"
+    shutil.copytree(tree / "sub" / "deep", out_inside)
+    found, _ = find_videos(tree, exclude=[out_inside])
+    assert not [p for p in found if out_inside in p.parents]
+
+
+def test_plan_mirrors_tree_and_separates_name_clashes(tmp_path):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    for rel in ("x/a.mov", "x/a.avi", "x/b.mkv"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"")
+    jobs, refused = plan(src, dst, sorted(src.rglob("*.*")), sidecar=True)
+    assert refused == []
+    outs = {j.input.name: j.output.relative_to(dst).as_posix() for j in jobs}
+    assert outs == {"a.avi": "x/a.avi.mp4", "a.mov": "x/a.mov.mp4", "b.mkv": "x/b.mp4"}
+    assert all(j.json == j.output.with_suffix(".jsonl") for j in jobs)
+    assert (dst / "x").is_dir()
+
+
+def test_outputs_never_escape_out_dir_through_links(tmp_path):
+    src, dst, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "v.mp4").write_bytes(b"")
+    (src / "ok.mp4").write_bytes(b"")
+    dst.mkdir()
+    elsewhere.mkdir()
+    (dst / "sub").symlink_to(elsewhere, target_is_directory=True)  # planted link
+    (dst / "ok.mp4").symlink_to(elsewhere / "victim.mp4")
+    jobs, refused = plan(src, dst, [src / "sub" / "v.mp4", src / "ok.mp4"])
+    assert jobs == []
+    reasons = {Path(r.path).name: r.reason for r in refused}
+    assert "outside OUT_DIR" in reasons["v.mp4"] and "link" in reasons["ok.mp4"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_outputs_never_overwrite_inputs_when_out_dir_contains_in_dir(tmp_path):
+    dst = tmp_path / "o"
+    src = dst / "in"
+    (src / "in").mkdir(parents=True)
+    for rel in ("x.mp4", "in/x.mp4"):
+        (src / rel).write_bytes(b"")
+    jobs, refused = plan(src, dst, [src / "x.mp4", src / "in" / "x.mp4"])
+    assert [j.output for j in jobs] == [dst / "x.mp4"]
+    assert [Path(r.path) for r in refused] == [src / "in" / "x.mp4"]  # → o/in/x.mp4
+    assert "inside IN_DIR" in refused[0].reason
+
+
+def test_stale_partials_removed_live_ones_kept(tmp_path):
+    (tmp_path / "d").mkdir()
+    dead = tmp_path / "d" / ".clip.2.999999999.1.partial.mp4"  # pid 999999999: none
+    dead_json = tmp_path / ".clip.jsonl.999999999.partial"
+    live = tmp_path / f".clip.{os.getpid()}.1.partial.mp4"
+    user = tmp_path / "clip.partial.mp4"  # not hidden: not ours
+    for p in (dead, dead_json, live, user):
+        p.write_bytes(b"x")
+    assert clean_stale_partials(tmp_path) == 2
+    assert not dead.exists() and not dead_json.exists() and live.exists() and user.exists()
+
+
+def test_partial_pattern_matches_the_sinks_temporary_names(tmp_path):
+    """The sweep knows the sinks' naming: the PID it reads is this process's."""
+    from camvideo.api import JsonLinesSink
+    from camvideo.batch_files import _PARTIAL
+    from camvideo.media import _temp_path
+
+    side = JsonLinesSink(tmp_path / "v.2.jsonl")
+    names = [_temp_path(tmp_path / "v.2.mp4").name, side.tmp.name]
+    side.abort()
+    for name in names:
+        m = _PARTIAL[0].match(name) or _PARTIAL[1].match(name)
+        assert m and int(m.group(1)) == os.getpid(), name
+
+
+# --------------------------------------------------------------------------- one machine
+
+def test_batch_done_failed_report_then_resume(tree, tmp_path, lite0):
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    t0 = time.monotonic()
+    s = run_batch(tree, out, json=True, jobs=2, report=report, model=lite0, **FAST)
+    first = time.monotonic() - t0
+    recs = by_rel(s, tree)
+    assert set(recs) == {*GOOD, *BAD, "link.mp4"}
+    for rel in GOOD:
+        check_done(recs[rel], tree, rel, sidecar=True)
+    for rel, words in BAD.items():
+        assert recs[rel].status == FAILED and words in recs[rel].reason, recs[rel]
+    assert recs["link.mp4"].status == SKIPPED
+    assert s.counts == {DONE: 4, SKIPPED: 1, FAILED: 3, INTERRUPTED: 0}
+    assert s.frames == sum(n for _, n in GOOD.values()) and s.fps > 0
+    assert s.exit_code == ExitCode.PARTIAL
+    assert partials(out) == [] and not (out / "readme.mp4").exists()
+    rep = json.loads(report.read_text())
+    assert (rep["done"], rep["skipped"], rep["failed"]) == (4, 1, 3)
+    assert {Path(r["path"]).name: r["status"] for r in rep["records"]}["trunc.mp4"] == FAILED
+    for r in rep["records"]:
+        assert set(r) == {"path", "output", "status", "reason", "frames", "seconds"}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
+
+    # A stale temporary file of a killed run: removed, and never taken for an output.
+    stale = out / "sub" / "deep" / ".d.999999999.1.partial.mp4"
+    stale.write_bytes(b"half")
+    (out / "sub" / "deep" / "d.jsonl").unlink()  # sidecar missing: d is redone
+    s2 = run_batch(tree, out, json=True, jobs=2, report=report, model=lite0, **FAST)
+    recs2 = by_rel(s2, tree)
+    assert {r: recs2[r].status for r in GOOD} == {"a.mp4": SKIPPED, "sub/b.MOV": SKIPPED,
+                                                  "sub/deep/c.mkv": SKIPPED,
+                                                  "sub/deep/d.mp4": DONE}
+    assert all(recs2[r].status == FAILED for r in BAD)
+    check_done(recs2["sub/deep/d.mp4"], tree, "sub/deep/d.mp4", sidecar=True)
+    assert not stale.exists() and partials(out) == []
+    assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items() if p.stem != "d")
+
+    # Only bad files and done ones left: a third run touches nothing and is quick.
+    t0 = time.monotonic()
+    s3 = run_batch(tree, out, json=True, report=report, model=lite0, **FAST)
+    third = time.monotonic() - t0
+    assert s3.counts[SKIPPED] == 5 and s3.counts[DONE] == 0
+    assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items() if p.stem != "d")
+    assert third < first / 4, (first, third)
+    # --force redoes them.
+    s4 = run_batch(tree, out, patterns=["a.mp4"], force=True, model=lite0, **FAST)
+    assert [r.status for r in s4.records] == [DONE]
+    assert (out / "a.mp4").stat().st_mtime_ns != mtimes[out / "a.mp4"]
+
+
+def test_jobs_share_one_model_safely(tree, tmp_path, lite0):
+    """Two files at a time on one shared model give exactly the sidecars (classes,
+    scores to 1e-6, peaks, boxes) and frame counts of one at a time."""
+    globs = list(GOOD)
+    res = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"out{jobs}"
+        s = run_batch(tree, out, patterns=globs, json=True, jobs=jobs, model=lite0,
+                      size=96, bbox=True)
+        assert s.counts[DONE] == len(GOOD)
+        res[jobs] = {p.relative_to(out).as_posix(): p.read_text()
+                     for p in sorted(out.rglob("*.jsonl"))}
+    assert len(res[1]) == len(GOOD) and res[1] == res[2]
+
+
+def test_stop_event_aborts_cleanly(tree, tmp_path, lite0):
+    import threading
+
+    stop = threading.Event()
+    seen = []
+
+    def progress(p):
+        seen.append(p)
+        if p.last is not None and p.last.status == DONE:
+            stop.set()
+
+    out = tmp_path / "out"
+    s = run_batch(tree, out, patterns=list(GOOD), jobs=1, model=lite0, progress=progress,
+                  stop=stop, **FAST)
+    assert s.interrupted and s.exit_code == ExitCode.INTERRUPTED
+    assert s.counts[DONE] >= 1 and s.counts[INTERRUPTED] >= 1
+    assert partials(out) == []
+    for r in s.records:
+        assert Path(r.output).exists() == (r.status == DONE)
+    assert seen[-1].videos_total == len(GOOD) and any(p.current for p in seen)
+    first = next(p.last for p in seen if p.last is not None)
+    assert max(p.frames for p in seen) >= first.frames > 0
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, tree):
+    cases = [([str(tmp_path / "nope"), str(tmp_path / "o")], ExitCode.INPUT, "not found"),
+             ([str(tree), str(tree)], ExitCode.USAGE, "must not be IN_DIR"),
+             ([str(tree), str(tmp_path / "o"), "--ext", "gif"], ExitCode.USAGE, "--ext"),
+             ([str(tree), str(tmp_path / "o"), "--glob", "*.none"], ExitCode.INPUT,
+              "no video"),
+             ([str(tree), str(tmp_path / "o"), "--jobs", "0"], ExitCode.USAGE, "jobs"),
+             ([str(tree), str(tmp_path / "o"), "-m", "nonet"], ExitCode.MODEL, "nonet"),
+             ([str(tree), str(tmp_path / "o"), "--report", str(tmp_path / "no" / "r.json")],
+              ExitCode.OUTPUT, "cannot write report")]
+    from camvideo.cli import main
+    for args, code, words in cases:
+        rc = main(["batch", *args, "-q"])
+        err = capsys.readouterr().err
+        assert rc == code, (args, err)
+        assert words in err and "Traceback" not in err, err
+
+
+def test_cli_summary_report_and_exit_code(tree, tmp_path, capsys, lite0, monkeypatch):
+    monkeypatch.setattr("camvideo.models.load_model", lambda *a, **k: lite0)
+    from camvideo.cli import main
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    rc = main(["batch", str(tree), str(out), "--json", "--size", "64", "--smooth", "0",
+               "--report", str(report), "-q", "--glob", "*.MP4", "--glob", "*.avi"])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.PARTIAL
+    assert "2 done, 1 skipped, 3 failed" in err and "Traceback" not in err, err
+    for rel in BAD:
+        assert f"failed: {tree / rel}:" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == \
+        ["a.jsonl", "a.mp4", "sub/deep/d.jsonl", "sub/deep/d.mp4"]
+    assert json.loads(report.read_text())["done"] == 2
+    rc = main(["batch", str(tree), str(out), "--json", "-q", "--glob", "a.mp4"])
+    assert rc == ExitCode.OK and "0 done, 1 skipped, 0 failed" in capsys.readouterr().err
+
+
+def test_missing_ray_is_a_clear_error(tree, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    with pytest.raises(OptionError, match=r"camvideo\[ray\]"):
+        run_batch(tree, tmp_path / "out", ray=True, patterns=["a.mp4"], **FAST)
+
+
+def test_unknown_model_stops_before_any_file(tree, tmp_path):
+    with pytest.raises(ModelError):
+        run_batch(tree, tmp_path / "out", model="no_such_net", **FAST)
+    with pytest.raises(InputError):
+        run_batch(tmp_path / "missing", tmp_path / "out")
+
+
+def _popen_batch(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "camvideo", "batch", *args, "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=str(ROOT))
+
+
+def _interrupt_after_first_output(proc: subprocess.Popen, out: Path, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(not p.name.startswith(".") for p in out.rglob("*.mp4")):
+            proc.send_signal(signal.SIGINT)
+            return
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no output within {limit} s: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.fixture
+def long_tree(tmp_path) -> Path:
+    """Six clips of 30 frames: enough work that Ctrl-C lands mid-batch."""
+    src = tmp_path / "long"
+    for i in range(6):
+        (src / f"s{i % 2}").mkdir(parents=True, exist_ok=True)
+        synth.make_clip("pan", src / f"s{i % 2}" / f"v{i}.mp4", size=(160, 96), n=30,
+                        fps=24)
+    return src
+
+
+def _after_interrupt(proc, out: Path, report: Path) -> set[str]:
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, f"rc {proc.returncode}: {err[-3000:]}"
+    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
+    assert partials(out) == []
+    done = {p.relative_to(out).as_posix() for p in out.rglob("*.mp4")}
+    assert 1 <= len(done) < 6
+    for p in out.rglob("*.mp4"):  # every output there is complete
+        assert frame_count(p) == 30
+    rep = json.loads(report.read_text())
+    assert rep["interrupted"] and rep["done"] == len(done)
+    return done
+
+
+def test_sigint_leaves_no_partial_and_rerun_completes(long_tree, tmp_path, lite0):
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    proc = _popen_batch([str(long_tree), str(out), "--jobs", "1", "--json", "--size",
+                         "128", "--report", str(report)])
+    _interrupt_after_first_output(proc, out, limit=60)
+    done = _after_interrupt(proc, out, report)
+    s = run_batch(long_tree, out, json=True, jobs=2, model=lite0, **FAST)
+    st = {Path(r.output).relative_to(out).as_posix(): r.status for r in s.records}
+    assert {k for k, v in st.items() if v == SKIPPED} == done
+    assert s.counts[DONE] == 6 - len(done) and s.exit_code == ExitCode.OK
+    assert all(frame_count(p) == 30 for p in out.rglob("*.mp4"))
+    assert len(list(out.rglob("*.jsonl"))) == 6 and partials(out) == []
+
+
+# --------------------------------------------------------------------------- Ray
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A small local Ray instance for this module (2 CPUs)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install "
+                                            "'camvideo[ray]'; part of the test extra)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_same_records_as_local(ray_local, tree, tmp_path):
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    s = run_batch(tree, out, ray=True, json=True, report=report, **FAST)
+    recs = by_rel(s, tree)
+    for rel in GOOD:
+        check_done(recs[rel], tree, rel, sidecar=True)
+    for rel, words in BAD.items():
+        assert recs[rel].status == FAILED and words in recs[rel].reason
+    assert recs["link.mp4"].status == SKIPPED
+    assert s.exit_code == ExitCode.PARTIAL and partials(out) == []
+    assert json.loads(report.read_text())["failed"] == 3
+    s2 = run_batch(tree, out, ray=True, json=True, **FAST)
+    assert s2.counts[SKIPPED] == 5 and s2.counts[DONE] == 0
+
+
+def test_ray_sigint_then_resume(ray_local, long_tree, tmp_path):
+    address = ray_local.get_runtime_context().gcs_address
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    proc = _popen_batch([str(long_tree), str(out), "--ray", address, "--json",
+                         "--size", "128", "--report", str(report)])
+    _interrupt_after_first_output(proc, out, limit=90)
+    done = _after_interrupt(proc, out, report)
+    s = run_batch(long_tree, out, ray=True, json=True, **FAST)
+    st = {Path(r.output).relative_to(out).as_posix(): r.status for r in s.records}
+    assert {k for k, v in st.items() if v == SKIPPED} == done
+    assert s.counts[DONE] == 6 - len(done) and s.exit_code == ExitCode.OK
+    assert all(frame_count(p) == 30 for p in out.rglob("*.mp4"))
+    assert partials(out) == []

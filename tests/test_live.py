@@ -1,0 +1,581 @@
+"""`camvideo live`: real network streams over loopback, a slow model, lost and stalled
+sources, shutdown, and the --serve page in a real headless browser.
+
+Streams are MPEG-TS (H.264, zerolatency) sent by PyAV at real-time pace from a child
+process (`SENDER`), over UDP, or over TCP into camvideo listening. The network is a tiny
+convolution (monkeypatched in) except where the point is timing with a slow model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from camvideo import synth
+from camvideo.cli import main
+from camvideo.errors import ExitCode, OptionError, SourceLostError
+from camvideo.live import build_parser, run_live
+from camvideo.liveview import Controls, draw_hud
+from camvideo.models import from_modules
+from camvideo.render import colormap_lut
+from camvideo.serve import parse_bind
+from camvideo.streams import LiveSource, parse_source
+
+CHROMIUM = "/usr/bin/chromium"
+
+#: Child process: send a clip's frames in a loop as MPEG-TS at real-time pace for
+#: SECONDS, then stay connected but silent for HOLD seconds (a stall), then close.
+SENDER = r"""
+import sys, time, av
+url, clip, seconds, hold = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+fps = 30
+with av.open(clip) as c:
+    frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+h, w = frames[0].shape[:2]
+deadline = time.monotonic() + 20
+while True:  # TCP: camvideo may not be listening yet
+    try:
+        out = av.open(url, "w", format="mpegts")
+        break
+    except (av.FFmpegError, OSError):
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
+s = out.add_stream("libx264", rate=fps)
+s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+s.codec_context.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "15",
+                           "crf": "16"}
+t0, i = time.monotonic(), 0
+while i / fps < seconds:
+    vf = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
+    vf.pts = i
+    for p in s.encode(vf):
+        out.mux(p)
+    i += 1
+    wait = t0 + i / fps - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+time.sleep(hold)
+for p in s.encode(None):
+    out.mux(p)
+out.close()
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Sleep(torch.nn.Module):
+    """Makes a forward pass take ``seconds`` longer (an artificially slow model)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+def tiny(monkeypatch, sleep: float = 0.0):
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 8, 32, stride=32), torch.nn.ReLU()]
+    if sleep:
+        layers.append(Sleep(sleep))
+    model = from_modules(torch.nn.Sequential(*layers), torch.nn.Linear(8, 5),
+                         labels=list("abcde"))
+    monkeypatch.setattr("camvideo.api.load_model", lambda *a, **k: model)
+    return model
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    return tiny(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> synth.Clip:
+    """The cat panning, 192x108, 30 frames at 30 fps (the sender loops it)."""
+    return synth.make_clip("pan", tmp_path_factory.mktemp("live") / "pan.mp4",
+                           size=(192, 108), n=30, fps=30)
+
+
+@pytest.fixture(scope="module")
+def raw_frames(clip) -> list[np.ndarray]:
+    with av.open(str(clip.path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def sender(url: str, clip: synth.Clip, seconds: float, hold: float = 0.0):
+    proc = subprocess.Popen([sys.executable, "-c", SENDER, url, str(clip.path),
+                             str(seconds), str(hold)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def live(args: list, capsys) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    rc = main(["live", *[str(a) for a in args]])
+    return rc, capsys.readouterr().err, time.monotonic() - t0
+
+
+def decoded(path: Path) -> tuple[list[float], list[np.ndarray]]:
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    return ([float(f.pts * f.time_base) for f in frames],
+            [f.to_ndarray(format="rgb24") for f in frames])
+
+
+def heat_residual(rec: np.ndarray, raw: np.ndarray, alpha: float = 0.5) -> float:
+    """Median distance (RGB levels) of ``(rec - (1 - alpha) raw) / alpha`` to the nearest
+    jet colour: small when ``rec`` is ``raw`` blended with a jet heatmap."""
+    heat = (rec.astype(np.float32) - (1 - alpha) * raw.astype(np.float32)) / alpha
+    px = heat[::6, ::6].reshape(-1, 1, 3)
+    lut = colormap_lut("jet").numpy().astype(np.float32).reshape(1, 256, 3)
+    return float(np.median(np.sqrt(((px - lut) ** 2).sum(-1)).min(1)))
+
+
+def stats_of(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def test_udp_stream_is_annotated_and_recorded(tiny_model, clip, raw_frames, tmp_path,
+                                              capsys):
+    port = free_port()
+    out, st = tmp_path / "rec.mp4", tmp_path / "stats.json"
+    duration = 2.5
+    with sender(f"udp://127.0.0.1:{port}", clip, seconds=duration + 8):
+        rc, err, _ = live([f"udp://127.0.0.1:{port}", "-o", out, "--duration", duration,
+                           "--window", "off", "--topk", "0", "--size", 96,
+                           "--stats", st], capsys)
+    assert rc == ExitCode.OK, err
+    times, frames = decoded(out)
+    stats = stats_of(st)
+    assert len(frames) == stats["shown"] >= 20
+    assert all(b > a for a, b in zip(times, times[1:])), "timestamps must increase"
+    assert times[0] == pytest.approx(0.0, abs=0.01)
+    assert duration - 0.4 <= times[-1] < duration  # spans the duration, capture-timed
+    assert np.median(np.diff(times)) == pytest.approx(1 / 30, abs=0.012)
+    # Every frame is annotated: far from every raw frame, and a jet heatmap blended over
+    # one of them (measured: ~7 levels from jet; a raw frame itself is ~100 away).
+    for rec in frames[::len(frames) // 6]:
+        dist = min(np.abs(rec.astype(np.int16) - raw).mean() for raw in raw_frames)
+        assert dist > 12, "a recorded frame equals a raw frame: not annotated"
+        assert min(heat_residual(rec, raw) for raw in raw_frames) < 20
+    assert min(heat_residual(raw_frames[5], raw) for raw in raw_frames) > 50  # control
+
+
+def test_slow_model_drops_stale_frames_and_latency_stays_bounded(monkeypatch, clip,
+                                                                tmp_path, capsys):
+    tiny(monkeypatch, sleep=0.15)  # ~6 fps against a 30 fps stream
+    port = free_port()
+    out, st = tmp_path / "rec.mp4", tmp_path / "stats.json"
+    with sender(f"udp://127.0.0.1:{port}", clip, seconds=12):
+        rc, err, _ = live([f"udp://127.0.0.1:{port}", "-o", out, "--duration", 4,
+                           "--window", "off", "--size", 96, "--stats", st], capsys)
+    assert rc == ExitCode.OK, err
+    stats = stats_of(st)
+    lat = [f[2] for f in stats["frames"]]
+    assert 12 <= stats["shown"] <= 40
+    assert stats["dropped"] > 0.5 * stats["captured"], stats
+    # Queued instead of dropped, 4 s of a 30 fps stream at ~6 fps would end ~3 s late.
+    first, last = np.median(lat[1:6]), np.median(lat[-5:])
+    assert last <= first + 0.15, (first, last)
+    assert max(lat[1:]) < 0.6, lat
+    times, frames = decoded(out)
+    assert len(frames) == stats["shown"]
+    assert np.median(np.diff(times)) > 0.1  # the dropped frames are simply absent
+    assert all(b > a for a, b in zip(times, times[1:]))
+
+
+def test_tcp_source_that_ends_finalises_the_recording(tiny_model, clip, tmp_path, capsys):
+    port = free_port(socket.SOCK_STREAM)
+    out = tmp_path / "rec.mkv"
+    with sender(f"tcp://127.0.0.1:{port}", clip, seconds=2.5):
+        rc, err, elapsed = live([f"tcp://127.0.0.1:{port}?listen=1", "-o", out,
+                                 "--window", "off", "--size", 96, "--open-timeout", 15],
+                                capsys)
+    assert rc == ExitCode.OK, err
+    times, frames = decoded(out)
+    # the frames read while FFmpeg probed the stream are stale and dropped (fflags
+    # nobuffer): the recording starts up to ~1 s into the stream and runs to its end
+    assert len(frames) >= 15 and 0.5 <= times[-1] <= 2.6
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+@pytest.mark.parametrize("source", ["57", "/dev/video57", "tcp://127.0.0.1:{closed}"])
+def test_unopenable_source_is_one_line_and_nonzero(source, tmp_path, capsys):
+    source = source.format(closed=free_port(socket.SOCK_STREAM))
+    rc, err, elapsed = live([source, "-o", tmp_path / "rec.mp4", "--window", "off"], capsys)
+    assert rc == ExitCode.SOURCE_LOST
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("camvideo: error: cannot open"), err
+    assert elapsed < 5 and not list(tmp_path.iterdir())
+
+
+def test_missing_file_is_one_line(tmp_path, capsys):
+    rc, err, _ = live([tmp_path / "nope.mp4", "--realtime", "--window", "off"], capsys)
+    assert rc == ExitCode.INPUT and len(err.strip().splitlines()) == 1
+    assert "not found" in err
+
+
+def test_stalled_stream_times_out_and_keeps_the_recording(tiny_model, clip, tmp_path,
+                                                         capsys):
+    port = free_port()
+    out = tmp_path / "rec.mp4"
+    with sender(f"udp://127.0.0.1:{port}", clip, seconds=2.0, hold=30):
+        rc, err, elapsed = live([f"udp://127.0.0.1:{port}", "-o", out, "--timeout", 1,
+                                 "--window", "off", "--size", 96], capsys)
+    assert rc == ExitCode.SOURCE_LOST
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stalled" in lines[0] and "no data for 1 s" in lines[0], err
+    assert f"recording kept: {out}" in lines[0]
+    assert elapsed < 10
+    times, frames = decoded(out)  # what came before the stall was recorded and kept
+    assert len(frames) >= 10 and all(b > a for a, b in zip(times, times[1:]))
+
+
+def test_stream_that_never_starts_times_out(tmp_path, capsys):
+    port = free_port()  # nobody sends there
+    rc, err, elapsed = live([f"udp://127.0.0.1:{port}", "--open-timeout", 1,
+                             "--window", "off", "-o", tmp_path / "r.mp4"], capsys)
+    assert rc == ExitCode.SOURCE_LOST and elapsed < 5
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "nothing received within 1 s" in lines[0], err
+
+
+def test_sigterm_finalises_the_recording(clip, tmp_path):
+    """A real process: SIGTERM (cli.py turns it into KeyboardInterrupt) stops the capture,
+    drains and closes the recording, exit 0."""
+    long = synth.make_clip("pan", tmp_path / "long.mp4", size=(192, 108), n=300, fps=30)
+    out = tmp_path / "rec.mp4"
+    code = ("import sys, torch\n"
+            "import camvideo.api as api\n"
+            "from camvideo.models import from_modules\n"
+            "torch.manual_seed(0)\n"
+            "m = from_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32)),"
+            " torch.nn.Linear(8, 5), labels=list('abcde'))\n"
+            "api.load_model = lambda *a, **k: m\n"
+            "from camvideo.cli import main\n"
+            f"sys.exit(main(['live', {str(long.path)!r}, '--realtime', '-o', {str(out)!r},"
+            " '--window', 'off', '--size', '96']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in tmp_path.iterdir() if "partial" in p.name]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)
+        time.sleep(1.0)  # about a second recorded
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == ExitCode.OK, proc.stderr.read()
+    times, frames = decoded(out)
+    assert 15 <= len(frames) < 300 and all(b > a for a, b in zip(times, times[1:]))
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+# --------------------------------------------------------------------------- --serve
+
+
+def _wait_http(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _screenshot(url: str, path: Path, profile: Path) -> np.ndarray:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={profile}", "--window-size=400,300",
+           "--hide-scrollbars", f"--screenshot={path}", url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=40, check=False)
+    image = cv2.imread(str(path))
+    assert image is not None, f"chromium wrote no screenshot: {proc.stderr[-800:]}"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _mjpeg_frames(url: str, n: int) -> list[np.ndarray]:
+    """The first ``n`` JPEG parts of a multipart/x-mixed-replace response."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.headers.get_content_type() == "multipart/x-mixed-replace"
+        out, buf = [], b""
+        while len(out) < n:
+            buf += r.read1(65536)
+            start = buf.find(b"\xff\xd8")
+            end = buf.find(b"\xff\xd9", start + 2)
+            if start >= 0 and end > 0:
+                img = cv2.imdecode(np.frombuffer(buf[start:end + 2], np.uint8),
+                                   cv2.IMREAD_COLOR)
+                out.append(img)
+                buf = buf[end + 2:]
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                    reason=f"{CHROMIUM} missing (Debian package chromium; .ci/run installs it)")
+def test_serve_page_shows_a_changing_stream_in_headless_chromium(tiny_model, tmp_path):
+    long = synth.make_clip("pan", tmp_path / "long.mp4", size=(320, 180), n=450, fps=30)
+    port = free_port(socket.SOCK_STREAM)
+    stop = threading.Event()
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = run_live(str(long.path), realtime=True, window="off",
+                                         serve=f"127.0.0.1:{port}", duration=15,
+                                         size=96, stop=stop)
+        except BaseException as e:  # noqa: BLE001
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_http(url, 15)
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert '<img id="live" src="/stream.mjpg"' in page
+        a = _screenshot(url, tmp_path / "a.png", tmp_path / "profile-a")
+        time.sleep(1.0)
+        b = _screenshot(url, tmp_path / "b.png", tmp_path / "profile-b")
+        f1, f2 = _mjpeg_frames(url + "stream.mjpg", 2)
+    finally:
+        stop.set()
+        t.join(30)
+    assert "error" not in result, result.get("error")
+    # The page's image is the annotated stream: jet's deep blue (the map's low end, a
+    # fifth of the page when shown) is there; the raw clip has none of it...
+    for shot in (a, b):
+        blue = (shot[..., 2] > 120) & (shot[..., 0] < 60)
+        assert blue.mean() > 0.05, "no heatmap in the page"
+    # ...and it moves: the two screenshots a second apart differ where the image is.
+    changed = np.abs(a.astype(np.int16) - b).max(-1) > 30
+    assert changed.mean() > 0.01, "the page's image did not change over time"
+    assert f1 is not None and f2 is not None and f1.shape == (180, 320, 3)
+    assert parse_bind(f"127.0.0.1:{port}") == ("127.0.0.1", port)
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_parse_source():
+    assert parse_source("0").target in ("/dev/video0", "0")
+    assert parse_source("/dev/video2") == parse_source("/dev/video2")
+    assert parse_source("/dev/video2").format == "v4l2"
+    s = parse_source("rtsp://user:secret@cam.local:554/live")
+    assert s.kind == "url" and "secret" not in s.label and s.target.endswith("/live")
+    assert parse_source("clip.mp4").kind == "file"
+    with pytest.raises(OptionError):
+        parse_source(" ")
+
+
+def test_parse_bind():
+    assert parse_bind("8080") == ("127.0.0.1", 8080)
+    assert parse_bind(":0") == ("127.0.0.1", 0)
+    assert parse_bind("0.0.0.0:80") == ("0.0.0.0", 80)
+    assert parse_bind("[::1]:81") == ("::1", 81)
+    for bad in ("host:http", "70000"):
+        with pytest.raises(OptionError):
+            parse_bind(bad)
+
+
+def test_parser_reuses_the_shared_groups_and_is_causal_only():
+    p = build_parser()
+    ns = p.parse_args([])
+    assert ns.source == "0" and ns.stride == 1 and ns.batch_size is None
+    assert ns.window == "auto" and not hasattr(ns, "smooth_mode")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--smooth-mode", "centered"])
+
+
+def _source(items, delay: float, **kw) -> LiveSource:
+    def produce():
+        for i in items:
+            time.sleep(delay)
+            yield i
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    return LiveSource("test", produce(), lambda i: (img + i % 200, 0), lambda: None, **kw)
+
+
+def test_latest_frame_policy_drops_what_a_slow_reader_missed():
+    src = _source(range(200), 0.002).start()
+    got = []
+    while (f := src.read()) is not None:
+        got.append(int(f.image[0, 0, 0]))
+        time.sleep(0.03)  # a slow consumer
+    src.stop()
+    assert len(got) < 60 and got == sorted(set(got))
+    assert src.dropped == src.captured - len(got) > 100
+    assert got[-1] in (198, 199)
+
+
+def test_without_drop_every_frame_is_delivered():
+    src = _source(range(50), 0.0, drop=False).start()
+    got = []
+    while (f := src.read()) is not None:
+        got.append(int(f.image[0, 0, 0]))
+    src.stop()
+    assert got == list(range(50)) and src.dropped == 0
+
+
+def test_watchdog_gives_up_on_a_source_that_hangs():
+    hang = threading.Event()
+
+    def produce():
+        yield 0
+        hang.wait(30)
+
+    src = LiveSource("cam", produce(), lambda i: (np.zeros((4, 4, 3), np.uint8), 0),
+                     lambda: None, read_timeout=0.5).start()
+    assert src.read() is not None
+    t0 = time.monotonic()
+    with pytest.raises(SourceLostError, match="stalled"):
+        src.read()
+    assert time.monotonic() - t0 < 3
+    hang.set()
+    src.stop()
+
+
+class _Smoother:
+    fixed_class = None
+
+
+def test_window_keys(tmp_path):
+    stop = threading.Event()
+    said: list[str] = []
+    sm = _Smoother()
+    c = Controls(stop, sm, tmp_path, said.append)
+    c.last_note = type("Note", (), {"topk": [(3, "cat", 0.6), (1, "dog", 0.3)]})()
+    c.key(ord(" "), None)
+    assert c.paused
+    c.key(ord(" "), None)
+    assert not c.paused
+    c.key(ord("c"), None)
+    assert sm.fixed_class == 3
+    c.key(ord("c"), None)
+    assert sm.fixed_class == 1
+    c.key(ord("c"), None)
+    assert sm.fixed_class is None  # back to automatic
+    img = np.zeros((20, 30, 3), np.uint8)
+    img[..., 0] = 255
+    c.key(ord("s"), img)
+    pngs = list(tmp_path.glob("camvideo-*.png"))
+    assert len(pngs) == 1 and cv2.imread(str(pngs[0]))[0, 0].tolist() == [0, 0, 255]
+    assert not stop.is_set()
+    c.key(ord("q"), None)
+    assert stop.is_set()
+
+
+def test_hud_draws_bottom_left_only():
+    img = np.full((180, 320, 3), 128, np.uint8)
+    draw_hud(img, ["29.9 fps  latency 40 ms", "dropped 3%"])
+    assert (img[:90] == 128).all() and (img[90:, 200:] == 128).all()
+    assert (img[150:, :100] != 128).any()
+
+
+
+def test_window_thread_shows_frames_and_hands_keys_over(monkeypatch, tmp_path):
+    """The window thread with OpenCV's window calls faked (no display here): it shows the
+    newest frame, passes keys to the controls, and closing the window stops the run."""
+    import camvideo.liveview as lv
+
+    shown, keys = [], iter([-1, ord(" "), -1, ord(" "), ord("s")])
+    visible = {"v": 1.0}
+
+    def wait_key(ms):
+        time.sleep(ms / 1000)
+        if not shown:
+            return -1
+        k = next(keys, None)
+        if k is None and len(shown) >= 2:
+            visible["v"] = 0.0  # the user closes the window
+        return -1 if k is None else k
+
+    monkeypatch.setattr(lv.cv2, "namedWindow", lambda *a: None)
+    monkeypatch.setattr(lv.cv2, "imshow", lambda title, img: shown.append(img.copy()))
+    monkeypatch.setattr(lv.cv2, "waitKey", wait_key)
+    monkeypatch.setattr(lv.cv2, "getWindowProperty", lambda *a: visible["v"])
+    monkeypatch.setattr(lv.cv2, "destroyWindow", lambda *a: None)
+    stop = threading.Event()
+    said: list[str] = []
+    w = lv.WindowThread("t", Controls(stop, _Smoother(), tmp_path, said.append))
+    w.start()
+    red = np.zeros((10, 10, 3), np.uint8)
+    red[..., 0] = 255
+    w.show(red)
+    time.sleep(0.2)
+    w.show(red.copy())
+    assert stop.wait(5), "closing the window must stop the run"
+    w.close()
+    assert not w.is_alive()
+    assert shown and shown[0][0, 0].tolist() == [0, 0, 255]  # shown as BGR
+    assert said[:2] == ["paused", "resumed"] and said[2].startswith("snapshot saved")
+
+
+def test_no_display_means_no_window(monkeypatch):
+    import camvideo.liveview as lv
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(lv.sys, "platform", "linux")
+    assert not lv.display_available()
+    with pytest.raises(OptionError, match="no display"):
+        run_live("0", window="on")
+
+
+@pytest.mark.parametrize("failure", ["ends", "errors"])
+def test_camera_that_disappears_is_a_source_lost_error(failure):
+    import errno
+
+    def produce():
+        yield 0
+        yield 1
+        if failure == "errors":
+            raise OSError(errno.ENODEV, "No such device")
+
+    src = LiveSource("camera 0 (/dev/video0)", produce(),
+                     lambda i: (np.zeros((4, 4, 3), np.uint8), 0), lambda: None,
+                     kind="camera", drop=False).start()
+    assert src.read() is not None and src.read() is not None
+    with pytest.raises(SourceLostError, match="camera 0 .*(disappeared|No such device)"):
+        src.read()
+    src.stop()

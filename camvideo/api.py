@@ -31,7 +31,8 @@ class Options:
     ``bbox_threshold``, ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off),
     ``smooth_mode``, ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``,
     ``crf``, ``preset``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
-    ``device``, ``precision``, ``batch_size`` (None = automatic).
+    ``device``, ``precision``, ``batch_size`` (None = automatic), ``stride`` (run the
+    network on every Nth frame, carrying the maps between with the image motion).
     """
 
     model: str = DEFAULT_MODEL
@@ -60,6 +61,7 @@ class Options:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None
+    stride: int = 1
 
     @classmethod
     def from_kwargs(klass, **kwargs: object) -> "Options":
@@ -78,6 +80,8 @@ class Options:
             raise OptionError(f"--crf must be in 0..63, got {self.crf}")
         if self.batch_size is not None and not 1 <= self.batch_size <= 1024:
             raise OptionError(f"--batch-size must be in 1..1024, got {self.batch_size}")
+        if not 1 <= self.stride <= 1000:
+            raise OptionError(f"--stride must be in 1..1000, got {self.stride}")
         if self.smooth < 0:
             raise OptionError(f"--smooth must be ≥ 0 seconds, got {self.smooth}")
         if self.json_cams and not self.json:
@@ -144,7 +148,8 @@ def build_engine(opts: Options, model: CamModel | None = None) -> CamEngine:
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
-    return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision)
+    return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
+                     stride=opts.stride)
 
 
 def annotate(input: str | os.PathLike, output: str | os.PathLike, *,

@@ -107,9 +107,13 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=_D.device, metavar="auto|cpu|cuda[:N]",
                    help="where the network runs; auto = CUDA when present [auto]")
     g.add_argument("--precision", choices=PRECISIONS, default=_D.precision,
-                   help="autocast precision; auto = fp16 on CUDA, fp32 on CPU [auto]")
+                   help="autocast precision; auto = fp16 on CUDA, bf16 on CPUs with native "
+                        "bf16 (AVX512-BF16/AMX), else fp32 [auto]")
     g.add_argument("--batch-size", type=_unit(1, 1024, int), default=None, metavar="N",
-                   help="frames per device batch [8 on CPU, 32 on CUDA]")
+                   help="frames per device batch [4 on CPU, 32 on CUDA]")
+    g.add_argument("--stride", type=_unit(1, 1000, int), default=_D.stride, metavar="N",
+                   help="run the network on every Nth frame; the frames between carry the "
+                        f"last map, moved with the image motion [{_D.stride}]")
 
 
 def add_terminal_args(p: argparse.ArgumentParser) -> None:

@@ -1,12 +1,15 @@
 """Rendering: colormap, alpha blend, labels and boxes.
 
-Colouring and blending are tensor work on the frames' device (one uint8 copy back per
-batch); only text and rectangles are drawn on the CPU, last.
+Colouring and blending are tensor work on the frames' device when that is a GPU (one
+uint8 copy back per batch); on the CPU they are OpenCV uint8 calls per frame, which are
+about ten times cheaper there than full-resolution float tensors (see benchmarks/README.md,
+"Speed"). Text and rectangles are drawn on the CPU, last.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -89,18 +92,21 @@ class Renderer:
         self.bbox_threshold = bbox_threshold
         self.layout = layout
         self.keep_cams = keep_cams
+        self._lut_np = np.ascontiguousarray(self.lut.numpy().reshape(256, 1, 3))
+        self._lut_dev: Tensor | None = None
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """``(W, H)`` of rendered frames for input frames of ``width × height``."""
         return (2 * width if self.layout == "side" else width), height
 
     @torch.inference_mode()
-    def render(self, frames: Tensor, maps: Tensor, probs: Tensor,
+    def render(self, frames: Tensor | Sequence[np.ndarray], maps: Tensor, probs: Tensor,
                classes: Tensor) -> tuple[list[np.ndarray], list[Annotation]]:
         """Render a batch.
 
         Args:
-            frames: ``(N, H, W, 3)`` uint8 RGB on the device.
+            frames: ``(N, H, W, 3)`` uint8 RGB on the maps' device, or (CPU) a sequence of
+                ``N`` ``(H, W, 3)`` uint8 RGB numpy arrays (used as they are, no stacking).
             maps: ``(N, h, w)`` float in ``[0, 1]``, the maps to draw.
             probs: ``(N, K)`` class probabilities (the labels drawn).
             classes: ``(N,)`` int64 class each map belongs to.
@@ -108,35 +114,87 @@ class Renderer:
         Returns:
             ``N`` output frames ``(H, W', 3)`` uint8 RGB (C-contiguous numpy arrays) and
             their :class:`Annotation`.
+
+        On CUDA the upsampling, colormap and blend are tensor work on the device with one
+        uint8 copy back per batch. On the CPU they are OpenCV calls per frame (bilinear
+        resize, colormap lookup, ``addWeighted``; SIMD, uint8, no full-resolution float
+        tensors), several times cheaper than the same tensor code there; both give the
+        same pixels up to rounding (±1 level, rarely 2-3).
         """
+        if maps.device.type == "cpu":
+            if isinstance(frames, Tensor):
+                frames = list(frames.numpy())
+            images, peaks, small = self._colour_cpu(frames, maps)
+            h, w = images[0].shape[0], frames[0].shape[1]
+        else:
+            images, peaks, small = self._colour_torch(frames, maps)
+            h, w = frames.shape[1], frames.shape[2]
+        return self._annotate(images, peaks, small, maps, probs, classes, h, w)
+
+    def _colour_cpu(self, frames: Sequence[np.ndarray],
+                    maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
+        h, w = frames[0].shape[:2]
+        cams = maps.float().numpy()
+        lut = self._lut_np
+        a = self.alpha
+        out, peaks = [], []
+        for img, cam in zip(frames, cams):
+            up = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)  # = torch bilinear
+            _, _, _, (px, py) = cv2.minMaxLoc(up)
+            peaks.append(py * w + px)
+            colours = cv2.applyColorMap(cv2.convertScaleAbs(up, alpha=255.0), lut)
+            if self.layout == "side":
+                res = np.empty((h, 2 * w, 3), np.uint8)
+                res[:, :w] = img
+                cv2.addWeighted(img, 1.0 - a, colours, a, 0.0, dst=res[:, w:])
+            else:
+                res = cv2.addWeighted(img, 1.0 - a, colours, a, 0.0)
+            out.append(res)
+        small = None
+        if self.bbox:
+            scale = max(1, min(h, w) // 180)
+            size = (w // scale, h // scale)
+            small = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR)
+                              for c in cams])
+        return out, peaks, small
+
+    def _colour_torch(self, frames: Tensor,
+                      maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
         n, h, w, _ = frames.shape
         dev = frames.device
         up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
                            align_corners=False)[:, 0].clamp_(0.0, 1.0)
-        lut = self.lut.to(dev)
-        colors = lut[(up * 255.0).round_().long()]                    # (N, H, W, 3) uint8
+        if self._lut_dev is None or self._lut_dev.device != dev:
+            self._lut_dev = self.lut.to(dev)
+        idx = up.mul(255.0).round_().to(torch.uint8)
+        colours = self._lut_dev[idx.long()]                             # (N, H, W, 3) uint8
         a = self.alpha
-        blended = frames.float().mul_(1.0 - a).add_(colors.float().mul_(a)).round_()
-        blended = blended.to(torch.uint8)
+        blended = torch.lerp(frames.float(), colours.float(), a).round_().to(torch.uint8)
         if self.layout == "side":
             blended = torch.cat((frames, blended), dim=2)
         peaks = up.reshape(n, -1).argmax(dim=1)
-        top_p, top_i = probs.float().topk(max(self.topk, 1), dim=1)
-        cls_p = probs.float().gather(1, classes.view(-1, 1).to(probs.device))[:, 0]
-        # one copy back per batch
-        images = blended.cpu().numpy()
-        peaks, top_p, top_i = peaks.cpu().tolist(), top_p.cpu().tolist(), top_i.cpu().tolist()
-        cls_list, cls_p = classes.cpu().tolist(), cls_p.cpu().tolist()
         small = None
         if self.bbox:
             scale = max(1, min(h, w) // 180)
             small = F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
-                                  mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+                                  mode="bilinear", align_corners=False)[:, 0]
+        # one copy back per batch (plus the few scalars below)
+        images = list(blended.cpu().numpy())
+        return images, peaks.cpu().tolist(), (small.cpu().numpy() if small is not None
+                                              else None)
+
+    def _annotate(self, images: list[np.ndarray], peaks: list[int], small: np.ndarray | None,
+                  maps: Tensor, probs: Tensor, classes: Tensor, h: int,
+                  w: int) -> tuple[list[np.ndarray], list[Annotation]]:
+        """Top-k labels, boxes and the :class:`Annotation` records (CPU, text last)."""
+        top_p, top_i = probs.float().topk(max(self.topk, 1), dim=1)
+        cls_p = probs.float().gather(1, classes.view(-1, 1).to(probs.device))[:, 0]
+        top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
+        cls_list, cls_p = classes.cpu().tolist(), cls_p.cpu().tolist()
         cams = maps.float().cpu().numpy() if self.keep_cams else None
         x_off = w if self.layout == "side" else 0
-        out, notes = [], []
-        for i in range(n):
-            img = images[i]
+        notes = []
+        for i, img in enumerate(images):
             box = None
             if small is not None:
                 b = paper_bbox(small[i], self.bbox_threshold)
@@ -155,9 +213,8 @@ class Renderer:
                 _draw_box(img, box)
             if self.topk:
                 _draw_labels(img, topk, c, x_off)
-            out.append(img)
             notes.append(note)
-        return out, notes
+        return images, notes
 
 
 def _draw_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:

@@ -1,0 +1,106 @@
+"""CUDA paths of the pipeline: pinned uploads, device preprocessing, autocast, rendering on
+the device, NVENC (or its libx264 fallback). Every test is marked ``cuda`` and skipped
+without a GPU (see conftest.py)."""
+from __future__ import annotations
+
+import copy
+
+import av
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from camvideo import api
+from camvideo.media import FileSource, Frame
+from camvideo.models import from_modules, load_model
+from camvideo.pipeline import CamEngine, resolve_precision
+from camvideo.render import Renderer
+from camvideo.smoothing import Smoother
+
+pytestmark = pytest.mark.cuda
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.BatchNorm2d(8),
+                             nn.ReLU(), nn.Conv2d(8, 8, 3, stride=4, padding=1), nn.ReLU())
+    return from_modules(backbone, nn.Linear(8, 5), stride=16)
+
+
+def engine_for(model, device: str, precision=None, stride: int = 1) -> CamEngine:
+    model = copy.deepcopy(model).to(device)
+    return CamEngine(model, Renderer(model.labels, keep_cams=True, topk=2),
+                     Smoother(model.weight.detach().float(), tau=0.0), short_side=64,
+                     precision=precision, stride=stride)
+
+
+def frames(n: int, h: int = 72, w: int = 128, seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    return [Frame(i, rng.integers(0, 256, (h, w, 3), dtype=np.uint8), i, i / 30)
+            for i in range(n)]
+
+
+def test_pinned_upload_round_trip_and_reuse():
+    eng = engine_for(tiny_model(), "cuda")
+    batches = [frames(4, seed=1), frames(4, seed=2), frames(7, seed=3), frames(2, seed=4)]
+    uploaded = [eng._upload(b) for b in batches]  # buffers reused and grown in turn
+    torch.cuda.synchronize()
+    for b, dev in zip(batches, uploaded):
+        assert dev.is_cuda and dev.dtype == torch.uint8
+        assert (dev.cpu().numpy() == np.stack([f.image for f in b])).all()
+    assert all(p.is_pinned() for p in eng._pinned)
+
+
+def test_cuda_engine_matches_cpu_engine():
+    model = tiny_model()
+    batch = frames(6)
+    cpu = engine_for(model, "cpu").process(batch)
+    gpu = engine_for(model, "cuda").process(batch)
+    half = engine_for(model, "cuda", precision=torch.float16).process(batch)
+    assert len(cpu) == len(gpu) == len(half) == 6
+    for c, g, h in zip(cpu, gpu, half):
+        assert g.frame is c.frame and g.image.shape == c.image.shape
+        # the CPU resizes as uint8, the GPU in float: inputs differ by < 1/255
+        assert np.abs(np.array(g.note.cam) - np.array(c.note.cam)).max() <= 0.02
+        assert np.abs(np.array(h.note.cam) - np.array(c.note.cam)).max() <= 0.05
+        d = np.abs(g.image.astype(int) - c.image.astype(int))
+        assert np.percentile(d, 99) <= 6  # OpenCV vs tensor colouring, input rounding
+
+
+def test_render_on_the_device_equals_cpu_render():
+    r = Renderer([f"c{i}" for i in range(5)], topk=2, bbox=True)
+    g = torch.Generator().manual_seed(0)
+    fr = torch.randint(0, 256, (3, 90, 160, 3), dtype=torch.uint8, generator=g)
+    maps = torch.rand(3, 6, 10, generator=g)
+    probs = torch.softmax(torch.randn(3, 5, generator=g), 1)
+    cls = probs.argmax(1)
+    a, na = r.render(list(fr.numpy()), maps, probs, cls)
+    b, nb = r.render(fr.cuda(), maps.cuda(), probs.cuda(), cls.cuda())
+    for x, y in zip(a, b):
+        assert isinstance(y, np.ndarray) and y.flags.c_contiguous
+        assert np.abs(x.astype(int) - y.astype(int)).max() <= 3
+    assert [n.bbox for n in na] == [n.bbox for n in nb]
+
+
+def test_stride_on_cuda():
+    eng = engine_for(tiny_model(), "cuda", stride=3)
+    out = eng.process(frames(8)) + eng.process(frames(8, seed=5)) + eng.flush()
+    assert len(out) == 16 and eng.network_frames == 6
+
+
+def test_auto_precision_is_fp16_on_cuda():
+    assert resolve_precision("auto", torch.device("cuda")) is torch.float16
+
+
+@pytest.mark.parametrize("codec", ["libx264", "h264_nvenc"])
+def test_annotate_on_cuda_keeps_frames_and_timestamps(pan_clip, tmp_path, codec):
+    model = load_model(device="cuda")
+    out = tmp_path / f"{codec}.mp4"
+    summary = api.annotate(pan_clip.path, out, model=model, device="cuda", codec=codec)
+    assert summary.frames == pan_clip.frames
+    with av.open(str(out)) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    with FileSource(pan_clip.path) as src:
+        ref = [f.pts for f in src]
+    assert pts == ref

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -397,8 +398,13 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}; torch {torch.__version__}, PyAV {av.__version__}",
           flush=True)
     work = Path(tempfile.mkdtemp(prefix="camvideo-bench-"))
-    if args.memory:
-        return memory(args, work)
+    try:
+        return memory(args, work) if args.memory else speed(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def speed(args, work: Path) -> int:
     clip = args.clip or standard_clip(args.cache / "std-720p30-20s.mp4")
     dev = resolve_device(args.device)
     model = load_model(DEFAULT_MODEL, device=dev)

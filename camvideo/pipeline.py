@@ -43,7 +43,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
+import cv2
+
 from .errors import OptionError, OutputError
 from .media import FileSink, FileSource, check_output_path
 from .models import DEFAULT_MODEL, CamModel, load_model
@@ -182,7 +184,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
     opts.validate()
     out_path = check_output_path(output, [input], opts.overwrite)
     if opts.json:
-        check_output_path_json(opts.json, [input, output], opts.overwrite)
+        _check_sidecar_path(opts.json, [input, output], opts.overwrite)
     engine = build_engine(opts, model)
     t0 = time.monotonic()
     source = FileSource(input)
@@ -207,8 +209,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         def all_frames():
             yield first
             for f in frames:
-                if f.image.shape[:2] != (h, w):
-                    import cv2
+                if f.image.shape[:2] != (h, w):  # the stream changed size mid-way
                     f = type(f)(f.index, cv2.resize(f.image, (w, h)), f.pts, f.time)
                 yield f
 
@@ -230,7 +231,9 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
     return Summary(str(out_path), n, source.skipped, time.monotonic() - t0, opts.json)
 
 
-def check_output_path_json(path: str | os.PathLike, inputs: list, overwrite: bool) -> None:
+def _check_sidecar_path(path: str | os.PathLike, inputs: list, overwrite: bool) -> None:
+    """Refuse a ``--json`` path that is an input or the video output, exists without
+    ``overwrite``, or lies in a missing/unwritable folder."""
     p = Path(path)
     for inp in inputs:
         if Path(inp).resolve() == p.resolve():

@@ -16,6 +16,19 @@ import pytest
 
 from camvideo import synth
 
+#: Start of a ``python -c`` script that runs the CLI in a child process with a tiny
+#: random network in place of the default model (for process-level tests: signals,
+#: resource limits); the script goes on with ``sys.exit(main([...]))``.
+TINY_MODEL_CLI_PRELUDE = (
+    "import sys, torch\n"
+    "import camvideo.api as api\n"
+    "from camvideo.models import from_modules\n"
+    "torch.manual_seed(0)\n"
+    "m = from_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32)),"
+    " torch.nn.Linear(8, 5), labels=list('abcde'))\n"
+    "api.load_model = lambda *a, **k: m\n"
+    "from camvideo.cli import main\n")
+
 #: Irregular frame gaps (seconds) for the variable-frame-rate clip, cycled.
 VFR_GAPS = (1 / 30, 1 / 15, 1 / 24, 1 / 30, 1 / 60, 1 / 10)
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from camvideo import synth
+from conftest import TINY_MODEL_CLI_PRELUDE
 from camvideo.cli import main
 from camvideo.errors import ExitCode
 from camvideo.models import from_modules
@@ -246,14 +247,7 @@ def test_never_overwrites_the_input_even_through_a_symlink(good_mp4, tmp_path, c
 def test_full_disk_leaves_no_partial_file(good_mp4, tmp_path):
     """The file size limit (RLIMIT_FSIZE) makes writes fail as a full disk does."""
     out = tmp_path / "out.mp4"
-    code = ("import sys, torch\n"
-            "import camvideo.api as api\n"
-            "from camvideo.models import from_modules\n"
-            "torch.manual_seed(0)\n"
-            "m = from_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32)),"
-            " torch.nn.Linear(8, 5), labels=list('abcde'))\n"
-            "api.load_model = lambda *a, **k: m\n"
-            "from camvideo.cli import main\n"
+    code = (TINY_MODEL_CLI_PRELUDE +
             f"sys.exit(main([{str(good_mp4.path)!r}, {str(out)!r}, '-q', '--crf', '0']))\n")
 
     def limit() -> None:

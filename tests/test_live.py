@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from camvideo import synth
+from conftest import TINY_MODEL_CLI_PRELUDE
 from camvideo.cli import main
 from camvideo.errors import ExitCode, OptionError, SourceLostError
 from camvideo.live import build_parser, run_live
@@ -278,14 +279,7 @@ def test_sigterm_finalises_the_recording(clip, tmp_path):
     drains and closes the recording, exit 0."""
     long = synth.make_clip("pan", tmp_path / "long.mp4", size=(192, 108), n=300, fps=30)
     out = tmp_path / "rec.mp4"
-    code = ("import sys, torch\n"
-            "import camvideo.api as api\n"
-            "from camvideo.models import from_modules\n"
-            "torch.manual_seed(0)\n"
-            "m = from_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32)),"
-            " torch.nn.Linear(8, 5), labels=list('abcde'))\n"
-            "api.load_model = lambda *a, **k: m\n"
-            "from camvideo.cli import main\n"
+    code = (TINY_MODEL_CLI_PRELUDE +
             f"sys.exit(main(['live', {str(long.path)!r}, '--realtime', '-o', {str(out)!r},"
             " '--window', 'off', '--size', '96']))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from camvideo import synth  # noqa: E402
 from camvideo.live import run_live  # noqa: E402
 from camvideo.models import DEFAULT_MODEL, load_model  # noqa: E402
-from camvideo.pipeline import cpu_count  # noqa: E402
+from camvideo.device import cpu_count  # noqa: E402
 
 SIZES = {"640x360": (640, 360), "1280x720": (1280, 720)}
 STRIDES = (1, 3)

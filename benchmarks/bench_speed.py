@@ -7,8 +7,9 @@ machine; ``--repeat N`` repeats the whole set and reports medians.
 Measured (frames per second):
 
 - ``decode``: PyAV decoding to RGB arrays, what the pipeline's reader does.
-- ``transcode``: decode + encode with the pipeline's encoder settings (libx264, CRF 20,
-  veryfast), serially in one thread: the I/O stages' cost per frame.
+- ``transcode``: decode + encode with the pipeline's default encoder settings (libx264,
+  CRF 20, superfast with mb-tree: :func:`camvideo.encoding.encoder_options`), serially in
+  one thread (x264 runs its own frame threads): the I/O stages' cost per frame.
 - ``model+CAM``: resize/normalise + forward + CAM maps at the pipeline's batch size, on
   frames already decoded (``engine``: plus smoothing, colouring, blending and labels).
 - ``pipeline``: ``python -m camvideo IN OUT`` with defaults (its own fps line, so
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +57,9 @@ import torch  # noqa: E402
 from camvideo import api, synth  # noqa: E402
 from camvideo.api import Options, build_engine  # noqa: E402
 from camvideo.cam import cam_maps  # noqa: E402
+from camvideo.device import cpu_count, default_batch_size, resolve_device  # noqa: E402
 from camvideo.media import FileSink, FileSource, Frame  # noqa: E402
 from camvideo.models import DEFAULT_MODEL, _load_lite0, load_model  # noqa: E402
-from camvideo.pipeline import cpu_count, default_batch_size, resolve_device  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "camvideo-bench"
 SEGMENTS = [("pan", "chelsea", "coffee"), ("zoom", "coffee", None),
@@ -136,8 +138,7 @@ def bench_transcode(path: Path, out: Path) -> tuple[float, float]:
     src = FileSource(path)
     frames = iter(src)
     first = next(frames)
-    sink = FileSink(out, src.info, (first.image.shape[1], first.image.shape[0]),
-                    codec="libx264", crf=20, preset="veryfast")
+    sink = FileSink(out, src.info, (first.image.shape[1], first.image.shape[0]))
 
     def work() -> int:
         sink.write(first.image, first.pts, first.time)
@@ -172,32 +173,39 @@ def held_frames(path: Path, k: int) -> list[np.ndarray]:
 
 def bench_engine(model, images: list[np.ndarray], n: int, bs: int,
                  precision: str) -> tuple[float, float, float, float]:
-    """(model+CAM fps, its CPU s/frame, engine fps, its CPU s/frame) on held frames."""
+    """(model+CAM fps, its CPU s/frame, engine fps, its CPU s/frame) on held frames.
+
+    Both run as in the pipeline: ``engine.infer_workers`` batches at once (2 on the CPU),
+    the engine's smoothing and rendering in stream order."""
     opts = Options(device=str(model.device), precision=precision)
     engine = build_engine(opts, model)
     frames = [Frame(i, images[i % len(images)], i, i / 30) for i in range(n)]
+    batches = [frames[i:i + bs] for i in range(0, n, bs)]
     w = model.weight.float()
-    with torch.inference_mode():
-        engine.process(frames[:bs])  # warm-up (kernels, oneDNN primitives)
+    engine.process(frames[:bs])  # warm-up (kernels, oneDNN primitives), sets the size
+
+    @torch.inference_mode()
+    def model_cam(batch: list[Frame]) -> None:
+        if engine.device.type == "cuda":
+            x, _ = model.preprocess(engine._upload(batch), engine._size)
+        else:
+            x, _ = engine._preprocess_cpu(batch)
+        feats, logits = engine._forward(x)
+        cam_maps(feats, w, logits.argmax(1)).cpu()
+
+    with ThreadPoolExecutor(engine.infer_workers) as pool:
+        list(pool.map(model_cam, batches[:engine.infer_workers]))
         t, c = time.perf_counter(), time.process_time()
-        for i in range(0, n, bs):
-            batch = frames[i:i + bs]
-            if engine.device.type == "cuda":
-                x, _ = model.preprocess(engine._upload(batch), engine._size)
-            else:
-                engine._size = engine._size or model.input_size(*images[0].shape[:2], 224)
-                x, _ = engine._preprocess_cpu(batch)
-            feats, logits = engine._forward(x)
-            maps = cam_maps(feats, w, logits.argmax(1))
-            maps.cpu()
+        list(pool.map(model_cam, batches))
         t_model, c_model = time.perf_counter() - t, time.process_time() - c
     engine = build_engine(opts, model)
     engine.process(frames[:bs])
-    t, c = time.perf_counter(), time.process_time()
-    for i in range(0, n, bs):
-        engine.process(frames[i:i + bs])
-    engine.flush()
-    t_engine, c_engine = time.perf_counter() - t, time.process_time() - c
+    with ThreadPoolExecutor(engine.infer_workers) as pool:
+        t, c = time.perf_counter(), time.process_time()
+        for inferred in pool.map(engine.infer, batches):  # concurrent, results in order
+            engine.finish(inferred)
+        engine.flush()
+        t_engine, c_engine = time.perf_counter() - t, time.process_time() - c
     return n / t_model, c_model / n, n / t_engine, c_engine / n
 
 
@@ -366,7 +374,7 @@ def derived(r: dict) -> dict:
     return d
 
 
-ROWS = [("decode (PyAV → RGB)", "decode"), ("transcode (decode + x264 veryfast)", "transcode"),
+ROWS = [("decode (PyAV → RGB)", "decode"), ("transcode (decode + x264)", "transcode"),
         ("model+CAM (batch, no I/O)", "model_cam"),
         ("engine (model+CAM+smooth+render)", "engine"), ("pipeline", "pipeline"),
         ("pipeline --stride 3", "stride3"), ("torchcam CAM loop", "torchcam"),

@@ -13,11 +13,13 @@ from typing import IO, Callable
 
 import cv2
 
+from .device import default_batch_size, resolve_device, resolve_precision
+from .engine import CamEngine, Rendered
 from .errors import OptionError, OutputError
+from .encoding import X264_PRESETS
 from .media import FileSink, FileSource, check_output_path
 from .models import DEFAULT_MODEL, CamModel, load_model
-from .pipeline import (CamEngine, Rendered, default_batch_size, resolve_device,
-                       resolve_precision, run_stream)
+from .pipeline import run_stream
 from .render import Renderer
 from .smoothing import DEFAULT_MARGIN, DEFAULT_TAU, Smoother
 
@@ -32,7 +34,7 @@ class Options:
     top-1), ``size`` (input short side). Render: ``topk``, ``colormap``, ``alpha``, ``bbox``,
     ``bbox_threshold``, ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off),
     ``smooth_mode``, ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``,
-    ``crf``, ``preset``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
+    ``crf``, ``preset``, ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
     ``device``, ``precision``, ``batch_size`` (None = automatic), ``stride`` (run the
     network on every Nth frame, carrying the maps between with the image motion).
     """
@@ -55,7 +57,8 @@ class Options:
     motion: bool = True
     codec: str = "libx264"
     crf: int = 20
-    preset: str = "veryfast"
+    preset: str | None = None
+    x264_params: str | None = None
     audio: bool = True
     json: str | None = None
     json_cams: bool = False
@@ -80,6 +83,10 @@ class Options:
             raise OptionError(f"--size must be in 32..2048, got {self.size}")
         if not 0 <= self.crf <= 63:
             raise OptionError(f"--crf must be in 0..63, got {self.crf}")
+        if self.preset is not None and self.codec in ("libx264", "libx265") and \
+                self.preset not in X264_PRESETS:
+            raise OptionError(f"--preset must be one of {', '.join(X264_PRESETS)}; "
+                              f"got {self.preset!r}")
         if self.batch_size is not None and not 1 <= self.batch_size <= 1024:
             raise OptionError(f"--batch-size must be in 1..1024, got {self.batch_size}")
         if not 1 <= self.stride <= 1000:
@@ -195,6 +202,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         h, w = first.image.shape[:2]
         sink = FileSink(out_path, source.info, engine.renderer.output_size(w, h),
                         codec=opts.codec, crf=opts.crf, preset=opts.preset,
+                        x264_params=opts.x264_params,
                         audio_from=str(input) if opts.audio else None)
         json_sink = JsonLinesSink(opts.json) if opts.json else None
         total = source.info.frames

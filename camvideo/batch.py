@@ -307,7 +307,7 @@ def _run_local(todo: list[Job], options: dict, tracker: Tracker, jobs: int,
     """Threads sharing one model; the first ModelError stops the batch and is raised."""
     from .api import Options
     from .models import CamModel, load_model
-    from .pipeline import resolve_device
+    from .device import resolve_device
 
     model = options.get("model")
     if not isinstance(model, CamModel):

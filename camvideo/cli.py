@@ -75,7 +75,7 @@ def run_models(argv: Sequence[str]) -> int:
 
 
 # Subcommands, imported only when used: the main job's start-up stays small.
-_SUBCOMMANDS = {"models": f"{__name__}:run_models", "live": "camvideo.live:run_cli",
+_SUBCOMMANDS = {"models": f"{__name__}:run_models", "live": "camvideo.live_cli:run_cli",
                 "batch": "camvideo.batch:run_cli"}
 
 

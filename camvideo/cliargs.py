@@ -11,8 +11,9 @@ from typing import NoReturn
 
 from . import __version__
 from .api import Options
+from .device import PRECISIONS
+from .encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, X264_PRESETS
 from .models import DEFAULT_MODEL
-from .pipeline import PRECISIONS
 from .render import COLORMAPS, LAYOUTS
 
 _D = Options()
@@ -85,13 +86,24 @@ def add_smooth_args(p: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
                    help="do not move the smoothed maps with the image motion")
 
 
+def add_encoder_args(g: argparse._ActionsContainer) -> None:
+    """``--preset`` and ``--x264-params`` (shared with ``camvideo live --output``)."""
+    g.add_argument("--preset", default=None, choices=X264_PRESETS, metavar="NAME",
+                   help=f"x264/x265 preset [{DEFAULT_PRESET}, with x264 options "
+                        f"{DEFAULT_X264_PARAMS}: about veryfast's size and quality at "
+                        f"about half its CPU time]")
+    g.add_argument("--x264-params", metavar="K=V:K=V",
+                   help="extra libx264 options, as ffmpeg's -x264-params [with the "
+                        f"default preset: {DEFAULT_X264_PARAMS}; with --preset: none]")
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--codec", default=_D.codec,
                    help=f"video encoder (h264_nvenc falls back to libx264) [{_D.codec}]")
     g.add_argument("--crf", type=_unit(0, 63, int), default=_D.crf,
                    help=f"quality, lower is better [{_D.crf}]")
-    g.add_argument("--preset", default=_D.preset, help=f"encoder preset [{_D.preset}]")
+    add_encoder_args(g)
     g.add_argument("--no-audio", dest="audio", action="store_false",
                    help="drop the audio (default: copied)")
     g.add_argument("--json", metavar="PATH",

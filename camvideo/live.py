@@ -19,6 +19,8 @@ Threads (all joined by bounded hand-offs, so latency cannot build up):
 The caller's thread only waits: Ctrl-C (and SIGTERM, which the CLI turns into
 KeyboardInterrupt) stops the capture, lets the frames in flight drain and finalises the
 recording, like ``q``, ``--duration`` or the end of the source.
+
+The command line (arguments, exit code) is :mod:`camvideo.live_cli`.
 """
 from __future__ import annotations
 
@@ -34,72 +36,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import cliargs
-from .errors import ExitCode, OptionError, SourceLostError
-from .liveview import Controls, WindowThread, display_available, draw_hud
+from .errors import OptionError, SourceLostError
+from .liveview import WINDOW_MODES, Controls, WindowThread, display_available, draw_hud
 from .streams import DEFAULT_OPEN_TIMEOUT, DEFAULT_READ_TIMEOUT, LiveSource, open_live
 
 log = logging.getLogger(__name__)
 
-WINDOW_MODES = ("auto", "on", "off")
-_D = cliargs.Options()
 _KEEP = 100_000  #: latency records kept for the summary (about an hour at 30 fps)
-
-
-def build_parser() -> cliargs.Parser:
-    """Arguments of ``camvideo live`` (the logic is in :func:`run_live`)."""
-    p = cliargs.Parser(
-        prog="camvideo live",
-        description="Real-time CAM overlay on a webcam, capture device or network stream. "
-                    "Frames the network cannot keep up with are dropped (the newest is "
-                    "always shown), so latency stays bounded. Window keys: q quit, space "
-                    "pause, c cycle through the top classes, s save a snapshot PNG.")
-    p.add_argument("source", nargs="?", default="0",
-                   help="webcam index [0], device (/dev/video0), URL PyAV opens (rtsp://, "
-                        "udp://, tcp://, http://...) or a video file")
-    g = p.add_argument_group("source")
-    g.add_argument("--realtime", action="store_true",
-                   help="play a file at its own pace, as if it were a camera (default: "
-                        "every frame as fast as the model goes)")
-    g.add_argument("--timeout", type=cliargs._unit(0.1, 3600.0), default=DEFAULT_READ_TIMEOUT,
-                   metavar="SECONDS", help="a source that sends nothing for this long "
-                   f"counts as stalled [{DEFAULT_READ_TIMEOUT:g}]")
-    g.add_argument("--open-timeout", type=cliargs._unit(0.1, 3600.0),
-                   default=DEFAULT_OPEN_TIMEOUT, metavar="SECONDS",
-                   help=f"time to connect and find the video stream [{DEFAULT_OPEN_TIMEOUT:g}]")
-    g.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="FFmpeg input option, repeatable (video_size=1280x720, framerate=30, "
-                        "input_format=mjpeg, rtsp_transport=tcp)")
-    cliargs.add_model_args(p)
-    cliargs.add_render_args(p)
-    cliargs.add_smooth_args(p, ("causal",))
-    o = p.add_argument_group("output")
-    o.add_argument("-o", "--output", metavar="FILE",
-                   help="record the annotated stream (.mp4, .mkv, .mov, .webm, .avi)")
-    o.add_argument("-y", "--overwrite", action="store_true", help="replace an existing FILE")
-    o.add_argument("--codec", default=_D.codec, help=f"recording encoder [{_D.codec}]")
-    o.add_argument("--crf", type=cliargs._unit(0, 63, int), default=_D.crf,
-                   help=f"recording quality, lower is better [{_D.crf}]")
-    o.add_argument("--preset", default=_D.preset, help=f"encoder preset [{_D.preset}]")
-    o.add_argument("--serve", metavar="[HOST:]PORT",
-                   help="serve a page with the live stream (MJPEG) on HOST:PORT "
-                        "[host 127.0.0.1]")
-    o.add_argument("--window", choices=WINDOW_MODES, default="auto",
-                   help="show a window: auto = when a display is available [auto]")
-    o.add_argument("--hud", action="store_true",
-                   help="overlay fps, latency and drops (recorded too)")
-    o.add_argument("--duration", type=cliargs._unit(0.01, 1e7), metavar="SECONDS",
-                   help="stop after this long")
-    o.add_argument("--snapshot-dir", default=".", metavar="DIR",
-                   help="where the s key saves PNG snapshots [.]")
-    o.add_argument("--stats", metavar="FILE",
-                   help="write a JSON summary with every frame's capture→annotated latency")
-    cliargs.add_device_args(p)
-    for action in p._actions:
-        if action.dest == "batch_size":
-            action.help = "frames per device batch [1: the lowest latency]"
-    cliargs.add_terminal_args(p)
-    return p
 
 
 @dataclass
@@ -148,16 +91,6 @@ class _Gated:
         return self._engine.finish(batch)
 
 
-def _parse_options(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise OptionError(f"--source-option wants KEY=VALUE, got {item!r}")
-        out[key.strip()] = value
-    return out
-
-
 def run_live(source: str = "0", *, output: str | None = None, serve: str | None = None,
              window: str = "auto", duration: float | None = None, hud: bool = False,
              realtime: bool = False, timeout: float = DEFAULT_READ_TIMEOUT,
@@ -185,8 +118,8 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         stop: set it to stop (as q does).
         model: a model name, or a loaded :class:`camvideo.models.CamModel` to reuse.
         **options: :class:`camvideo.api.Options` (model, render, smoothing, device;
-            ``codec``, ``crf``, ``preset``, ``overwrite`` for the recording). Smoothing is
-            always causal.
+            ``codec``, ``crf``, ``preset``, ``x264_params``, ``overwrite`` for the
+            recording). Smoothing is always causal.
 
     Raises:
         SourceLostError: the source cannot be opened, disappears or stalls.
@@ -194,7 +127,8 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     """
     from .api import Options, build_engine
     from .media import FileSink, VideoInfo, check_output_path
-    from .pipeline import default_batch_size, run_stream
+    from .device import default_batch_size
+    from .pipeline import run_stream
     from .serve import PreviewServer, parse_bind
 
     notify = notify or (lambda msg: None)
@@ -294,7 +228,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
                     info = VideoInfo(str(source), w, h, _rate(src.nominal_fps),
                                      src.time_base, 0, None, 0, "", 0)
                     sink = FileSink(out_path, info, (w, h), codec=opts.codec, crf=opts.crf,
-                                    preset=opts.preset)
+                                    preset=opts.preset, x264_params=opts.x264_params)
                 sink.write(image, r.frame.pts, r.frame.time)
             controls.last_note = r.note
             if not controls.paused:
@@ -384,25 +318,6 @@ def _summary(src: LiveSource, shown: int, fps: float, records: collections.deque
                        int(getattr(engine, "network_frames", 0)), [list(r) for r in records])
 
 
-def run_cli(argv: Sequence[str]) -> int:
-    """``camvideo live ...``: parse, run, exit code (errors are raised to cli.main)."""
-    from .cli import _setup_logging
-
-    ns = build_parser().parse_args(list(argv))
-    _setup_logging(ns.verbose)
-    quiet = ns.quiet
-
-    def notify(msg: str) -> None:
-        if not quiet:
-            print(f"camvideo: {msg}", file=sys.stderr, flush=True)
-
-    run_live(ns.source, output=ns.output, serve=ns.serve, window=ns.window,
-             duration=ns.duration, hud=ns.hud, realtime=ns.realtime, timeout=ns.timeout,
-             open_timeout=ns.open_timeout, source_options=_parse_options(ns.source_option),
-             snapshot_dir=ns.snapshot_dir, stats=ns.stats, notify=notify,
-             **cliargs.options_from(ns))
-    return ExitCode.OK
-
-
 if __name__ == "__main__":  # pragma: no cover
+    from .live_cli import run_cli
     sys.exit(run_cli(sys.argv[1:]))

@@ -22,6 +22,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+#: ``--window`` choices: ``auto`` shows a window when :func:`display_available`.
+WINDOW_MODES = ("auto", "on", "off")
+
 
 def display_available() -> bool:
     """True when a window can be shown: OpenCV has a GUI backend, and on Linux/BSD a

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from .audio import AudioRemuxer, audio_streams
+from .encoding import encoder_options
 from .errors import InputError, OptionError, OutputError, first_line
 
 log = logging.getLogger(__name__)
@@ -257,13 +258,14 @@ class FileSink:
         size: ``(W, H)`` of the frames that will be written.
         codec: video encoder name (``libx264``, ``h264_nvenc``, ``libx265``, ...).
         crf: constant rate factor (quality) for encoders that have one.
-        preset: encoder speed preset.
+        preset: encoder speed preset (None: :data:`camvideo.encoding.DEFAULT_PRESET`).
+        x264_params: extra libx264 options (see :func:`encoder_options`).
         audio_from: file whose audio streams are copied (None: no audio).
     """
 
     def __init__(self, output: str | os.PathLike, info: VideoInfo, size: tuple[int, int], *,
-                 codec: str = "libx264", crf: int = 20, preset: str = "veryfast",
-                 audio_from: str | None = None) -> None:
+                 codec: str = "libx264", crf: int = 20, preset: str | None = None,
+                 x264_params: str | None = None, audio_from: str | None = None) -> None:
         self.output = Path(output)
         self.fmt = _FORMATS[self.output.suffix.lower()]
         self.tmp = _temp_path(self.output)
@@ -274,7 +276,7 @@ class FileSink:
         except (av.FFmpegError, OSError) as e:
             raise OutputError(f"cannot write {output}: {first_line(e)}") from None
         try:
-            self._stream = self._add_video(codec, info, size, crf, preset)
+            self._stream = self._add_video(codec, info, size, crf, preset, x264_params)
             self._audio = AudioRemuxer(audio_from, self._container, self.fmt) \
                 if audio_from and info.audio_streams else None
         except BaseException:
@@ -282,7 +284,8 @@ class FileSink:
             raise
 
     def _add_video(self, codec: str, info: VideoInfo, size: tuple[int, int], crf: int,
-                   preset: str) -> av.video.stream.VideoStream:
+                   preset: str | None, x264_params: str | None
+                   ) -> av.video.stream.VideoStream:
         w, h = size
         try:
             av.codec.Codec(codec, "w")
@@ -302,14 +305,7 @@ class FileSink:
             stream.time_base = info.time_base
             stream.codec_context.time_base = info.time_base
             stream.codec_context.thread_type = "FRAME"
-            opts = {}
-            if attempt in ("libx264", "libx265"):
-                opts = {"crf": str(crf), "preset": preset}
-            elif attempt.startswith(("libvpx", "libaom")):
-                opts = {"crf": str(crf), "b": "0"}
-            elif "nvenc" in attempt:
-                opts = {"cq": str(crf), "preset": "p4"}
-            stream.codec_context.options = opts
+            stream.codec_context.options = encoder_options(attempt, crf, preset, x264_params)
             try:
                 stream.codec_context.open()
                 return stream

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from camvideo import synth  # noqa: E402
+from camvideo.synth_clip import Clip, write_clip  # noqa: E402
 
 SIZE = (640, 360)
 FPS = 25
@@ -30,7 +31,7 @@ PAN, ZOOM = 60, 40          # frames of each shot: 2.4 s + 1.6 s
 MAX_BYTES = 600_000
 
 
-def make_cat_and_mug(out_dir: Path = HERE) -> synth.Clip:
+def make_cat_and_mug(out_dir: Path = HERE) -> Clip:
     """Write ``cat_and_mug.mp4`` and its ``.json`` ground truth; return the Clip."""
     pan, pan_boxes = synth.pan_frames("chelsea", SIZE, PAN, scale=0.55)
     zoom, zoom_boxes = synth.zoom_frames("coffee", SIZE, ZOOM, zoom=(1.0, 1.35))
@@ -38,8 +39,8 @@ def make_cat_and_mug(out_dir: Path = HERE) -> synth.Clip:
                                  lambda i: pan[i] if i < PAN else zoom[i - PAN])
     path = out_dir / "cat_and_mug.mp4"
     for crf in (20, 23, 26, 29, 32):
-        clip = synth.write_clip(path, frames, fps=FPS, crf=crf, preset="slow", audio=True,
-                                gop=2 * FPS, boxes=pan_boxes + zoom_boxes, cuts=[0, PAN])
+        clip = write_clip(path, frames, fps=FPS, crf=crf, preset="slow", audio=True,
+                          gop=2 * FPS, boxes=pan_boxes + zoom_boxes, cuts=[0, PAN])
         if path.stat().st_size <= MAX_BYTES:
             break
     logging.info("%s: %d bytes (crf %d)", path, path.stat().st_size, crf)

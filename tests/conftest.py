@@ -1,20 +1,29 @@
-"""Shared pytest configuration: markers and session-scoped clips made by camvideo.synth.
+"""Shared pytest configuration: markers, a tiny stand-in model, and session-scoped clips
+made by camvideo.synth.
 
 Markers (registered here, not in setup.cfg):
 
 - ``slow``: skipped unless ``--runslow`` is given.
 - ``cuda``: skipped when ``torch.cuda.is_available()`` is false.
 
-Clip fixtures return :class:`camvideo.synth.Clip` objects written once per session under
-``tmp_path_factory``; each is at most 2 s long and 320 px wide so the suite stays fast.
+``tiny_model`` (or :func:`use_tiny_model`, to slow it down) replaces model loading with a
+tiny random convolution, for tests about media and live handling rather than the network.
+
+Clip fixtures return :class:`camvideo.synth_clip.Clip` objects written once per session
+under ``tmp_path_factory``; each is at most 2 s long and 320 px wide so the suite stays
+fast.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from camvideo import synth
+from camvideo.models import CamModel, from_modules
+from camvideo.synth_clip import Clip
 
 #: Start of a ``python -c`` script that runs the CLI in a child process with a tiny
 #: random network in place of the default model (for process-level tests: signals,
@@ -28,6 +37,32 @@ TINY_MODEL_CLI_PRELUDE = (
     " torch.nn.Linear(8, 5), labels=list('abcde'))\n"
     "api.load_model = lambda *a, **k: m\n"
     "from camvideo.cli import main\n")
+
+
+class Sleep(torch.nn.Module):
+    """Makes a forward pass take ``seconds`` longer (an artificially slow model)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+def use_tiny_model(monkeypatch: pytest.MonkeyPatch, sleep: float = 0.0) -> CamModel:
+    """Replace model loading with a tiny random network (stride 32, 5 classes), each
+    forward pass ``sleep`` seconds longer when given; returns the model."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 8, 32, stride=32), torch.nn.ReLU()]
+    if sleep:
+        layers.append(Sleep(sleep))
+    model = from_modules(torch.nn.Sequential(*layers), torch.nn.Linear(8, 5),
+                         labels=list("abcde"))
+    monkeypatch.setattr("camvideo.api.load_model", lambda *a, **k: model)
+    return model
+
 
 #: Irregular frame gaps (seconds) for the variable-frame-rate clip, cycled.
 VFR_GAPS = (1 / 30, 1 / 15, 1 / 24, 1 / 30, 1 / 60, 1 / 10)
@@ -60,6 +95,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="CUDA not available"))
 
 
+@pytest.fixture
+def tiny_model(monkeypatch: pytest.MonkeyPatch) -> CamModel:
+    """The default model is a tiny random network here (see :func:`use_tiny_model`)."""
+    return use_tiny_model(monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Session directory holding the generated clips."""
@@ -73,7 +114,7 @@ def vfr_gaps() -> tuple[float, ...]:
 
 
 @pytest.fixture(scope="session")
-def pan_clip(clip_dir: Path) -> synth.Clip:
+def pan_clip(clip_dir: Path) -> Clip:
     """The cat panning across a 320x180 gradient: 45 frames at 30 fps (1.5 s), stereo
     AAC tone for the whole clip, H.264 in MP4."""
     return synth.make_clip("pan", clip_dir / "pan.mp4", size=(320, 180), n=45, fps=30,
@@ -81,13 +122,13 @@ def pan_clip(clip_dir: Path) -> synth.Clip:
 
 
 @pytest.fixture(scope="session")
-def silent_clip(clip_dir: Path) -> synth.Clip:
+def silent_clip(clip_dir: Path) -> Clip:
     """Slow zoom on the cat, 320x180, 30 frames at 25 fps, no audio stream."""
     return synth.make_clip("zoom", clip_dir / "silent.mp4", size=(320, 180), n=30, fps=25)
 
 
 @pytest.fixture(scope="session")
-def vfr_clip(clip_dir: Path) -> synth.Clip:
+def vfr_clip(clip_dir: Path) -> Clip:
     """Variable frame rate pan (gaps cycle through :data:`VFR_GAPS`), 36 frames (~1.8 s),
     320x180, tone track, MP4 with a 1/90000 time base."""
     n = 36
@@ -99,13 +140,13 @@ def vfr_clip(clip_dir: Path) -> synth.Clip:
 
 
 @pytest.fixture(scope="session")
-def odd_clip(clip_dir: Path) -> synth.Clip:
+def odd_clip(clip_dir: Path) -> Clip:
     """Odd-sized (319x179) pan, 24 frames at 24 fps, H.264 yuv444p, no audio."""
     return synth.make_clip("pan", clip_dir / "odd.mp4", size=(319, 179), n=24, fps=24)
 
 
 @pytest.fixture(scope="session")
-def cuts_clip(clip_dir: Path) -> synth.Clip:
+def cuts_clip(clip_dir: Path) -> Clip:
     """Three shots (cat, coffee mug, pagoda) of 16 frames each, 320x180 at 30 fps, hard
     cuts at frames 16 and 32, keyframe every 8 frames, no audio."""
     return synth.make_clip("cuts", clip_dir / "cuts.mp4", size=(320, 180), n=48, fps=30,

@@ -14,7 +14,8 @@ from torch import nn
 from camvideo import api
 from camvideo.media import FileSource, Frame
 from camvideo.models import from_modules, load_model
-from camvideo.pipeline import CamEngine, resolve_precision
+from camvideo.device import resolve_precision
+from camvideo.engine import CamEngine
 from camvideo.render import Renderer
 from camvideo.smoothing import Smoother
 

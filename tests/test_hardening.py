@@ -2,8 +2,8 @@
 
 Every case ends either in a valid output (decodable, every decodable frame annotated) or in
 exactly one line on stderr with a non-zero exit code — never a traceback, a hang or a file
-left half written. The network is a tiny convolution here (monkeypatched in for the
-default model): these tests are about media handling, not about the network.
+left half written. The network is a tiny convolution here (the ``tiny_model`` fixture of
+conftest.py): these tests are about media handling, not about the network.
 """
 from __future__ import annotations
 
@@ -17,23 +17,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from camvideo import synth
 from conftest import TINY_MODEL_CLI_PRELUDE
 from camvideo.cli import main
 from camvideo.errors import ExitCode
-from camvideo.models import from_modules
-
-
-@pytest.fixture
-def tiny_model(monkeypatch):
-    """Replace model loading with a tiny random network (stride 32, 5 classes)."""
-    torch.manual_seed(0)
-    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32), torch.nn.ReLU())
-    model = from_modules(backbone, torch.nn.Linear(8, 5), labels=list("abcde"))
-    monkeypatch.setattr("camvideo.api.load_model", lambda *a, **k: model)
-    return model
+from camvideo.synth_clip import Clip, write_clip
 
 
 def decoded(path: Path) -> list[float]:
@@ -65,17 +54,17 @@ def encode(path: Path, *, codec="libx264", pix="yuv420p", size=(160, 96), n=12, 
 
 
 @pytest.fixture(scope="module")
-def good_mp4(tmp_path_factory) -> synth.Clip:
+def good_mp4(tmp_path_factory) -> Clip:
     frames, _ = synth.pan_frames("chelsea", (160, 96), 24)
-    return synth.write_clip(tmp_path_factory.mktemp("good") / "good.mp4", frames, fps=24,
-                            audio=True)
+    return write_clip(tmp_path_factory.mktemp("good") / "good.mp4", frames, fps=24,
+                      audio=True)
 
 
 @pytest.fixture(scope="module")
-def good_mkv(tmp_path_factory) -> synth.Clip:
+def good_mkv(tmp_path_factory) -> Clip:
     frames, _ = synth.pan_frames("chelsea", (160, 96), 24)
-    return synth.write_clip(tmp_path_factory.mktemp("good") / "good.mkv", frames, fps=24,
-                            audio=True)
+    return write_clip(tmp_path_factory.mktemp("good") / "good.mkv", frames, fps=24,
+                      audio=True)
 
 
 def run_cli(args: list, capsys) -> tuple[int, str]:
@@ -221,7 +210,7 @@ def test_packets_without_timestamps_get_the_nominal_rate(tmp_path, capsys, tiny_
 def test_rotation_and_vfr_together(tmp_path, capsys, tiny_model):
     frames, _ = synth.pan_frames("chelsea", (160, 96), 10)
     times = [0, 0.05, 0.2, 0.25, 0.5, 0.55, 0.6, 1.0, 1.05, 1.3]
-    clip = synth.write_clip(tmp_path / "rot.mp4", frames, times=times, rotation=270)
+    clip = write_clip(tmp_path / "rot.mp4", frames, times=times, rotation=270)
     out = tmp_path / "out.mp4"
     assert run_cli([clip.path, out], capsys)[0] == 0
     assert np.allclose(decoded(out), times, atol=1e-3)

@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from camvideo import api
+from camvideo.device import (cpu_has_native_bf16, fold_batchnorm, optimize_model,
+                             pipeline_threads, resolve_precision)
+from camvideo.engine import CamEngine, Inferred
 from camvideo.errors import OptionError
-from camvideo.media import Frame
+from camvideo.media import FileSource, Frame
 from camvideo.models import from_modules, load_model
-from camvideo.pipeline import (CamEngine, Inferred, cpu_has_native_bf16, fold_batchnorm,
-                               optimize_model, pipeline_threads, resolve_precision,
-                               run_stream)
+from camvideo.pipeline import run_stream
 from camvideo.render import Renderer
 from camvideo.smoothing import Smoother
 
@@ -85,6 +86,37 @@ def test_fast_path_equals_plain_path(pan_clip, lite0, tmp_path):
     tol = 0.1 if resolve_precision("auto", torch.device("cpu")) is not None else 1e-4
     assert max_map_diff(plain, fast) <= tol
     assert max(abs(p["score"] - q["score"]) for p, q in zip(plain, fast)) <= tol
+
+
+def test_concurrent_inference_equals_one_at_a_time(pan_clip, lite0):
+    """Two forward passes at once (the CPU default) give the same frames, maps and
+    scores, in the same order, as one at a time."""
+    def run(workers: int) -> list:
+        opts = api.Options()
+        base = api.build_engine(opts, lite0)
+        engine = CamEngine(base.model, base.renderer, base.smoother,
+                           precision=base.precision, infer_workers=workers)
+        assert engine.infer_workers == workers
+        out: list = []
+        run_stream(FileSource(pan_clip.path), engine, out.append, batch_size=4)
+        return out
+
+    one, two = run(1), run(2)
+    assert [r.frame.pts for r in two] == [r.frame.pts for r in one] == \
+        sorted(r.frame.pts for r in one)
+    assert len(one) == pan_clip.frames
+    for a, b in zip(one, two):
+        assert (a.note.cls, a.note.topk) == (b.note.cls, b.note.topk)
+        assert np.array_equal(a.image, b.image)
+
+
+def test_concurrent_inference_needs_cpu_and_stride_1(lite0):
+    base = api.build_engine(api.Options(), lite0)
+    assert base.infer_workers == 2  # the CPU default
+    with pytest.raises(OptionError, match="stride 1"):
+        CamEngine(base.model, base.renderer, base.smoother, stride=2, infer_workers=2)
+    strided = CamEngine(base.model, base.renderer, base.smoother, stride=3)
+    assert strided.infer_workers == 1
 
 
 def test_auto_precision_on_cpu_follows_native_bf16():
@@ -175,19 +207,30 @@ class SleepyEngine:
     """A stand-in engine whose stages sleep (releasing the GIL, like torch and PyAV)."""
 
     def __init__(self, infer_s: float = 0.0, finish_s: float = 0.0,
-                 fail_at: int | None = None) -> None:
+                 fail_at: int | None = None, infer_workers: int = 1) -> None:
         self.infer_s, self.finish_s, self.fail_at = infer_s, finish_s, fail_at
+        self.infer_workers = infer_workers
         self.batches: list[int] = []
         self.alive = 0  # frames inside the pipeline right now
         self.peak_alive = 0
+        self.running = self.peak_running = 0  # infer calls at once
         self._lock = threading.Lock()
 
     def infer(self, frames):
-        self.batches.append(len(frames))
-        if self.fail_at is not None and len(self.batches) > self.fail_at:
-            raise RuntimeError("engine failed")
-        time.sleep(self.infer_s)
-        return Inferred(list(frames), [], None)
+        with self._lock:
+            self.batches.append(len(frames))
+            k = len(self.batches)
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+        try:
+            if self.fail_at is not None and k > self.fail_at:
+                raise RuntimeError("engine failed")
+            # uneven batch times: a later batch often finishes before an earlier one
+            time.sleep(self.infer_s * (1.5 if k % 2 else 0.5))
+            return Inferred(list(frames), [], None)
+        finally:
+            with self._lock:
+                self.running -= 1
 
     def infer_flush(self):
         return Inferred([], [], None)
@@ -260,9 +303,27 @@ def test_live_never_waits_for_a_batch_to_fill():
     assert engine.batches[0] == 1
 
 
+def test_concurrent_inference_overlaps_and_keeps_stream_order():
+    n, bs = 64, 4
+    engine = SleepyEngine(infer_s=0.02, infer_workers=2)
+    got = []
+    t = time.monotonic()
+    assert run_stream(frames_of(n), engine, lambda f: got.append(f.index),
+                      batch_size=bs) == n
+    elapsed = time.monotonic() - t
+    assert got == list(range(n))
+    assert engine.peak_running == 2
+    assert elapsed < 0.75 * (n // bs) * 0.02, elapsed  # serial: 16 batches x 20 ms
+    # live: one batch at a time (latency first)
+    live = SleepyEngine(infer_workers=2)
+    assert run_stream(frames_of(20), live, lambda f: None, batch_size=4, live=True) == 20
+    assert live.peak_running == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("where", ["source", "engine", "consume"])
-def test_first_error_is_raised_and_threads_stop(where):
-    engine = SleepyEngine(fail_at=2 if where == "engine" else None)
+def test_first_error_is_raised_and_threads_stop(where, workers):
+    engine = SleepyEngine(fail_at=2 if where == "engine" else None, infer_workers=workers)
 
     def source():
         for f in frames_of(100):
@@ -388,7 +449,7 @@ def test_engine_does_not_modify_the_input_frames(lite0):
 
 
 def test_conv_act_fusion_keeps_the_function_in_fp32_and_bf16():
-    from camvideo.pipeline import ConvAct, _has_fused_conv
+    from camvideo.device import ConvAct, _has_fused_conv
 
     if not _has_fused_conv():
         pytest.skip("torch built without oneDNN")
@@ -407,7 +468,7 @@ def test_conv_act_fusion_keeps_the_function_in_fp32_and_bf16():
 
 
 def test_default_model_is_fused_on_the_cpu(lite0):
-    from camvideo.pipeline import ConvAct, _has_fused_conv
+    from camvideo.device import ConvAct, _has_fused_conv
 
     optimize_model(lite0)
     if _has_fused_conv():

@@ -1,4 +1,5 @@
-"""Tests of camvideo.synth: write clips, read them back with PyAV, compare with the Clip."""
+"""Tests of camvideo.synth and camvideo.synth_clip: write clips, read them back with PyAV,
+compare with the Clip."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from camvideo import synth
+from camvideo.synth_clip import Clip, write_clip
 
 
 @dataclass
@@ -53,7 +55,7 @@ ALL_CLIPS = ["pan_clip", "vfr_clip", "odd_clip", "cuts_clip", "silent_clip"]
 
 @pytest.mark.parametrize("name", ALL_CLIPS)
 def test_readback_matches_clip(name: str, request: pytest.FixtureRequest) -> None:
-    clip: synth.Clip = request.getfixturevalue(name)
+    clip: Clip = request.getfixturevalue(name)
     got = decode(clip.path)
     assert len(got.times) == clip.frames == len(clip.times) == len(clip.boxes)
     assert got.sizes == {clip.size}
@@ -65,7 +67,7 @@ def test_readback_matches_clip(name: str, request: pytest.FixtureRequest) -> Non
 
 @pytest.mark.parametrize("name", ["pan_clip", "vfr_clip"])
 def test_audio_lasts_the_whole_clip(name: str, request: pytest.FixtureRequest) -> None:
-    clip: synth.Clip = request.getfixturevalue(name)
+    clip: Clip = request.getfixturevalue(name)
     got = decode(clip.path)
     frame = 1 / clip.fps
     assert got.audio_channels == 2 and got.audio_rate in (44100, 48000)
@@ -73,26 +75,26 @@ def test_audio_lasts_the_whole_clip(name: str, request: pytest.FixtureRequest) -
     assert abs(got.audio_seconds - clip.duration) <= frame
 
 
-def test_silent_clip_has_no_audio(silent_clip: synth.Clip) -> None:
+def test_silent_clip_has_no_audio(silent_clip: Clip) -> None:
     assert not silent_clip.has_audio and silent_clip.audio_seconds == 0
     assert decode(silent_clip.path).audio_streams == 0
 
 
-def test_constant_rate_time_base(pan_clip: synth.Clip) -> None:
+def test_constant_rate_time_base(pan_clip: Clip) -> None:
     got = decode(pan_clip.path)
     assert pan_clip.fps == 30
     np.testing.assert_allclose(np.diff(got.times), 1 / 30, atol=1e-3)
     assert got.times[0] == 0
 
 
-def test_vfr_gaps_preserved(vfr_clip: synth.Clip, vfr_gaps: tuple[float, ...]) -> None:
+def test_vfr_gaps_preserved(vfr_clip: Clip, vfr_gaps: tuple[float, ...]) -> None:
     gaps = np.diff(decode(vfr_clip.path).times)
     expected = [vfr_gaps[i % len(vfr_gaps)] for i in range(len(gaps))]
     np.testing.assert_allclose(gaps, expected, atol=1e-3)
     assert len(set(np.round(gaps, 3))) == len(set(np.round(vfr_gaps, 3))) > 3
 
 
-def test_odd_size_preserved(odd_clip: synth.Clip) -> None:
+def test_odd_size_preserved(odd_clip: Clip) -> None:
     assert odd_clip.size == (319, 179)
     with av.open(str(odd_clip.path)) as c:
         s = c.streams.video[0]
@@ -108,18 +110,18 @@ def _inside(box, size) -> bool:
 @pytest.mark.parametrize("name", ["pan_clip", "vfr_clip", "odd_clip", "cuts_clip",
                                   "silent_clip"])
 def test_boxes_inside_frame(name: str, request: pytest.FixtureRequest) -> None:
-    clip: synth.Clip = request.getfixturevalue(name)
+    clip: Clip = request.getfixturevalue(name)
     assert all(b is not None and _inside(b, clip.size) for b in clip.boxes)
 
 
-def test_pan_box_moves_across(pan_clip: synth.Clip) -> None:
+def test_pan_box_moves_across(pan_clip: Clip) -> None:
     xs = np.array([(b[0] + b[2]) / 2 for b in pan_clip.boxes])
     assert np.all(np.diff(xs) >= 0)                       # left to right, never back
     assert xs[-1] - xs[0] > 0.3 * pan_clip.size[0]
     assert np.abs(np.diff(xs)).max() < 0.1 * pan_clip.size[0]  # smooth, no jumps
 
 
-def test_pan_box_tracks_the_photo(pan_clip: synth.Clip) -> None:
+def test_pan_box_tracks_the_photo(pan_clip: Clip) -> None:
     """The decoded pixels inside the box are the photo; far outside it, the backdrop."""
     got = decode(pan_clip.path, keep_frames=True)
     for i in (0, len(got.frames) // 2, len(got.frames) - 1):
@@ -132,7 +134,7 @@ def test_pan_box_tracks_the_photo(pan_clip: synth.Clip) -> None:
         assert np.abs(np.diff(outside, axis=0)).mean() < 6
 
 
-def test_cuts(cuts_clip: synth.Clip) -> None:
+def test_cuts(cuts_clip: Clip) -> None:
     assert cuts_clip.cuts == [0, 16, 32]
     got = decode(cuts_clip.path, keep_frames=True)
     diffs = [np.abs(a.astype(np.int16) - b).mean() for a, b in zip(got.frames, got.frames[1:])]
@@ -143,7 +145,7 @@ def test_cuts(cuts_clip: synth.Clip) -> None:
                                                zip(got.keyframes, got.keyframes[1:]))
 
 
-def test_zoom_box_grows(silent_clip: synth.Clip) -> None:
+def test_zoom_box_grows(silent_clip: Clip) -> None:
     areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in silent_clip.boxes]
     assert areas[-1] > areas[0]
 
@@ -181,11 +183,11 @@ def test_frame_sequence_is_lazy_and_indexable() -> None:
 def test_write_clip_rejects_bad_input(tmp_path: Path) -> None:
     frames = [np.zeros((32, 32, 3), np.uint8)] * 3
     with pytest.raises(ValueError, match="increasing"):
-        synth.write_clip(tmp_path / "a.mp4", frames, times=[0, 0.1, 0.1])
+        write_clip(tmp_path / "a.mp4", frames, times=[0, 0.1, 0.1])
     with pytest.raises(ValueError, match="times"):
-        synth.write_clip(tmp_path / "b.mp4", frames, times=[0, 0.1])
+        write_clip(tmp_path / "b.mp4", frames, times=[0, 0.1])
     with pytest.raises(ValueError, match="frame 1"):
-        synth.write_clip(tmp_path / "c.mp4", [frames[0], np.zeros((8, 8, 3), np.uint8)])
+        write_clip(tmp_path / "c.mp4", [frames[0], np.zeros((8, 8, 3), np.uint8)])
     with pytest.raises(ValueError, match="kind"):
         synth.make_clip("spin", tmp_path / "d.mp4")
 
@@ -197,5 +199,5 @@ def test_short_audio_and_failed_write_leaves_nothing(tmp_path: Path) -> None:
     assert abs(got.audio_seconds - 0.5) < 0.03
     bad = tmp_path / "bad.mp4"
     with pytest.raises(ValueError):
-        synth.write_clip(bad, [np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)])
+        write_clip(bad, [np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)])
     assert not bad.exists()

@@ -1,0 +1,350 @@
+"""Where and how the network runs: device, precision, threads, batch size, and the
+inference-time rewrites of the network (batch norms folded into convolutions, ReLU/ReLU6
+fused as a oneDNN post-op), each checked against the original on a probe.
+
+- On the CPU the network gets ``cores - max(1, cores // 4)`` intra-op threads, split
+  between two concurrent forward passes (:func:`default_infer_workers`; 1 thread each
+  on 2 cores): OpenMP threads that have to share their cores with decoding and encoding
+  spin and stall, which made a 2-thread forward pass 2-4x *slower* inside the pipeline
+  than a 1-thread one, while two 1-thread passes use both cores whenever the other
+  stages leave them idle. ``OMP_NUM_THREADS`` wins.
+- Once per model, batch norms that directly follow a convolution are folded into it and,
+  on the CPU, a ReLU/ReLU6 after it becomes a oneDNN post-op (:class:`ConvAct`); the
+  result is checked against the original network on a probe and dropped if it differs.
+- bf16 autocast is the CPU default where the CPU has native bf16 (AVX512-BF16 / AMX;
+  about 2.5x fp32 there); fp16 on CUDA. The linear head and the maps stay fp32.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import os
+import threading
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import OptionError
+from .models import CamModel
+
+log = logging.getLogger(__name__)
+
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_OPTIMIZE_LOCK = threading.Lock()
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        OptionError: unknown spec, or CUDA asked for but not available.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise OptionError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError("--device cuda asked for, but no CUDA GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(f"no GPU {dev.index}: {torch.cuda.device_count()} present")
+    elif dev.type != "cpu":
+        raise OptionError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN is there;
+    elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # older torch / non-x86 builds
+        return False
+    return bool(native) and torch.backends.mkldnn.is_available()
+
+
+def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``spec`` on ``device`` (None: plain fp32).
+
+    ``auto`` is fp16 on CUDA, bf16 on CPUs with native bf16 (:func:`cpu_has_native_bf16`;
+    about twice as fast there, maps within ~0.1 of fp32's, see benchmarks/README.md) and
+    fp32 on other CPUs.
+    """
+    if spec not in PRECISIONS:
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if spec == "fp32":
+        return None
+    if spec == "fp16" and device.type == "cpu":
+        raise OptionError("fp16 is for CUDA; on the CPU use bf16 or fp32")
+    if spec == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 is emulated and "
+                    "likely slower than fp32")
+    return torch.float16 if spec == "fp16" else torch.bfloat16
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Frames per device batch when not given: 32 on CUDA, 4 on the CPU (one thread of
+    EfficientNet-Lite0 at 224x384: 62 img/s at 1, 80 at 4, 77 at 8, 64 at 16; larger
+    batches fall out of the caches and only add latency and memory)."""
+    return 32 if device.type == "cuda" else 4
+
+
+def default_infer_workers(device: torch.device, stride: int = 1) -> int:
+    """Concurrent forward passes: 2 on the CPU (stride 1), each with half the network's
+    threads, else 1.
+
+    Two single-team passes let the network use a core whenever decoding or encoding
+    leaves it idle, without OpenMP teams spinning at barriers on cores that other stages
+    need (one 2-thread pass inside the pipeline ran 2-4x slower than a 1-thread one on
+    2 cores; benchmarks/README.md, "Speed")."""
+    return 2 if device.type == "cpu" and stride == 1 else 1
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def pipeline_threads(cores: int | None = None) -> int:
+    """Intra-op threads for the network on the CPU: all cores but ``max(1, cores // 4)``,
+    which are left to decoding, rendering and encoding (2 cores → 1, 8 → 6, 16 → 12)."""
+    n = cores if cores is not None else cpu_count()
+    return max(1, n - max(1, n // 4))
+
+
+# ---------------------------------------------------------------------------------------
+# One-time model optimisation
+
+
+def fold_batchnorm(net: nn.Module, probe: Tensor,
+                   fuse: bool = False) -> tuple[nn.Module, int]:
+    """A copy of ``net`` with every batch norm that directly follows a convolution folded
+    into that convolution (eval mode only).
+
+    Pairs are found by running ``probe`` with hooks: a ``BatchNorm2d`` (or timm's
+    ``BatchNormAct2d``, whose activation is kept) whose input is exactly a ``Conv2d``'s
+    output, each called once. The caller must check the copy against ``net`` (a conv
+    output also used elsewhere would be changed there too).
+
+    Args:
+        net: the network (not modified).
+        probe: an input it accepts.
+        fuse: also fuse a ReLU/ReLU6 that follows a folded convolution into it
+            (:class:`ConvAct`: one oneDNN call on the CPU): timm's ``BatchNormAct2d``
+            activations, and ``Conv2d, BatchNorm2d, ReLU`` runs inside ``nn.Sequential``.
+
+    Returns:
+        ``(copy, number of folded pairs)``.
+    """
+    net = copy.deepcopy(net)
+    outputs: dict[int, tuple[nn.Module, Tensor]] = {}
+    calls: collections.Counter = collections.Counter()
+    pairs: list[tuple[nn.Conv2d, nn.Module]] = []
+    hooks = []
+
+    def conv_hook(mod: nn.Module, inp: Any, out: Tensor) -> None:
+        calls[mod] += 1
+        outputs[id(out)] = (mod, out)
+
+    def bn_hook(mod: nn.Module, inp: Any) -> None:
+        calls[mod] += 1
+        hit = outputs.get(id(inp[0]))
+        if hit is not None and hit[1] is inp[0]:
+            pairs.append((hit[0], mod))  # type: ignore[arg-type]
+
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif _foldable_bn(m):
+            hooks.append(m.register_forward_pre_hook(bn_hook))
+    try:
+        with torch.inference_mode():
+            net(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+        outputs.clear()
+    parents: dict[nn.Module, list[tuple[nn.Module, str]]] = collections.defaultdict(list)
+    for p in net.modules():
+        for name, child in p.named_children():
+            parents[child].append((p, name))
+    folded = 0
+    done: set[nn.Module] = set()  # folded and not yet fused
+    with torch.no_grad():
+        for conv, bn in pairs:
+            if calls[conv] != 1 or calls[bn] != 1 or len(parents[bn]) != 1:
+                continue
+            var, mean = bn.running_var.float(), bn.running_mean.float()
+            scale = torch.rsqrt(var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight.float()
+            shift = -mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias.float()
+            w = conv.weight.float() * scale.view(-1, 1, 1, 1)
+            b = shift if conv.bias is None else conv.bias.float() * scale + shift
+            dt = conv.weight.dtype
+            conv.weight = nn.Parameter(w.to(dt), requires_grad=False)
+            conv.bias = nn.Parameter(b.to(dt), requires_grad=False)
+            parent, name = parents[bn][0]
+            if type(bn) is nn.BatchNorm2d:
+                setattr(parent, name, nn.Identity())
+            elif fuse and isinstance(bn.drop, nn.Identity) and _act_kind(bn.act) and \
+                    ConvAct.fusable(conv) and len(parents[conv]) == 1:
+                cparent, cname = parents[conv][0]
+                setattr(cparent, cname, ConvAct(conv, _act_kind(bn.act)))  # type: ignore
+                setattr(parent, name, nn.Identity())
+                folded += 1
+                continue
+            else:
+                setattr(parent, name, nn.Sequential(bn.drop, bn.act))
+            done.add(conv)
+            folded += 1
+        if fuse:  # Sequential(..., Conv2d, [Identity (a folded BN)], ReLU/ReLU6, ...)
+            for seq in [m for m in net.modules() if type(m) is nn.Sequential]:
+                names = list(seq._modules)
+                for i, name in enumerate(names):
+                    conv = seq._modules[name]
+                    if conv not in done or not ConvAct.fusable(conv) or \
+                            len(parents[conv]) != 1:
+                        continue
+                    j = i + 1
+                    while j < len(names) and isinstance(seq._modules[names[j]], nn.Identity):
+                        j += 1
+                    if j < len(names) and _act_kind(seq._modules[names[j]]) and \
+                            len(parents[seq._modules[names[j]]]) == 1:
+                        kind = _act_kind(seq._modules[names[j]])
+                        seq._modules[name] = ConvAct(conv, kind)  # type: ignore[arg-type]
+                        seq._modules[names[j]] = nn.Identity()
+    return net, folded
+
+
+def _act_kind(m: nn.Module | None) -> str | None:
+    if type(m) is nn.ReLU:
+        return "relu"
+    if type(m) is nn.ReLU6:
+        return "relu6"
+    return None
+
+
+def _has_fused_conv() -> bool:
+    try:
+        torch.ops.mkldnn._convolution_pointwise.default  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return torch.backends.mkldnn.is_available()
+
+
+class ConvAct(nn.Module):
+    """A ``Conv2d`` followed by ReLU or ReLU6 as one oneDNN call on the CPU (the
+    activation is a post-op: the output is written once instead of twice). Under CPU
+    autocast it runs in the autocast dtype, with the weights cast once and kept.
+
+    Args:
+        conv: the convolution (``padding_mode="zeros"``, numeric padding).
+        act: ``"relu"`` or ``"relu6"``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: str) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+                     if conv.bias is not None else None)
+        self.padding = list(conv.padding)  # type: ignore[arg-type]
+        self.stride, self.dilation = list(conv.stride), list(conv.dilation)
+        self.groups, self.act = conv.groups, act
+        self._attr, self._scalars = (("relu", []) if act == "relu"
+                                     else ("hardtanh", [0.0, 6.0]))
+        self._cast: dict[torch.dtype, tuple[Tensor, Tensor | None]] = {}
+
+    @staticmethod
+    def fusable(conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+                and not isinstance(conv.padding, str) and _has_fused_conv())
+
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        if self.weight.dtype == dtype:
+            return self.weight, self.bias
+        if dtype not in self._cast:
+            with torch.inference_mode(False), torch.no_grad():
+                self._cast[dtype] = (self.weight.to(dtype), None if self.bias is None
+                                     else self.bias.to(dtype))
+        return self._cast[dtype]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu":
+            y = nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                                     self.dilation, self.groups)
+            return y.relu_() if self.act == "relu" else y.clamp_(0.0, 6.0)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") \
+            else x.dtype
+        w, b = self._weights(dtype)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.to(dtype), w, b, self.padding, self.stride, self.dilation, self.groups,
+            self._attr, self._scalars, "")
+
+    def _apply(self, fn, recurse=True):  # .to()/.half(): forget the cast copies
+        self._cast = {}
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, "
+                f"kernel_size={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, "
+                f"groups={self.groups}, act={self.act}")
+
+
+def _foldable_bn(m: nn.Module) -> bool:
+    if not isinstance(m, nn.BatchNorm2d) or m.running_mean is None or m.training:
+        return False
+    if type(m) is nn.BatchNorm2d:
+        return True
+    # timm's BatchNormAct2d: batch_norm → drop → act (kept as a Sequential)
+    return type(m).__name__ == "BatchNormAct2d" and hasattr(m, "act") and hasattr(m, "drop")
+
+
+def optimize_model(model: CamModel) -> CamModel:
+    """Fold batch norms into convolutions and make the backbone channels_last, once per
+    model (in place; later calls do nothing). The folded network is kept only if its
+    features match the original's on a probe (within 1e-3 relative)."""
+    with _OPTIMIZE_LOCK:
+        if getattr(model, "_camvideo_optimized", False):
+            return model
+        model._camvideo_optimized = True  # type: ignore[attr-defined]
+        if model.training:
+            return model
+        dev = model.device
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(2, 3, 4 * model.stride, 5 * model.stride, generator=g).to(dev)
+        probe = probe.contiguous(memory_format=torch.channels_last)
+        try:
+            folded, n = fold_batchnorm(model.backbone, probe, fuse=dev.type == "cpu")
+            if n == 0:
+                return model
+            folded.to(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                ref = model.backbone(probe).float()
+                got = folded(probe).float()
+            err = (got - ref).abs().max().item()
+            if got.shape != ref.shape or not err <= 1e-3 * max(1.0, ref.abs().max().item()):
+                log.info("batch-norm folding changed %s's features (%.3g); not used",
+                         model.name, err)
+                return model
+        except Exception as e:  # noqa: BLE001 - an optimisation: never fatal
+            log.info("batch-norm folding skipped for %s: %s", model.name, e)
+            return model
+        model.backbone = folded
+        log.info("%s: %d batch norms folded into their convolutions", model.name, n)
+        return model

@@ -144,8 +144,10 @@ class JsonLinesSink:
         self.tmp.unlink(missing_ok=True)
 
 
-def build_engine(opts: Options, model: CamModel | None = None) -> CamEngine:
-    """Model (loaded unless given), renderer and smoother for ``opts``."""
+def build_engine(opts: Options, model: CamModel | None = None, *,
+                 infer_workers: int | None = None) -> CamEngine:
+    """Model (loaded unless given), renderer and smoother for ``opts``; ``infer_workers``
+    as :class:`CamEngine`'s (None: its default, 2 on the CPU; live streams want 1)."""
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     if model is None:
@@ -158,7 +160,7 @@ def build_engine(opts: Options, model: CamModel | None = None) -> CamEngine:
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
     return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
-                     stride=opts.stride)
+                     stride=opts.stride, infer_workers=infer_workers)
 
 
 def annotate(input: str | os.PathLike, output: str | os.PathLike, *,

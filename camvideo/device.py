@@ -229,6 +229,12 @@ def fold_batchnorm(net: nn.Module, probe: Tensor,
                         kind = _act_kind(seq._modules[names[j]])
                         seq._modules[name] = ConvAct(conv, kind)  # type: ignore[arg-type]
                         seq._modules[names[j]] = nn.Identity()
+                        done.discard(conv)
+            # the other folded convolutions: one call, weights cast once
+            for conv in done:
+                if ConvAct.fusable(conv) and len(parents[conv]) == 1:
+                    cparent, cname = parents[conv][0]
+                    setattr(cparent, cname, ConvAct(conv, None))  # type: ignore[arg-type]
     return net, folded
 
 
@@ -248,17 +254,33 @@ def _has_fused_conv() -> bool:
     return torch.backends.mkldnn.is_available()
 
 
+def _is_same_conv(conv: nn.Module) -> bool:
+    """timm's ``Conv2dSame``: TensorFlow "SAME" padding (computed from the input size,
+    the odd pixel on the bottom/right), then a convolution without padding."""
+    return type(conv).__name__ == "Conv2dSame" and isinstance(conv, nn.Conv2d) and \
+        tuple(conv.padding) == (0, 0)  # type: ignore[arg-type]
+
+
+def _same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding of one axis: ``(before, after)`` (timm's ``pad_same``)."""
+    total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 class ConvAct(nn.Module):
-    """A ``Conv2d`` followed by ReLU or ReLU6 as one oneDNN call on the CPU (the
-    activation is a post-op: the output is written once instead of twice). Under CPU
-    autocast it runs in the autocast dtype, with the weights cast once and kept.
+    """A ``Conv2d`` (or timm's ``Conv2dSame``) followed by ReLU, ReLU6 or nothing, as one
+    oneDNN call on the CPU: the activation is a post-op (the output is written once
+    instead of twice) and the weights are cast to the autocast dtype once and kept (plain
+    autocast casts them again on every call). "SAME" padding is symmetric padding in the
+    call plus, when the total is odd, one zero row/column written beside a single copy of
+    the input (``F.pad`` fills the whole padded tensor, then copies).
 
     Args:
         conv: the convolution (``padding_mode="zeros"``, numeric padding).
-        act: ``"relu"`` or ``"relu6"``.
+        act: ``"relu"``, ``"relu6"`` or None.
     """
 
-    def __init__(self, conv: nn.Conv2d, act: str) -> None:
+    def __init__(self, conv: nn.Conv2d, act: str | None) -> None:
         super().__init__()
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
@@ -266,14 +288,34 @@ class ConvAct(nn.Module):
         self.padding = list(conv.padding)  # type: ignore[arg-type]
         self.stride, self.dilation = list(conv.stride), list(conv.dilation)
         self.groups, self.act = conv.groups, act
-        self._attr, self._scalars = (("relu", []) if act == "relu"
-                                     else ("hardtanh", [0.0, 6.0]))
+        self.same = _is_same_conv(conv)
+        self._attr, self._scalars = {"relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
+                                     None: ("none", [])}[act]
         self._cast: dict[torch.dtype, tuple[Tensor, Tensor | None]] = {}
 
     @staticmethod
     def fusable(conv: nn.Module) -> bool:
-        return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+        return ((type(conv) is nn.Conv2d or _is_same_conv(conv))
+                and conv.padding_mode == "zeros"  # type: ignore[union-attr]
                 and not isinstance(conv.padding, str) and _has_fused_conv())
+
+    def _pad_same(self, x: Tensor) -> tuple[Tensor, list[int]]:
+        """``x`` (with one zero row/column added where "SAME" is odd) and the symmetric
+        padding for the call."""
+        k = self.weight.shape[-2:]
+        (t, b), (l, r) = (_same_pad(int(x.shape[-2 + i]), int(k[i]), self.stride[i],
+                                    self.dilation[i]) for i in range(2))
+        if b == t and r == l:
+            return x, [t, l]
+        n, c, h, w = x.shape
+        out = torch.empty((n, c, h + b - t, w + r - l), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last
+                          if x.is_contiguous(memory_format=torch.channels_last)
+                          else torch.contiguous_format)
+        out[:, :, :h, :w].copy_(x)
+        out[:, :, h:].zero_()
+        out[:, :, :h, w:].zero_()
+        return out, [t, l]
 
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         if self.weight.dtype == dtype:
@@ -285,15 +327,23 @@ class ConvAct(nn.Module):
         return self._cast[dtype]
 
     def forward(self, x: Tensor) -> Tensor:
+        padding = self.padding
         if x.device.type != "cpu":
-            y = nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+            if self.same:
+                x, padding = self._pad_same(x)
+            y = nn.functional.conv2d(x, self.weight, self.bias, self.stride, padding,
                                      self.dilation, self.groups)
+            if self.act is None:
+                return y
             return y.relu_() if self.act == "relu" else y.clamp_(0.0, 6.0)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") \
             else x.dtype
         w, b = self._weights(dtype)
+        x = x.to(dtype)
+        if self.same:
+            x, padding = self._pad_same(x)
         return torch.ops.mkldnn._convolution_pointwise(
-            x.to(dtype), w, b, self.padding, self.stride, self.dilation, self.groups,
+            x, w, b, padding, self.stride, self.dilation, self.groups,
             self._attr, self._scalars, "")
 
     def _apply(self, fn, recurse=True):  # .to()/.half(): forget the cast copies

@@ -31,7 +31,7 @@ from .cam import logits_from_features
 from .device import default_infer_workers, optimize_model, pipeline_threads
 from .errors import OptionError
 from .media import Frame
-from .models import CamModel
+from .models import CamModel, resize_u8
 from .render import Annotation, Renderer
 from .smoothing import DEFAULT_CUT_THRESHOLD, Smoother
 
@@ -209,15 +209,17 @@ class CamEngine:
     # ------------------------------------------------------------------ internals
     def _preprocess_cpu(self, frames: list[Frame]) -> tuple[Tensor, Tensor]:
         """Each frame's array, viewed as a channels_last ``(1, 3, H, W)`` uint8 tensor
-        (no copy), resized as uint8 and normalised (see :meth:`CamModel.preprocess`).
-        One frame at a time, so the result does not depend on the batch size."""
-        xs, f01s = [], []
+        (no copy), resized as uint8 one frame at a time (so the result does not depend
+        on the batch size), then the small uint8 batch normalised at once (see
+        :meth:`CamModel.preprocess`)."""
+        assert self._size is not None
+        small = []
         for f in frames:
-            x, f01 = self.model.preprocess(torch.from_numpy(f.image)[None], self._size)
-            xs.append(x)
-            f01s.append(f01)
-        x = torch.cat(xs).contiguous(memory_format=torch.channels_last)
-        return x, torch.cat(f01s)
+            x = torch.from_numpy(f.image)[None].permute(0, 3, 1, 2)
+            small.append(x if tuple(x.shape[-2:]) == self._size
+                         else resize_u8(x, self._size))
+        batch = torch.cat(small).permute(0, 2, 3, 1)  # (N, H', W', 3) uint8
+        return self.model.preprocess(batch, self._size)
 
     def _upload(self, frames: list[Frame]) -> Tensor:
         """Copy the frames once into a reused pinned buffer and upload it asynchronously;

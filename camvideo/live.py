@@ -167,8 +167,9 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         src.start()  # a camera or stream is drained (newest frame kept) while the model loads
     viewer = sink = None
     try:
-        engine = build_engine(opts, loaded)
         live = src.drop
+        # a live stream runs one batch at a time (latency first): all threads to it
+        engine = build_engine(opts, loaded, infer_workers=1 if live else None)
         bs = opts.batch_size or (1 if live else default_batch_size(engine.device))
         device_credit = threading.Semaphore(bs) if live else None
         flight_credit = threading.Semaphore(bs + 2) if live else None

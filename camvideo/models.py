@@ -64,6 +64,14 @@ _TV_REFUSED = {
 }
 
 
+def resize_u8(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Antialiased bilinear resize of ``(N, 3, H, W)`` uint8 CPU frames (a channels_last
+    view is fine), as uint8: ~20x cheaper than making a full-resolution float copy first;
+    differs from the float resize by < 1/255 (benchmarks/README.md, "Speed")."""
+    return nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                     antialias=True)
+
+
 class CamModel(nn.Module):
     """A classifier split for CAM: ``backbone`` → features, ``fc`` the GAP head's linear layer.
 
@@ -128,11 +136,7 @@ class CamModel(nn.Module):
         if tuple(x.shape[-2:]) == tuple(size):
             x = x.float().div_(255.0)
         elif x.device.type == "cpu" and x.dtype == torch.uint8:
-            # uint8 antialiased resize (SIMD): ~20x cheaper on the CPU than making a
-            # full-resolution float copy first; differs by < 1/255 (benchmarks/README.md)
-            x = nn.functional.interpolate(x, size=size, mode="bilinear",
-                                          align_corners=False, antialias=True)
-            x = x.float().div_(255.0)
+            x = resize_u8(x, size).float().div_(255.0)
         else:
             x = x.float().div_(255.0)
             x = nn.functional.interpolate(x, size=size, mode="bilinear",

@@ -48,8 +48,11 @@ def downsample(frames01: Tensor, grid: tuple[int, int]) -> Tensor:
     """
     size = (grid[0] * CELL_PX, grid[1] * CELL_PX)
     x = frames01.float()
-    if tuple(x.shape[-2:]) == size:
+    h, w = x.shape[-2:]
+    if (h, w) == size:
         return x
+    if h % size[0] == 0 and w % size[1] == 0:  # the same, ~2x faster (3 channels)
+        return F.avg_pool2d(x.contiguous(), (h // size[0], w // size[1]))
     return F.interpolate(x, size=size, mode="area")
 
 

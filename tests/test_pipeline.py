@@ -473,3 +473,35 @@ def test_default_model_is_fused_on_the_cpu(lite0):
     optimize_model(lite0)
     if _has_fused_conv():
         assert sum(isinstance(m, ConvAct) for m in lite0.backbone.modules()) >= 20
+        # every convolution, "SAME"-padded ones included, is one oneDNN call
+        assert not [m for m in lite0.backbone.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("hw", [(32, 48), (33, 47), (31, 30)])
+def test_conv_act_fusion_keeps_tensorflow_same_padding(hw):
+    from timm.layers import Conv2dSame
+
+    from camvideo.device import ConvAct, _has_fused_conv
+
+    if not _has_fused_conv():
+        pytest.skip("torch built without oneDNN")
+    torch.manual_seed(0)
+    net = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU6(),
+                        Conv2dSame(8, 8, 5, stride=2, groups=8), nn.BatchNorm2d(8),
+                        nn.ReLU(), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4)).eval()
+    for m in net:
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, *hw).contiguous(memory_format=torch.channels_last)
+    fused, n = fold_batchnorm(net, x, fuse=True)
+    assert n == 3 and sum(isinstance(m, ConvAct) for m in fused.modules()) == 3
+    assert not any(isinstance(m, (nn.Conv2d, nn.ReLU, nn.ReLU6)) for m in fused.modules())
+    with torch.inference_mode():
+        ref = net(x)
+        got = fused(x)
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a = fused(x).float()
+    assert (a - ref).abs().max() <= 0.05 * max(1.0, float(ref.abs().max()))

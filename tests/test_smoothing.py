@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from camvideo import motion as mo
 from camvideo.cam import cam_maps, minmax_normalize, peak_xy
 from camvideo.errors import OptionError
 from camvideo.smoothing import DEFAULT_MARGIN, DEFAULT_TAU, Smoother
@@ -354,3 +355,14 @@ def test_cuda_matches_cpu_and_stays_on_the_device():
     assert torch.equal(gpu[1].cpu(), cpu[1]) and gpu[3] == cpu[3]
     assert torch.allclose(gpu[0].cpu(), cpu[0], atol=2e-2)
     assert torch.allclose(gpu[2].cpu(), cpu[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(224, 384), (230, 390)])
+def test_downsample_is_an_area_average(hw):
+    x = torch.rand(3, 3, *hw).permute(0, 1, 3, 2).transpose(2, 3)  # any layout
+    got = mo.downsample(x, (7, 12))
+    assert got.shape == (3, 3, 56, 96)
+    assert torch.allclose(got, F.interpolate(x.contiguous(), size=(56, 96), mode="area"),
+                          atol=1e-6)
+    if hw == (224, 384):  # 4x4 blocks: the mean of each
+        assert torch.allclose(got[0, 0, 0, 0], x[0, 0, :4, :4].mean(), atol=1e-6)

@@ -10,8 +10,9 @@ Measured (frames per second):
 - ``transcode``: decode + encode with the pipeline's default encoder settings (libx264,
   CRF 20, superfast with mb-tree: :func:`camvideo.encoding.encoder_options`), serially in
   one thread (x264 runs its own frame threads): the I/O stages' cost per frame.
-- ``model+CAM``: resize/normalise + forward + CAM maps at the pipeline's batch size, on
-  frames already decoded (``engine``: plus smoothing, colouring, blending and labels).
+- ``model+CAM``: resize/normalise + forward + CAM maps at the pipeline's batch size and
+  concurrency (two batches at once on the CPU), on frames already decoded (``engine``:
+  plus smoothing, colouring, blending and labels, in stream order).
 - ``pipeline``: ``python -m camvideo IN OUT`` with defaults (its own fps line, so
   interpreter start-up and model loading are left out), and ``pipeline --stride 3``.
   Their peak RSS is the child process's.

@@ -1,5 +1,6 @@
-"""Tests of camvideo.pipeline (threads, batching, the fast CPU path, --stride) and of the
-renderer's two colouring paths.
+"""Tests of camvideo.pipeline and camvideo.engine (threads, batching, concurrent forward
+passes, the fast CPU path, --stride) and of the renderer's two colouring paths
+(camvideo.device's folding and fusion: tests/test_device.py).
 
 The fast path must not change the results: batch size 1 in fp32 and batch size 8 in the
 automatic precision (bf16 on CPUs with native bf16) give the same frame count, the same
@@ -17,15 +18,13 @@ import av
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from camvideo import api
-from camvideo.device import (cpu_has_native_bf16, fold_batchnorm, optimize_model,
-                             pipeline_threads, resolve_precision)
+from camvideo.device import resolve_precision
 from camvideo.engine import CamEngine, Inferred
 from camvideo.errors import OptionError
 from camvideo.media import FileSource, Frame
-from camvideo.models import from_modules, load_model
+from camvideo.models import load_model
 from camvideo.pipeline import run_stream
 from camvideo.render import Renderer
 from camvideo.smoothing import Smoother
@@ -119,88 +118,8 @@ def test_concurrent_inference_needs_cpu_and_stride_1(lite0):
     assert strided.infer_workers == 1
 
 
-def test_auto_precision_on_cpu_follows_native_bf16():
-    got = resolve_precision("auto", torch.device("cpu"))
-    assert got == (torch.bfloat16 if cpu_has_native_bf16() else None)
-    assert resolve_precision("fp32", torch.device("cpu")) is None
-    with pytest.raises(OptionError):
-        resolve_precision("fp16", torch.device("cpu"))
-
-
-# ---------------------------------------------------------------------------------------
-# batch-norm folding
-
-
-def _conv_bn_net() -> nn.Sequential:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6))
-    for m in net:
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return net.eval()
-
-
-def test_fold_batchnorm_keeps_the_function_and_removes_the_norms():
-    net = _conv_bn_net()
-    x = torch.randn(2, 3, 16, 20)
-    folded, n = fold_batchnorm(net, x)
-    assert n == 2
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # original untouched
-    with torch.inference_mode():
-        assert torch.allclose(folded(x), net(x), atol=1e-5)
-
-
-class _SkipNet(nn.Module):
-    """A conv output that feeds a batch norm *and* a skip connection: folding would change
-    the skip's input, so the check must refuse it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 1)
-        self.bn = nn.BatchNorm2d(4)
-        self.bn.running_mean.fill_(3.0)
-        self.bn.eval()
-
-    def forward(self, x):
-        y = self.conv(x)
-        return self.bn(y) + y
-
-
-def test_optimize_model_refuses_a_fold_that_changes_the_features():
-    fc = nn.Linear(4, 3)
-    model = from_modules(_SkipNet().eval(), fc, stride=1)
-    before = model.backbone
-    optimize_model(model)
-    assert model.backbone is before  # kept: folding was checked and refused
-
-
-def test_optimize_model_folds_the_default_model_once(lite0):
-    x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        ref = lite0.backbone(x)
-    optimize_model(lite0)
-    first = lite0.backbone
-    optimize_model(lite0)
-    assert lite0.backbone is first
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in lite0.backbone.modules())
-    with torch.inference_mode():
-        got = lite0.backbone(x)
-    assert (got - ref).abs().max() <= 1e-3 * max(1.0, float(ref.abs().max()))
-
-
 # ---------------------------------------------------------------------------------------
 # threads and queues
-
-
-def test_pipeline_threads_leave_cores_for_decode_and_encode():
-    assert pipeline_threads(1) == 1 and pipeline_threads(2) == 1
-    assert pipeline_threads(4) == 3 and pipeline_threads(8) == 6
-    assert pipeline_threads(16) == 12
 
 
 class SleepyEngine:
@@ -446,62 +365,3 @@ def test_engine_does_not_modify_the_input_frames(lite0):
     keep = img.copy()
     out = engine.process([Frame(0, img, 0, 0.0)])
     assert (img == keep).all() and out[0].image is not img
-
-
-def test_conv_act_fusion_keeps_the_function_in_fp32_and_bf16():
-    from camvideo.device import ConvAct, _has_fused_conv
-
-    if not _has_fused_conv():
-        pytest.skip("torch built without oneDNN")
-    net = _conv_bn_net()
-    net[4] = nn.BatchNorm2d(6).eval()
-    net.append(nn.ReLU6())
-    x = torch.randn(2, 3, 16, 20).contiguous(memory_format=torch.channels_last)
-    fused, n = fold_batchnorm(net, x, fuse=True)
-    assert n == 2 and sum(isinstance(m, ConvAct) for m in fused.modules()) == 2
-    assert not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in fused.modules())
-    with torch.inference_mode():
-        assert torch.allclose(fused(x), net(x), atol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            a, b = fused(x).float(), net(x).float()
-    assert (a - b).abs().max() <= 0.05 * max(1.0, float(b.abs().max()))
-
-
-def test_default_model_is_fused_on_the_cpu(lite0):
-    from camvideo.device import ConvAct, _has_fused_conv
-
-    optimize_model(lite0)
-    if _has_fused_conv():
-        assert sum(isinstance(m, ConvAct) for m in lite0.backbone.modules()) >= 20
-        # every convolution, "SAME"-padded ones included, is one oneDNN call
-        assert not [m for m in lite0.backbone.modules() if isinstance(m, nn.Conv2d)]
-
-
-@pytest.mark.parametrize("hw", [(32, 48), (33, 47), (31, 30)])
-def test_conv_act_fusion_keeps_tensorflow_same_padding(hw):
-    from timm.layers import Conv2dSame
-
-    from camvideo.device import ConvAct, _has_fused_conv
-
-    if not _has_fused_conv():
-        pytest.skip("torch built without oneDNN")
-    torch.manual_seed(0)
-    net = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU6(),
-                        Conv2dSame(8, 8, 5, stride=2, groups=8), nn.BatchNorm2d(8),
-                        nn.ReLU(), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4)).eval()
-    for m in net:
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-    x = torch.randn(2, 3, *hw).contiguous(memory_format=torch.channels_last)
-    fused, n = fold_batchnorm(net, x, fuse=True)
-    assert n == 3 and sum(isinstance(m, ConvAct) for m in fused.modules()) == 3
-    assert not any(isinstance(m, (nn.Conv2d, nn.ReLU, nn.ReLU6)) for m in fused.modules())
-    with torch.inference_mode():
-        ref = net(x)
-        got = fused(x)
-        assert got.shape == ref.shape
-        assert torch.allclose(got, ref, atol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            a = fused(x).float()
-    assert (a - ref).abs().max() <= 0.05 * max(1.0, float(ref.abs().max()))

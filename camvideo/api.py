@@ -34,9 +34,10 @@ class Options:
     top-1), ``size`` (input short side). Render: ``topk``, ``colormap``, ``alpha``, ``bbox``,
     ``bbox_threshold``, ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off),
     ``smooth_mode``, ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``,
-    ``crf``, ``preset``, ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
-    ``device``, ``precision``, ``batch_size`` (None = automatic), ``stride`` (run the
-    network on every Nth frame, carrying the maps between with the image motion).
+    ``crf``, ``preset`` (None: x264 superfast with mb-tree, see :mod:`camvideo.encoding`),
+    ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device: ``device``,
+    ``precision``, ``batch_size`` (None = automatic), ``stride`` (run the network on every
+    Nth frame, carrying the maps between with the image motion).
     """
 
     model: str = DEFAULT_MODEL

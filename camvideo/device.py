@@ -144,7 +144,9 @@ def fold_batchnorm(net: nn.Module, probe: Tensor,
         probe: an input it accepts.
         fuse: also fuse a ReLU/ReLU6 that follows a folded convolution into it
             (:class:`ConvAct`: one oneDNN call on the CPU): timm's ``BatchNormAct2d``
-            activations, and ``Conv2d, BatchNorm2d, ReLU`` runs inside ``nn.Sequential``.
+            activations, and ``Conv2d, BatchNorm2d, ReLU`` runs inside ``nn.Sequential``;
+            the other folded convolutions become :class:`ConvAct` without activation
+            (weights cast once, "SAME" padding with one copy).
 
     Returns:
         ``(copy, number of folded pairs)``.

@@ -38,11 +38,6 @@ from .smoothing import DEFAULT_CUT_THRESHOLD, Smoother
 log = logging.getLogger(__name__)
 
 
-
-# ---------------------------------------------------------------------------------------
-# The device stage
-
-
 @dataclass
 class Rendered:
     """One output frame: the source frame's timing, the image, what was drawn."""

@@ -152,7 +152,7 @@ def run_stream(frames: Iterable[Frame], engine: CamEngine,
                _Worker("camvideo-write", write, halt, errors)]
     # concurrent forward passes (CPU, stride 1; not live, where latency comes first):
     # futures go into q_mid in stream order and the render thread waits on each in turn
-    workers_n = getattr(engine, "infer_workers", 1)
+    workers_n = engine.infer_workers
     pool = ThreadPoolExecutor(workers_n, thread_name_prefix="camvideo-infer") \
         if workers_n > 1 and not live else None
     for w in workers:

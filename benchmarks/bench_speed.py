@@ -13,13 +13,14 @@ Measured (frames per second):
 - ``model+CAM``: resize/normalise + forward + CAM maps at the pipeline's batch size and
   concurrency (two batches at once on the CPU), on frames already decoded (``engine``:
   plus smoothing, colouring, blending and labels, in stream order).
-- ``pipeline``: ``python -m camvideo IN OUT`` with defaults (its own fps line, so
-  interpreter start-up and model loading are left out), and ``pipeline --stride 3``.
-  Their peak RSS is the child process's.
-- ``torchcam loop`` / ``grad-cam loop``: the same weights (timm ``tf_efficientnet_lite0``)
-  and input size, a ``cv2.VideoCapture`` → model → map → ``cv2.applyColorMap`` +
-  ``addWeighted`` + label → ``cv2.VideoWriter`` (mp4v) loop, torch's default threads,
-  on the first ``--loop-frames`` frames.
+- ``pipeline``: ``camvideo.annotate`` in this process with defaults, the model already
+  loaded, and ``pipeline --stride 3``; unless ``--no-rss``, also ``python -m camvideo IN
+  OUT`` as a child process (its own fps line, so start-up and model loading are left
+  out) with its peak RSS.
+- ``torchcam loop`` / ``grad-cam loop`` (``benchmarks/loops.py``): the same weights (timm
+  ``tf_efficientnet_lite0``) and input size, a ``cv2.VideoCapture`` → model → map →
+  ``cv2.applyColorMap`` + ``addWeighted`` + label → ``cv2.VideoWriter`` (mp4v) loop,
+  torch's default threads, on the first ``--loop-frames`` frames.
 
 The standard clip is 720p30, 20 s, made by :mod:`camvideo.synth` from real photos (pans
 and zooms), cached in ``--cache``. ``--memory`` instead compares the pipeline's peak RSS
@@ -52,7 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
-import cv2  # noqa: E402
 import torch  # noqa: E402
 
 from camvideo import api, synth  # noqa: E402
@@ -60,7 +60,8 @@ from camvideo.api import Options, build_engine  # noqa: E402
 from camvideo.cam import cam_maps  # noqa: E402
 from camvideo.device import cpu_count, default_batch_size, resolve_device  # noqa: E402
 from camvideo.media import FileSink, FileSource, Frame  # noqa: E402
-from camvideo.models import DEFAULT_MODEL, _load_lite0, load_model  # noqa: E402
+from camvideo.models import DEFAULT_MODEL, load_model  # noqa: E402
+from loops import bench_gradcam, bench_torchcam  # noqa: E402  (benchmarks/loops.py)
 
 CACHE = Path(tempfile.gettempdir()) / "camvideo-bench"
 SEGMENTS = [("pan", "chelsea", "coffee"), ("zoom", "coffee", None),
@@ -229,75 +230,6 @@ def bench_cli(path: Path, out: Path, *args: str) -> tuple[float, float]:
     if m is None:
         raise RuntimeError(f"no fps line in:\n{err}")
     return int(m.group(1)) / float(m.group(2)), usage.ru_maxrss / 1024
-
-
-def _loop(path: Path, out: Path, limit: int, size: tuple[int, int], mean, std,
-          cam_fn) -> tuple[float, float]:
-    """The frame-by-frame loop: OpenCV read → preprocess → ``cam_fn`` → blend → write.
-    Returns (fps, CPU seconds per frame)."""
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    mean = np.array(mean, np.float32).reshape(3, 1, 1)
-    std = np.array(std, np.float32).reshape(3, 1, 1)
-    n = 0
-    t, c = time.perf_counter(), time.process_time()
-    while n < limit:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        small = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-        x = (small.transpose(2, 0, 1).astype(np.float32) / 255.0 - mean) / std
-        cam, label = cam_fn(torch.from_numpy(x)[None])
-        cam = cv2.resize(cam.astype(np.float32), (w, h))
-        heat = cv2.applyColorMap(np.uint8(255 * np.clip(cam, 0, 1)), cv2.COLORMAP_JET)
-        out_img = cv2.addWeighted(bgr, 0.5, heat, 0.5, 0)
-        cv2.putText(out_img, label, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255),
-                    2, cv2.LINE_AA)
-        writer.write(out_img)
-        n += 1
-    writer.release()
-    cap.release()
-    return n / (time.perf_counter() - t), (time.process_time() - c) / n
-
-
-def bench_torchcam(path: Path, out: Path, limit: int, size, labels) -> tuple[float, float]:
-    from torchcam.methods import CAM
-
-    net = _load_lite0().eval()
-    extractor = CAM(net, target_layer="bn2", fc_layer="classifier",
-                    input_shape=(3, *size))
-
-    def cam_fn(x):
-        with torch.inference_mode():
-            scores = net(x)
-            c = int(scores[0].argmax())
-            amap = extractor(c, scores)[0][0]
-        return amap.numpy(), labels[c]
-
-    try:
-        return _loop(path, out, limit, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), cam_fn)
-    finally:
-        extractor.remove_hooks()
-
-
-def bench_gradcam(path: Path, out: Path, limit: int, size, labels) -> tuple[float, float]:
-    from pytorch_grad_cam import GradCAM
-
-    net = _load_lite0().eval()
-    cam = GradCAM(model=net, target_layers=[net.bn2])
-
-    def cam_fn(x):
-        gray = cam(input_tensor=x, targets=None)[0]
-        c = int(cam.outputs[0].argmax())
-        return gray, labels[c]
-
-    try:
-        return _loop(path, out, limit, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), cam_fn)
-    finally:
-        cam.activations_and_grads.release()
 
 
 # ---------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class _Gated:
 
     def __init__(self, engine: Any, credit: threading.Semaphore) -> None:
         self._engine, self._credit = engine, credit
+        self.infer_workers = engine.infer_workers
 
     def infer(self, frames: Sequence[Any]) -> Any:
         try:

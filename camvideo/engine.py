@@ -28,7 +28,8 @@ from torch import Tensor
 
 from . import motion as mo
 from .cam import logits_from_features
-from .device import default_infer_workers, optimize_model, pipeline_threads
+from .device import default_infer_workers, pipeline_threads
+from .rewrite import optimize_model
 from .errors import OptionError
 from .media import Frame
 from .models import CamModel, resize_u8

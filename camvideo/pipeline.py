@@ -19,8 +19,9 @@ On a 2-core CPU two single-threaded forward passes and everything else (decode,
 smoothing, rendering, x264) share the cores through the OS scheduler: no stage waits
 for a core another one leaves idle, and no OpenMP team spins at a barrier.
 
-The device work itself is :class:`camvideo.engine.CamEngine`; device, precision, threads
-and the network's inference rewrites are in :mod:`camvideo.device`. Measurements:
+The device work itself is :class:`camvideo.engine.CamEngine`; device, precision and
+threads are in :mod:`camvideo.device`, the network's inference rewrites in
+:mod:`camvideo.rewrite`. Measurements:
 benchmarks/README.md, "Speed".
 """
 from __future__ import annotations

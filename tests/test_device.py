@@ -1,15 +1,17 @@
-"""Tests of camvideo.device: precision choice, thread split, batch-norm folding and the
-oneDNN conv+activation fusion (checked against the original network)."""
+"""Tests of camvideo.device (precision choice, thread split) and camvideo.rewrite
+(batch-norm folding and the oneDNN conv+activation fusion, checked against the original
+network)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from camvideo.device import (cpu_has_native_bf16, default_infer_workers, fold_batchnorm,
-                             optimize_model, pipeline_threads, resolve_precision)
+from camvideo.device import (cpu_has_native_bf16, default_infer_workers, pipeline_threads,
+                             resolve_precision)
 from camvideo.errors import OptionError
 from camvideo.models import from_modules, load_model
+from camvideo.rewrite import fold_batchnorm, optimize_model
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_optimize_model_folds_the_default_model_once(lite0):
 
 
 def test_conv_act_fusion_keeps_the_function_in_fp32_and_bf16():
-    from camvideo.device import ConvAct, _has_fused_conv
+    from camvideo.rewrite import ConvAct, _has_fused_conv
 
     if not _has_fused_conv():
         pytest.skip("torch built without oneDNN")
@@ -126,7 +128,7 @@ def test_conv_act_fusion_keeps_the_function_in_fp32_and_bf16():
 
 
 def test_default_model_is_fused_on_the_cpu(lite0):
-    from camvideo.device import ConvAct, _has_fused_conv
+    from camvideo.rewrite import ConvAct, _has_fused_conv
 
     optimize_model(lite0)
     if _has_fused_conv():
@@ -139,7 +141,7 @@ def test_default_model_is_fused_on_the_cpu(lite0):
 def test_conv_act_fusion_keeps_tensorflow_same_padding(hw):
     from timm.layers import Conv2dSame
 
-    from camvideo.device import ConvAct, _has_fused_conv
+    from camvideo.rewrite import ConvAct, _has_fused_conv
 
     if not _has_fused_conv():
         pytest.skip("torch built without oneDNN")

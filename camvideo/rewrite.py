@@ -167,8 +167,9 @@ class ConvAct(nn.Module):
     oneDNN call on the CPU: the activation is a post-op (the output is written once
     instead of twice) and the weights are cast to the autocast dtype once and kept (plain
     autocast casts them again on every call). "SAME" padding is symmetric padding in the
-    call plus, when the total is odd, one zero row/column written beside a single copy of
-    the input (``F.pad`` fills the whole padded tensor, then copies).
+    call; where its total is odd, a depthwise kernel grows by a zero row/column instead
+    (:meth:`_same_grown`), a dense one's input gets one zero row/column beside a single
+    copy (``F.pad`` fills the whole padded tensor, then copies).
 
     Args:
         conv: the convolution (``padding_mode="zeros"``, numeric padding).
@@ -186,7 +187,8 @@ class ConvAct(nn.Module):
         self.same = _is_same_conv(conv)
         self._attr, self._scalars = {"relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
                                      None: ("none", [])}[act]
-        self._cast: dict[torch.dtype, tuple[Tensor, Tensor | None]] = {}
+        self._cast: dict[tuple[torch.dtype, tuple[int, int]],
+                         tuple[Tensor, Tensor | None]] = {}
 
     @staticmethod
     def fusable(conv: nn.Module) -> bool:
@@ -212,14 +214,34 @@ class ConvAct(nn.Module):
         out[:, :, :h, w:].zero_()
         return out, [t, l]
 
-    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-        if self.weight.dtype == dtype:
+    def _weights(self, dtype: torch.dtype, grow: tuple[int, int] = (0, 0)
+                 ) -> tuple[Tensor, Tensor | None]:
+        """The weights in ``dtype``, cast once; ``grow``: one zero row / column put in
+        front of the kernel (see :meth:`_same_grown`)."""
+        if self.weight.dtype == dtype and grow == (0, 0):
             return self.weight, self.bias
-        if dtype not in self._cast:
+        key = (dtype, grow)
+        if key not in self._cast:
             with torch.inference_mode(False), torch.no_grad():
-                self._cast[dtype] = (self.weight.to(dtype), None if self.bias is None
-                                     else self.bias.to(dtype))
-        return self._cast[dtype]
+                w = nn.functional.pad(self.weight, (grow[1], 0, grow[0], 0))
+                self._cast[key] = (w.to(dtype), None if self.bias is None
+                                   else self.bias.to(dtype))
+        return self._cast[key]
+
+    def _same_grown(self, x: Tensor) -> tuple[tuple[int, int], list[int]] | None:
+        """For a grouped (depthwise) "SAME" convolution: TensorFlow puts the odd padding
+        pixel after the input; a kernel grown by one zero row/column in front, with one
+        more pixel of symmetric padding, computes exactly the same without copying the
+        input (depthwise convolutions are memory-bound: the larger kernel is ~free, the
+        copy is not; dense ones, the stem, are the other way round). Returns (growth,
+        padding), or None where the copy is cheaper."""
+        if self.groups == 1 or self.dilation != [1, 1]:
+            return None
+        k = self.weight.shape[-2:]
+        (t, b), (l, r) = (_same_pad(int(x.shape[-2 + i]), int(k[i]), self.stride[i], 1)
+                          for i in range(2))
+        grow = (int(b != t), int(r != l))
+        return grow, [t + grow[0], l + grow[1]]
 
     def forward(self, x: Tensor) -> Tensor:
         padding = self.padding
@@ -233,10 +255,15 @@ class ConvAct(nn.Module):
             return y.relu_() if self.act == "relu" else y.clamp_(0.0, 6.0)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") \
             else x.dtype
-        w, b = self._weights(dtype)
         x = x.to(dtype)
-        if self.same:
-            x, padding = self._pad_same(x)
+        grown = self._same_grown(x) if self.same else None
+        if grown is not None:
+            w, b = self._weights(dtype, grown[0])
+            padding = grown[1]
+        else:
+            w, b = self._weights(dtype)
+            if self.same:
+                x, padding = self._pad_same(x)
         return torch.ops.mkldnn._convolution_pointwise(
             x, w, b, padding, self.stride, self.dilation, self.groups,
             self._attr, self._scalars, "")

@@ -6,7 +6,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "slower", "veryslow", "placebo")
 #: The default x264 settings: ``superfast`` with macroblock-tree rate control and a short
 #: lookahead (which ``superfast`` turns off). On the pipeline's output (720p heatmap
-#: overlays, CRF 20) this is about ``veryfast``'s size and quality (+8 % bytes, -0.1 dB
+#: overlays, CRF 20) this is about ``veryfast``'s size and quality (+9 % bytes, -0.1 dB
 #: PSNR) at about 55 % of its CPU time: benchmarks/README.md, "Encoder settings".
 DEFAULT_PRESET = "superfast"
 DEFAULT_X264_PARAMS = "mbtree=1:rc-lookahead=10"

@@ -156,12 +156,6 @@ def _is_same_conv(conv: nn.Module) -> bool:
         tuple(conv.padding) == (0, 0)  # type: ignore[arg-type]
 
 
-def _same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """TensorFlow "SAME" padding of one axis: ``(before, after)`` (timm's ``pad_same``)."""
-    total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
 class ConvAct(nn.Module):
     """A ``Conv2d`` (or timm's ``Conv2dSame``) followed by ReLU, ReLU6 or nothing, as one
     oneDNN call on the CPU: the activation is a post-op (the output is written once
@@ -196,12 +190,22 @@ class ConvAct(nn.Module):
                 and conv.padding_mode == "zeros"  # type: ignore[union-attr]
                 and not isinstance(conv.padding, str) and _has_fused_conv())
 
+    def _same_pads(self, x: Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+        """TensorFlow "SAME" padding ``((top, bottom), (left, right))`` for ``x``, as timm's
+        ``pad_same`` computes it (the odd pixel after)."""
+        from timm.layers.padding import get_same_padding  # loaded: only timm has these
+
+        pads = []
+        for i in range(2):
+            total = get_same_padding(int(x.shape[-2 + i]), int(self.weight.shape[-2 + i]),
+                                     self.stride[i], self.dilation[i])
+            pads.append((total // 2, total - total // 2))
+        return pads[0], pads[1]
+
     def _pad_same(self, x: Tensor) -> tuple[Tensor, list[int]]:
         """``x`` (with one zero row/column added where "SAME" is odd) and the symmetric
         padding for the call."""
-        k = self.weight.shape[-2:]
-        (t, b), (l, r) = (_same_pad(int(x.shape[-2 + i]), int(k[i]), self.stride[i],
-                                    self.dilation[i]) for i in range(2))
+        (t, b), (l, r) = self._same_pads(x)
         if b == t and r == l:
             return x, [t, l]
         n, c, h, w = x.shape
@@ -237,9 +241,7 @@ class ConvAct(nn.Module):
         padding), or None where the copy is cheaper."""
         if self.groups == 1 or self.dilation != [1, 1]:
             return None
-        k = self.weight.shape[-2:]
-        (t, b), (l, r) = (_same_pad(int(x.shape[-2 + i]), int(k[i]), self.stride[i], 1)
-                          for i in range(2))
+        (t, b), (l, r) = self._same_pads(x)
         grow = (int(b != t), int(r != l))
         return grow, [t + grow[0], l + grow[1]]
 

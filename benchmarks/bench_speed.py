@@ -6,17 +6,19 @@ machine; ``--repeat N`` repeats the whole set and reports medians.
 
 Measured (frames per second):
 
-- ``decode``: PyAV decoding to RGB arrays, what the pipeline's reader does.
+- ``decode``: PyAV decoding to arrays as the pipeline's reader does: I420 on the CPU
+  (:mod:`camvideo.yuv`), RGB on CUDA.
 - ``transcode``: decode + encode with the pipeline's default encoder settings (libx264,
   CRF 20, superfast with mb-tree: :func:`camvideo.encoding.encoder_options`), serially in
   one thread (x264 runs its own frame threads): the I/O stages' cost per frame.
 - ``model+CAM``: resize/normalise + forward + CAM maps at the pipeline's batch size and
-  concurrency (two batches at once on the CPU), on frames already decoded (``engine``:
+  concurrency (two batches at once on the CPU; the backbone traced and fused as the
+  pipeline runs it, :mod:`camvideo.trace`), on frames already decoded (``engine``:
   plus smoothing, colouring, blending and labels, in stream order).
 - ``pipeline``: ``camvideo.annotate`` in this process with defaults, the model already
   loaded, and ``pipeline --stride 3``; unless ``--no-rss``, also ``python -m camvideo IN
-  OUT`` as a child process (its own fps line, so start-up and model loading are left
-  out) with its peak RSS.
+  OUT`` as a child process (its own fps line: start-up and model loading are left
+  out, tracing the backbone on the first batch, ~0.6 s, is in) with its peak RSS.
 - ``torchcam loop`` / ``grad-cam loop`` (``benchmarks/loops.py``): the same weights (timm
   ``tf_efficientnet_lite0``) and input size, a ``cv2.VideoCapture`` → model → map →
   ``cv2.applyColorMap`` + ``addWeighted`` + label → ``cv2.VideoWriter`` (mp4v) loop,
@@ -47,7 +49,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,7 +60,8 @@ from camvideo import api, synth  # noqa: E402
 from camvideo.api import Options, build_engine  # noqa: E402
 from camvideo.cam import cam_maps  # noqa: E402
 from camvideo.device import cpu_count, default_batch_size, resolve_device  # noqa: E402
-from camvideo.media import FileSink, FileSource, Frame  # noqa: E402
+from camvideo.media import FileSource, Frame  # noqa: E402
+from camvideo.sink import FileSink  # noqa: E402
 from camvideo.models import DEFAULT_MODEL, load_model  # noqa: E402
 from loops import bench_gradcam, bench_torchcam  # noqa: E402  (benchmarks/loops.py)
 
@@ -131,16 +133,16 @@ def _timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - w, time.process_time() - c, r
 
 
-def bench_decode(path: Path) -> tuple[float, float]:
-    wall, cpu, n = _timed(lambda: sum(1 for _ in FileSource(path)))
+def bench_decode(path: Path, i420: bool) -> tuple[float, float]:
+    wall, cpu, n = _timed(lambda: sum(1 for _ in FileSource(path, i420=i420)))
     return n / wall, cpu / n
 
 
-def bench_transcode(path: Path, out: Path) -> tuple[float, float]:
-    src = FileSource(path)
+def bench_transcode(path: Path, out: Path, i420: bool) -> tuple[float, float]:
+    src = FileSource(path, i420=i420)
     frames = iter(src)
     first = next(frames)
-    sink = FileSink(out, src.info, (first.image.shape[1], first.image.shape[0]))
+    sink = FileSink(out, src.info, first.size[::-1])
 
     def work() -> int:
         sink.write(first.image, first.pts, first.time)
@@ -164,16 +166,16 @@ def bench_pipeline(path: Path, out: Path, model, **options) -> tuple[float, floa
     return s.frames / s.seconds, cpu / s.frames
 
 
-def held_frames(path: Path, k: int) -> list[np.ndarray]:
+def held_frames(path: Path, k: int, i420: bool) -> list[Frame]:
     out = []
-    for f in FileSource(path):
-        out.append(f.image)
+    for f in FileSource(path, i420=i420):
+        out.append(f)
         if len(out) == k:
             break
     return out
 
 
-def bench_engine(model, images: list[np.ndarray], n: int, bs: int,
+def bench_engine(model, images: list[Frame], n: int, bs: int,
                  precision: str) -> tuple[float, float, float, float]:
     """(model+CAM fps, its CPU s/frame, engine fps, its CPU s/frame) on held frames.
 
@@ -181,7 +183,8 @@ def bench_engine(model, images: list[np.ndarray], n: int, bs: int,
     the engine's smoothing and rendering in stream order."""
     opts = Options(device=str(model.device), precision=precision)
     engine = build_engine(opts, model)
-    frames = [Frame(i, images[i % len(images)], i, i / 30) for i in range(n)]
+    frames = [Frame(i, images[i % len(images)].image, i, i / 30, images[i % len(images)].fmt)
+              for i in range(n)]
     batches = [frames[i:i + bs] for i in range(0, n, bs)]
     w = model.weight.float()
     engine.process(frames[:bs])  # warm-up (kernels, oneDNN primitives), sets the size
@@ -256,9 +259,10 @@ def run_once(args, clip: Path, model, work: Path, with_rss: bool) -> dict:
     def put(name: str, result) -> None:
         r[name], r[name + "_cpu"] = result
 
-    put("decode", bench_decode(clip))
-    put("transcode", bench_transcode(clip, work / "transcode.mp4"))
-    images = held_frames(clip, 48)
+    i420 = model.device.type == "cpu"  # what the pipeline decodes to (camvideo.yuv)
+    put("decode", bench_decode(clip, i420))
+    put("transcode", bench_transcode(clip, work / "transcode.mp4", i420))
+    images = held_frames(clip, 48, i420)
     mc, mc_cpu, eng, eng_cpu = bench_engine(model, images, args.engine_frames, bs,
                                             args.precision)
     r.update(model_cam=mc, model_cam_cpu=mc_cpu, engine=eng, engine_cpu=eng_cpu)
@@ -307,7 +311,7 @@ def derived(r: dict) -> dict:
     return d
 
 
-ROWS = [("decode (PyAV → RGB)", "decode"), ("transcode (decode + x264)", "transcode"),
+ROWS = [("decode (PyAV → I420, RGB on CUDA)", "decode"), ("transcode (decode + x264)", "transcode"),
         ("model+CAM (batch, no I/O)", "model_cam"),
         ("engine (model+CAM+smooth+render)", "engine"), ("pipeline", "pipeline"),
         ("pipeline --stride 3", "stride3"), ("torchcam CAM loop", "torchcam"),

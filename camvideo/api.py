@@ -17,7 +17,8 @@ from .device import default_batch_size, resolve_device, resolve_precision
 from .engine import CamEngine, Rendered
 from .errors import OptionError, OutputError
 from .encoding import X264_PRESETS
-from .media import FileSink, FileSource, check_output_path
+from .media import FileSource
+from .sink import FileSink, check_output_path
 from .models import DEFAULT_MODEL, CamModel, load_model
 from .pipeline import run_stream
 from .render import Renderer
@@ -146,9 +147,10 @@ class JsonLinesSink:
 
 
 def build_engine(opts: Options, model: CamModel | None = None, *,
-                 infer_workers: int | None = None) -> CamEngine:
+                 infer_workers: int | None = None, trace: bool = True) -> CamEngine:
     """Model (loaded unless given), renderer and smoother for ``opts``; ``infer_workers``
-    as :class:`CamEngine`'s (None: its default, 2 on the CPU; live streams want 1)."""
+    and ``trace`` as :class:`CamEngine`'s (None: its default, 2 on the CPU; live streams
+    want 1 worker and no tracing)."""
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     if model is None:
@@ -161,7 +163,7 @@ def build_engine(opts: Options, model: CamModel | None = None, *,
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
     return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
-                     stride=opts.stride, infer_workers=infer_workers)
+                     stride=opts.stride, infer_workers=infer_workers, trace=trace)
 
 
 def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
@@ -197,12 +199,13 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         _check_sidecar_path(opts.json, [input, output], opts.overwrite)
     engine = build_engine(opts, model)
     t0 = time.monotonic()
-    source = FileSource(input)
+    # on the CPU, frames stay I420 from decoder to encoder where they can (camvideo.yuv)
+    source = FileSource(input, i420=engine.device.type == "cpu")
     sink = json_sink = None
     try:
         frames = iter(source)
         first = next(frames)  # decode one frame: size after rotation, fail early
-        h, w = first.image.shape[:2]
+        h, w = first.size
         sink = FileSink(out_path, source.info, engine.renderer.output_size(w, h),
                         codec=opts.codec, crf=opts.crf, preset=opts.preset,
                         x264_params=opts.x264_params,
@@ -220,8 +223,8 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         def all_frames():
             yield first
             for f in frames:
-                if f.image.shape[:2] != (h, w):  # the stream changed size mid-way
-                    f = type(f)(f.index, cv2.resize(f.image, (w, h)), f.pts, f.time)
+                if f.size != (h, w):  # the stream changed size mid-way
+                    f = type(f)(f.index, cv2.resize(f.rgb(), (w, h)), f.pts, f.time)
                 yield f
 
         bs = opts.batch_size or default_batch_size(engine.device)

@@ -25,7 +25,7 @@ DEFAULT_GLOBS = ("*.mp4", "*.m4v", "*.mov", "*.mkv", "*.webm", "*.avi", "*.mpg",
                  "*.ts", "*.mts", "*.m2ts", "*.wmv", "*.flv", "*.3gp", "*.ogv")
 OUTPUT_EXTS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
 DONE, SKIPPED, FAILED, INTERRUPTED = "done", "skipped", "failed", "interrupted"
-#: Temporary files of :class:`camvideo.media.FileSink` and the JSON Lines sidecar.
+#: Temporary files of :class:`camvideo.sink.FileSink` and the JSON Lines sidecar.
 #: ``.NAME.PID.TID.partial.EXT`` (video) or ``.NAME.PID.partial`` (sidecar, report).
 _PARTIAL = (re.compile(r"^\..+\.(\d+)\.\d+\.partial\.[A-Za-z0-9]+$"),
             re.compile(r"^\..+\.(\d+)\.partial$"))

@@ -1,5 +1,5 @@
 """Encoder settings: what each video encoder is opened with (used by
-:class:`camvideo.media.FileSink`; measured by ``benchmarks/bench_encoder.py``)."""
+:class:`camvideo.sink.FileSink`; measured by ``benchmarks/bench_encoder.py``)."""
 from __future__ import annotations
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",

@@ -6,8 +6,12 @@ features and class scores, ``stride`` carrying); :meth:`CamEngine.finish` the re
 
 - CPU frames are converted once: each decoded RGB array is resized as uint8 (antialiased
   bilinear on a channels_last view, no copy, no full-resolution float tensor) and rendered
-  from the same array. CUDA frames go through reused pinned host buffers, uploaded
-  ``non_blocking``; everything after that stays on the device.
+  from the same array; I420 frames (the file pipeline's) are resized plane by plane, only
+  the model's small input is made RGB, and they are rendered as I420. CUDA frames go
+  through reused pinned host buffers, uploaded ``non_blocking``; everything after that
+  stays on the device.
+- For files on the CPU the backbone runs as fused TorchScript graphs
+  (:mod:`camvideo.trace`).
 - ``stride`` > 1 runs the network on every ``stride``-th frame only (and on scene cuts);
   frames in between carry the last features and class scores, moved with the image
   motion (:class:`camvideo.motion.MotionEstimator`, the smoother's optical flow).
@@ -27,9 +31,11 @@ import torch
 from torch import Tensor
 
 from . import motion as mo
+from . import yuv
 from .cam import logits_from_features
 from .device import default_infer_workers, pipeline_threads
 from .rewrite import optimize_model
+from .trace import traced_backbone
 from .errors import OptionError
 from .media import Frame
 from .models import CamModel, resize_u8
@@ -41,7 +47,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Rendered:
-    """One output frame: the source frame's timing, the image, what was drawn."""
+    """One output frame: the source frame's timing, the image, what was drawn.
+
+    ``image`` is ``(H, W', 3)`` uint8 RGB, or I420 (a 2-D array, :mod:`camvideo.yuv`)
+    when the source frame was I420."""
 
     frame: Frame
     image: np.ndarray
@@ -56,7 +65,7 @@ class Inferred:
     Attributes:
         frames: the frames, in order.
         images: their pixels for the renderer, one per frame: ``(H, W, 3)`` uint8 device
-            tensors on CUDA, the frames' own arrays on the CPU.
+            tensors on CUDA, the frames' own arrays (RGB or I420) on the CPU.
         features: ``(N, C, h, w)`` float32 features (carried ones on ``stride`` frames).
         logits: ``(N, K)`` float32 class scores.
         frames01: ``(N, 3, H', W')`` float RGB in ``[0, 1]``, the model-input frames (the
@@ -96,12 +105,14 @@ class CamEngine:
             the CPU with ``stride`` 1, else 1). Values above 1 need ``stride`` 1 on the
             CPU: ``stride`` carries state from batch to batch, and the CUDA path reuses
             its pinned upload buffers in turn.
+        trace: on the CPU with ``stride`` 1, run the backbone as fused TorchScript graphs
+            (:mod:`camvideo.trace`; for streams of equal batches: files, not live).
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,
                  short_side: int = 224, precision: torch.dtype | None = None,
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
-                 infer_workers: int | None = None) -> None:
+                 infer_workers: int | None = None, trace: bool = False) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
@@ -123,6 +134,8 @@ class CamEngine:
                 threads = max(1, pipeline_threads() // self.infer_workers)
             if threads:
                 torch.set_num_threads(threads)
+        self._traced = traced_backbone(self.model, precision) \
+            if trace and self.device.type == "cpu" and self.stride == 1 else None
         self._count_lock = threading.Lock()
         self._pending: collections.deque[tuple[Frame, Tensor | np.ndarray]] = \
             collections.deque()
@@ -156,7 +169,7 @@ class CamEngine:
         frames = list(frames)
         if not frames:
             return Inferred([], [])
-        h, w = frames[0].image.shape[:2]
+        h, w = frames[0].size
         if self._size is None:
             self._size = self.model.input_size(h, w, self.short_side)
         if self.device.type == "cuda":
@@ -207,10 +220,15 @@ class CamEngine:
         """Each frame's array, viewed as a channels_last ``(1, 3, H, W)`` uint8 tensor
         (no copy), resized as uint8 one frame at a time (so the result does not depend
         on the batch size), then the small uint8 batch normalised at once (see
-        :meth:`CamModel.preprocess`)."""
+        :meth:`CamModel.preprocess`). I420 frames are resized plane by plane and only
+        the small picture is made RGB (:func:`camvideo.yuv.resize_rgb`)."""
         assert self._size is not None
         small = []
         for f in frames:
+            if f.fmt == yuv.I420:
+                small.append(torch.from_numpy(yuv.resize_rgb(f.image, self._size))[None]
+                             .permute(0, 3, 1, 2))
+                continue
             x = torch.from_numpy(f.image)[None].permute(0, 3, 1, 2)
             small.append(x if tuple(x.shape[-2:]) == self._size
                          else resize_u8(x, self._size))
@@ -221,7 +239,7 @@ class CamEngine:
         """Copy the frames once into a reused pinned buffer and upload it asynchronously;
         returns ``(N, H, W, 3)`` uint8 on the device."""
         n = len(frames)
-        shape = frames[0].image.shape
+        shape = frames[0].rgb().shape
         slot = self._pin_next
         self._pin_next = (slot + 1) % 2
         if len(self._pinned) < 2 or self._pinned[slot].shape[0] < n or \
@@ -238,7 +256,7 @@ class CamEngine:
         host = self._pinned[slot][:n]
         arr = host.numpy()
         for i, f in enumerate(frames):
-            np.copyto(arr[i], f.image)
+            np.copyto(arr[i], f.rgb())
         dev = host.to(self.device, non_blocking=True)
         self._pin_events[slot].record()
         return dev
@@ -251,7 +269,8 @@ class CamEngine:
         ctx = (torch.autocast(self.device.type, dtype=self.precision)
                if self.precision is not None else nullcontext())
         with ctx:
-            features = self.model.backbone(x)
+            features = (self._traced if self._traced is not None
+                        else self.model.backbone)(x)
         features = features.float()
         logits = logits_from_features(features, self.model.weight.float(),
                                       None if self.model.bias is None

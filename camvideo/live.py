@@ -11,7 +11,7 @@ Threads (all joined by bounded hand-offs, so latency cannot build up):
   second credit (returned when a frame has been shown/written) caps the frames in flight
   at ``batch_size + 2`` whatever stage is slow;
 - the **write** stage stamps the capture→annotated latency, draws the HUD, records
-  (:class:`camvideo.media.FileSink`, timestamps from capture times: dropped frames are
+  (:class:`camvideo.sink.FileSink`, timestamps from capture times: dropped frames are
   simply absent) and hands the newest frame to the window and the HTTP preview;
 - **window** (``cv2.imshow`` and its keys: q quit, space pause, c cycle the top classes,
   s snapshot) and **serve** (:mod:`camvideo.serve`, MJPEG) each on their own thread.
@@ -127,7 +127,8 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         camvideo.errors.CamVideoError: bad options, output or model.
     """
     from .api import Options, build_engine
-    from .media import FileSink, VideoInfo, check_output_path
+    from .media import VideoInfo
+    from .sink import FileSink, check_output_path
     from .device import default_batch_size
     from .pipeline import run_stream
     from .serve import PreviewServer, parse_bind
@@ -170,7 +171,8 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     try:
         live = src.drop
         # a live stream runs one batch at a time (latency first): all threads to it
-        engine = build_engine(opts, loaded, infer_workers=1 if live else None)
+        engine = build_engine(opts, loaded, infer_workers=1 if live else None,
+                              trace=not live)
         bs = opts.batch_size or (1 if live else default_batch_size(engine.device))
         device_credit = threading.Semaphore(bs) if live else None
         flight_credit = threading.Semaphore(bs + 2) if live else None

@@ -4,6 +4,11 @@ Colouring and blending are tensor work on the frames' device when that is a GPU 
 uint8 copy back per batch); on the CPU they are OpenCV uint8 calls per frame, which are
 about ten times cheaper there than full-resolution float tensors (see benchmarks/README.md,
 "Speed"). Text and rectangles are drawn on the CPU, last.
+
+CPU frames may also be I420 (``(H * 3 // 2, W)`` uint8, :mod:`camvideo.yuv`), as the file
+pipeline decodes them: the heatmap is then blended plane by plane (its colours converted
+once, by the same OpenCV conversion the RGB frames get before encoding) and the output
+stays I420; only the labels' box is drawn in RGB.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from . import yuv
 from .cam import paper_bbox
 from .errors import OptionError
 
@@ -93,6 +99,7 @@ class Renderer:
         self.layout = layout
         self.keep_cams = keep_cams
         self._lut_np = np.ascontiguousarray(self.lut.numpy().reshape(256, 1, 3))
+        self._lut_yuv = yuv.yuv_of_rgb(self.lut.numpy())
         self._lut_dev: Tensor | None = None
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -106,14 +113,15 @@ class Renderer:
 
         Args:
             frames: ``(N, H, W, 3)`` uint8 RGB on the maps' device, or (CPU) a sequence of
-                ``N`` ``(H, W, 3)`` uint8 RGB numpy arrays (used as they are, no stacking).
+                ``N`` numpy arrays (used as they are, no stacking), each ``(H, W, 3)``
+                uint8 RGB or ``(H * 3 // 2, W)`` uint8 I420 (:mod:`camvideo.yuv`).
             maps: ``(N, h, w)`` float in ``[0, 1]``, the maps to draw.
             probs: ``(N, K)`` class probabilities (the labels drawn).
             classes: ``(N,)`` int64 class each map belongs to.
 
         Returns:
-            ``N`` output frames ``(H, W', 3)`` uint8 RGB (C-contiguous numpy arrays) and
-            their :class:`Annotation`.
+            ``N`` output frames ``(H, W', 3)`` uint8 RGB (C-contiguous numpy arrays; I420
+            ``(H * 3 // 2, W')`` for I420 input frames) and their :class:`Annotation`.
 
         On CUDA the upsampling, colormap and blend are tensor work on the device with one
         uint8 copy back per batch. On the CPU they are OpenCV calls per frame (bilinear
@@ -125,7 +133,7 @@ class Renderer:
             if isinstance(frames, Tensor):
                 frames = list(frames.numpy())
             images, peaks, small = self._colour_cpu(frames, maps)
-            h, w = images[0].shape[0], frames[0].shape[1]
+            h, w = _size(frames[0])
         else:
             images, peaks, small = self._colour_torch(frames, maps)
             h, w = frames.shape[1], frames.shape[2]
@@ -133,7 +141,7 @@ class Renderer:
 
     def _colour_cpu(self, frames: Sequence[np.ndarray],
                     maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
-        h, w = frames[0].shape[:2]
+        h, w = _size(frames[0])
         cams = maps.float().numpy()
         lut = self._lut_np
         a = self.alpha
@@ -142,7 +150,11 @@ class Renderer:
             up = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)  # = torch bilinear
             _, _, _, (px, py) = cv2.minMaxLoc(up)
             peaks.append(py * w + px)
-            colours = cv2.applyColorMap(cv2.convertScaleAbs(up, alpha=255.0), lut)
+            idx = cv2.convertScaleAbs(up, alpha=255.0)
+            if img.ndim == 2:
+                out.append(self._blend_i420(img, cam, idx))
+                continue
+            colours = cv2.applyColorMap(idx, lut)
             if self.layout == "side":
                 res = np.empty((h, 2 * w, 3), np.uint8)
                 res[:, :w] = img
@@ -157,6 +169,23 @@ class Renderer:
             small = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR)
                               for c in cams])
         return out, peaks, small
+
+    def _blend_i420(self, img: np.ndarray, cam: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Blend over an I420 frame plane by plane: luma with the full-resolution colour
+        index ``idx``, chroma with the map resized to the chroma planes' size."""
+        h, w = _size(img)
+        side = self.layout == "side"
+        out = yuv.empty(h, 2 * w if side else w)
+        idx_c = cv2.convertScaleAbs(cv2.resize(cam, (w // 2, h // 2),
+                                               interpolation=cv2.INTER_LINEAR), alpha=255.0)
+        a = self.alpha
+        for src, dst, lut, ix in zip(yuv.planes(img), yuv.planes(out), self._lut_yuv,
+                                     (idx, idx_c, idx_c)):
+            x0 = src.shape[1] if side else 0
+            if side:
+                dst[:, :x0] = src
+            cv2.addWeighted(src, 1.0 - a, cv2.LUT(ix, lut), a, 0.0, dst=dst[:, x0:])
+        return out
 
     def _colour_torch(self, frames: Tensor,
                       maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
@@ -217,18 +246,33 @@ class Renderer:
         return images, notes
 
 
+def _size(img: np.ndarray) -> tuple[int, int]:
+    """``(H, W)`` of an RGB (3-D) or I420 (2-D) frame array."""
+    return yuv.size(img, yuv.I420 if img.ndim == 2 else yuv.RGB)
+
+
+_BOX_RGB = (0, 255, 0)
+_BOX_YUV = [int(c[0]) for c in yuv.yuv_of_rgb(np.array([_BOX_RGB], np.uint8))]
+
+
 def _draw_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:
-    th = max(2, img.shape[0] // 240)
+    th = max(2, _size(img)[0] // 240)
     x0, y0, x1, y1 = box
-    cv2.rectangle(img, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (0, 255, 0), th,
-                  cv2.LINE_AA)
+    x1, y1 = max(x0, x1 - 1), max(y0, y1 - 1)
+    if img.ndim == 3:
+        cv2.rectangle(img, (x0, y0), (x1, y1), _BOX_RGB, th, cv2.LINE_AA)
+        return
+    for plane, value, s in zip(yuv.planes(img), _BOX_YUV, (1, 2, 2)):
+        cv2.rectangle(plane, (x0 // s, y0 // s), (x1 // s, y1 // s), value,
+                      max(1, th // s), cv2.LINE_AA)
 
 
 def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int,
                  x_off: int) -> None:
     """Top-k labels in a dark, semi-transparent box, scaled to the frame height (readable
-    from 360p to 4K; the shown class is highlighted)."""
-    h = img.shape[0]
+    from 360p to 4K; the shown class is highlighted). On an I420 frame the box is read
+    out as RGB, drawn on and written back."""
+    h, w = _size(img)
     scale = max(0.35, h / 720 * 0.75)
     thick = max(1, int(round(h / 720 * 1.6)))
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -236,13 +280,21 @@ def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int
     sizes = [cv2.getTextSize(s, font, scale, thick)[0] for s in lines]
     pad = max(4, int(round(8 * scale)))
     line_h = max(sz[1] for sz in sizes) + pad
-    box_w = min(img.shape[1] - x_off, max(sz[0] for sz in sizes) + 2 * pad)
+    box_w = min(w - x_off, max(sz[0] for sz in sizes) + 2 * pad)
     box_h = line_h * len(lines) + pad
     x0, y0 = x_off + pad, pad
-    x1, y1 = min(img.shape[1], x0 + box_w), min(h, y0 + box_h)
-    roi = img[y0:y1, x0:x1]
+    x1, y1 = min(w, x0 + box_w), min(h, y0 + box_h)
+    if img.ndim == 2:
+        area = yuv.even_box(x0, y0, x1, y1, h, w)
+        canvas, (ox, oy) = yuv.read_rgb(img, area), area[:2]
+    else:
+        canvas, ox, oy = img, 0, 0
+    roi = canvas[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
     roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken to 40%
     for k, ((idx, _, _), text) in enumerate(zip(topk, lines)):
         colour = (255, 255, 0) if idx == shown else (255, 255, 255)
         y = y0 + (k + 1) * line_h
-        cv2.putText(img, text, (x0 + pad, y), font, scale, colour, thick, cv2.LINE_AA)
+        cv2.putText(canvas, text, (x0 + pad - ox, y - oy), font, scale, colour, thick,
+                    cv2.LINE_AA)
+    if img.ndim == 2:
+        yuv.write_rgb(img, area, canvas)

@@ -1,8 +1,8 @@
 """Inference-time rewrites of the network, once per model, each checked against the
 original on a probe: batch norms folded into the convolutions before them and, on the
 CPU, every folded convolution made one oneDNN call with its ReLU/ReLU6 as a post-op
-(:class:`ConvAct`; weights cast to the autocast dtype once, TensorFlow-"SAME" padding
-with a single copy).
+(:class:`ConvAct`; weights cast to the autocast dtype and reordered to oneDNN's layout
+once, TensorFlow-"SAME" padding without copying the input where it can).
 """
 from __future__ import annotations
 
@@ -149,6 +149,10 @@ def _has_fused_conv() -> bool:
     return torch.backends.mkldnn.is_available()
 
 
+def _has_weight_reorder() -> bool:
+    return hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+
+
 def _is_same_conv(conv: nn.Module) -> bool:
     """timm's ``Conv2dSame``: TensorFlow "SAME" padding (computed from the input size,
     the odd pixel on the bottom/right), then a convolution without padding."""
@@ -159,11 +163,14 @@ def _is_same_conv(conv: nn.Module) -> bool:
 class ConvAct(nn.Module):
     """A ``Conv2d`` (or timm's ``Conv2dSame``) followed by ReLU, ReLU6 or nothing, as one
     oneDNN call on the CPU: the activation is a post-op (the output is written once
-    instead of twice) and the weights are cast to the autocast dtype once and kept (plain
-    autocast casts them again on every call). "SAME" padding is symmetric padding in the
-    call; where its total is odd, a depthwise kernel grows by a zero row/column instead
-    (:meth:`_same_grown`), a dense one's input gets one zero row/column beside a single
-    copy (``F.pad`` fills the whole padded tensor, then copies).
+    instead of twice) and the weights are cast to the autocast dtype and reordered to
+    oneDNN's blocked layout once per input shape, then kept (plain autocast casts them
+    again on every call, and oneDNN reorders plain weights on every call). "SAME"
+    padding is symmetric padding in the call; where its total is odd, a depthwise kernel
+    grows by a zero row/column instead (:meth:`_same_grown`), a dense one's input gets
+    one zero row/column beside a single copy (``F.pad`` fills the whole padded tensor,
+    then copies). Traced (:mod:`camvideo.trace`) and on GPUs it is ``conv2d`` and the
+    activation.
 
     Args:
         conv: the convolution (``padding_mode="zeros"``, numeric padding).
@@ -183,6 +190,7 @@ class ConvAct(nn.Module):
                                      None: ("none", [])}[act]
         self._cast: dict[tuple[torch.dtype, tuple[int, int]],
                          tuple[Tensor, Tensor | None]] = {}
+        self._pack: dict[tuple[int, tuple[int, ...]], tuple[Tensor, Tensor]] = {}
 
     @staticmethod
     def fusable(conv: nn.Module) -> bool:
@@ -246,15 +254,10 @@ class ConvAct(nn.Module):
         return grow, [t + grow[0], l + grow[1]]
 
     def forward(self, x: Tensor) -> Tensor:
+        tracing = torch.jit.is_tracing()
+        if tracing or x.device.type != "cpu":
+            return self._forward_plain(x, grow=tracing)
         padding = self.padding
-        if x.device.type != "cpu":
-            if self.same:
-                x, padding = self._pad_same(x)
-            y = nn.functional.conv2d(x, self.weight, self.bias, self.stride, padding,
-                                     self.dilation, self.groups)
-            if self.act is None:
-                return y
-            return y.relu_() if self.act == "relu" else y.clamp_(0.0, 6.0)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") \
             else x.dtype
         x = x.to(dtype)
@@ -266,12 +269,43 @@ class ConvAct(nn.Module):
             w, b = self._weights(dtype)
             if self.same:
                 x, padding = self._pad_same(x)
+        w = self._packed(w, x, padding)
         return torch.ops.mkldnn._convolution_pointwise(
             x, w, b, padding, self.stride, self.dilation, self.groups,
             self._attr, self._scalars, "")
 
+    def _forward_plain(self, x: Tensor, grow: bool) -> Tensor:
+        """``conv2d`` then the activation: on GPUs, and when traced (oneDNN Graph fuses
+        them itself, :mod:`camvideo.trace`; ``grow``: depthwise "SAME" padding by a grown
+        kernel, as on the CPU)."""
+        grown = self._same_grown(x) if self.same and grow else None
+        if grown is not None:
+            (w, b), padding = self._weights(self.weight.dtype, grown[0]), grown[1]
+        else:
+            w, b, padding = self.weight, self.bias, self.padding
+            if self.same:
+                x, padding = self._pad_same(x)
+        y = nn.functional.conv2d(x, w, b, self.stride, padding, self.dilation, self.groups)
+        if self.act is None:
+            return y
+        return nn.functional.relu(y) if self.act == "relu" else \
+            nn.functional.hardtanh(y, 0.0, 6.0)
+
+    def _packed(self, w: Tensor, x: Tensor, padding: list[int]) -> Tensor:
+        """``w`` reordered once into oneDNN's own layout for inputs of ``x``'s shape (plain
+        weights are reordered on every call)."""
+        if not _has_weight_reorder():
+            return w
+        key = (id(w), tuple(x.shape))
+        hit = self._pack.get(key)
+        if hit is None or hit[0] is not w:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w, padding, self.stride, self.dilation, self.groups, list(x.shape))
+            hit = self._pack[key] = (w, packed)
+        return hit[1]
+
     def _apply(self, fn, recurse=True):  # .to()/.half(): forget the cast copies
-        self._cast = {}
+        self._cast, self._pack = {}, {}
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:

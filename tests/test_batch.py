@@ -165,7 +165,7 @@ def test_partial_pattern_matches_the_sinks_temporary_names(tmp_path):
     """The sweep knows the sinks' naming: the PID it reads is this process's."""
     from camvideo.api import JsonLinesSink
     from camvideo.batch_files import _PARTIAL
-    from camvideo.media import _temp_path
+    from camvideo.sink import _temp_path
 
     side = JsonLinesSink(tmp_path / "v.2.jsonl")
     names = [_temp_path(tmp_path / "v.2.mp4").name, side.tmp.name]

@@ -137,6 +137,28 @@ def test_default_model_is_fused_on_the_cpu(lite0):
         assert not [m for m in lite0.backbone.modules() if isinstance(m, nn.Conv2d)]
 
 
+def test_conv_act_weights_are_packed_once_per_input_shape():
+    """oneDNN-layout weights are made per input shape and reused: shapes met in turn
+    each get their own, and the output stays the plain convolution's."""
+    from camvideo.rewrite import ConvAct, _has_fused_conv, _has_weight_reorder
+
+    if not (_has_fused_conv() and _has_weight_reorder()):
+        pytest.skip("torch built without oneDNN")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1).eval()
+    fused = ConvAct(conv, "relu")
+    xs = [torch.randn(n, 8, h, w).contiguous(memory_format=torch.channels_last)
+          for n, h, w in [(2, 20, 24), (1, 9, 13), (2, 20, 24), (1, 9, 13)]]
+    with torch.inference_mode():
+        for x in xs:
+            assert torch.allclose(fused(x), conv(x).relu(), atol=1e-5)
+        assert len(fused._pack) == 2 and all(p.is_mkldnn for _, p in fused._pack.values())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a = fused(xs[0]).float()
+        assert len(fused._pack) == 3  # bf16 weights: packed on their own
+    assert (a - conv(xs[0]).relu()).abs().max() <= 0.05 * max(1.0, float(a.abs().max()))
+
+
 @pytest.mark.parametrize("hw", [(32, 48), (33, 47), (31, 30)])
 def test_conv_act_fusion_keeps_tensorflow_same_padding(hw):
     from timm.layers import Conv2dSame

@@ -252,9 +252,9 @@ def test_full_disk_leaves_no_partial_file(good_mp4, tmp_path):
 
 
 def test_interrupt_leaves_nothing(good_mp4, tmp_path, tiny_model, monkeypatch, capsys):
-    import camvideo.media as media
+    import camvideo.sink as sink
     calls = {"n": 0}
-    real_write = media.FileSink.write
+    real_write = sink.FileSink.write
 
     def write_then_interrupt(self, *a, **k):
         calls["n"] += 1
@@ -262,7 +262,7 @@ def test_interrupt_leaves_nothing(good_mp4, tmp_path, tiny_model, monkeypatch, c
             raise KeyboardInterrupt
         return real_write(self, *a, **k)
 
-    monkeypatch.setattr(media.FileSink, "write", write_then_interrupt)
+    monkeypatch.setattr(sink.FileSink, "write", write_then_interrupt)
     out, side = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     rc, err = run_cli([good_mp4.path, out, "--json", side], capsys)
     assert rc == ExitCode.INTERRUPTED and "interrupted" in err

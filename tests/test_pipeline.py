@@ -4,7 +4,7 @@ passes, the fast CPU path, --stride) and of the renderer's two colouring paths
 
 The fast path must not change the results: batch size 1 in fp32 and batch size 8 in the
 automatic precision (bf16 on CPUs with native bf16) give the same frame count, the same
-timestamps and the same maps (exactly in fp32, within bf16 rounding otherwise).
+timestamps and the same maps (within float rounding in fp32, bf16 rounding otherwise).
 """
 from __future__ import annotations
 
@@ -78,8 +78,9 @@ def test_fast_path_equals_plain_path(pan_clip, lite0, tmp_path):
     pts = video_pts(out1)
     assert len(pts) == pan_clip.frames and video_pts(out8) == pts and video_pts(outa) == pts
     assert [r["time"] for r in fast] == [r["time"] for r in plain]
-    # batching changes nothing in fp32 (JSON keeps 4 decimals)
-    assert max_map_diff(plain, fast32) <= 1e-4
+    # batching changes nothing in fp32 beyond float rounding (each batch shape has its
+    # own fused graph, camvideo.trace): the JSON's 4 decimals differ by one unit at most
+    assert max_map_diff(plain, fast32) <= 1.5e-4
     assert [r["class"] for r in plain] == [r["class"] for r in fast32]
     # bf16 (where native): maps within its rounding; measured 0.036 on this clip
     tol = 0.1 if resolve_precision("auto", torch.device("cpu")) is not None else 1e-4

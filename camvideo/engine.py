@@ -106,7 +106,8 @@ class CamEngine:
             CPU: ``stride`` carries state from batch to batch, and the CUDA path reuses
             its pinned upload buffers in turn.
         trace: on the CPU with ``stride`` 1, run the backbone as fused TorchScript graphs
-            (:mod:`camvideo.trace`; for streams of equal batches: files, not live).
+            (:mod:`camvideo.trace`; for streams of equal batches: files, live streams at
+            batch size 1).
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,

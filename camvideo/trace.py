@@ -9,8 +9,8 @@ precision and input shape (kept on the model, so batch jobs share it).
 
 A traced graph holds its input's shape, so this is for streams of equal batches: file
 jobs, where only the last batch can be short (it is padded to the full batch and the
-padding dropped from the output). Live streams and ``--stride`` (batches of any size)
-run eagerly. Each graph is checked against the eager network on its first batch; a
+padding dropped from the output), and live streams at batch size 1 (their default).
+Live streams with larger batches and ``--stride`` (batches of any size) run eagerly. Each graph is checked against the eager network on its first batch; a
 failure to trace or a mismatch leaves the eager network in use, with a log line.
 
 Turning oneDNN Graph fusion on is process-wide (``torch.jit.enable_onednn_fusion``) and

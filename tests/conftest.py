@@ -40,13 +40,17 @@ TINY_MODEL_CLI_PRELUDE = (
 
 
 class Sleep(torch.nn.Module):
-    """Makes a forward pass take ``seconds`` longer (an artificially slow model)."""
+    """Makes a forward pass take ``seconds`` longer (an artificially slow model). It
+    refuses to be traced (a traced graph would lose the sleep), so the pipeline runs it
+    eagerly (camvideo.trace falls back)."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__()
         self.seconds = seconds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            raise RuntimeError("a sleep cannot be traced")
         time.sleep(self.seconds)
         return x
 

@@ -135,7 +135,7 @@ class FileSink:
         i420 = self._stream.pix_fmt == yuv.I420
         if image.ndim == 2 and not i420:
             image = yuv.to_rgb(image)
-        if image.ndim == 2:  # (from_numpy_buffer gets sizes with H % 4 == 2 wrong)
+        if image.ndim == 2:  # a copy: from_numpy_buffer gets H % 4 == 2 wrong (PyAV 18)
             vf = av.VideoFrame.from_ndarray(image, format=yuv.I420)
         elif i420 and image.shape[0] % 2 == 0 and image.shape[1] % 2 == 0:
             # RGB → YUV 4:2:0 (BT.601, limited range, like swscale's default) with OpenCV:

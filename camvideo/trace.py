@@ -10,8 +10,9 @@ precision and input shape (kept on the model, so batch jobs share it).
 A traced graph holds its input's shape, so this is for streams of equal batches: file
 jobs, where only the last batch can be short (it is padded to the full batch and the
 padding dropped from the output), and live streams at batch size 1 (their default).
-Live streams with larger batches and ``--stride`` (batches of any size) run eagerly. Each graph is checked against the eager network on its first batch; a
-failure to trace or a mismatch leaves the eager network in use, with a log line.
+Live streams with larger batches and ``--stride`` (batches of any size) run eagerly.
+Each graph is checked against the eager network on its first batch; a failure to trace
+or a mismatch leaves the eager network in use, with a log line.
 
 Turning oneDNN Graph fusion on is process-wide (``torch.jit.enable_onednn_fusion``) and
 is left on: the fused graphs check it when they run. It changes only TorchScript graphs.
@@ -85,7 +86,8 @@ class TracedBackbone:
             log.info("%s: tracing failed (%s); running eagerly", self.model.name, e)
             return None
         # bf16: both sides round differently (measured ~1.5 % of the largest feature)
-        tol = (0.05 if self.precision is not None else 1e-3) * max(1.0, ref.abs().max().item())
+        scale = max(1.0, ref.abs().max().item())
+        tol = (0.05 if self.precision is not None else 1e-3) * scale
         err = (got - ref).abs().max().item() if got.shape == ref.shape else float("inf")
         if not err <= tol:
             log.info("%s: the traced network differs (%.3g > %.3g); running eagerly",

@@ -1,9 +1,9 @@
 """I420 images: 8-bit YUV 4:2:0, what most video decodes to and what x264 encodes.
 
 On the CPU, camvideo's file pipeline keeps frames in I420 from the decoder to the
-encoder: converting 720p to RGB and back costs more than blending the heatmap does, and
-blending 4:2:0 touches half the bytes of RGB (benchmarks/README.md, "Speed"). Only the
-model's small input is made RGB, and only the labels' box is drawn in RGB.
+encoder: converting 720p to RGB and back cost ~1.3 ms a frame, and blending 4:2:0
+touches half the bytes of RGB (benchmarks/README.md, "Speed"). Only the model's small
+input is made RGB, and only the labels' box is drawn in RGB.
 
 An I420 image is a ``(H * 3 // 2, W)`` uint8 array, PyAV's and OpenCV's layout: the
 ``H × W`` luma plane, then the two ``H/2 × W/2`` chroma planes (U, then V), flat, one
@@ -73,7 +73,7 @@ def resize_rgb(image: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
     chroma planes' size when the output is no larger than that (else chroma is doubled),
     the three planes are resized together as one 4:4:4 picture with the same antialiased
     uint8 resize as RGB frames (:func:`camvideo.models.resize_u8`), then converted.
-    ~0.8 ms for 720p → 224×384, against ~1.2 ms for converting to RGB and resizing.
+    ~0.9 ms for 720p → 224×384, against ~1.15 ms for converting to RGB and resizing.
     """
     y, u, v = planes(image)
     oh, ow = out_size

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cache = Path(tempfile.gettempdir()) / "camvideo-bench"
     if args.clip is None:
-        from bench_speed import standard_clip  # heavy imports only when needed
+        from clips import standard_clip
         args.clip = standard_clip(cache / "std-720p30-20s.mp4")
     ref = load_frames(reference(args.clip, cache / f"ref-{args.clip.stem}.mkv"),
                       args.frames)

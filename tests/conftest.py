@@ -15,12 +15,14 @@ fast.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from batch_tools import GOOD
 from camvideo import synth
 from camvideo.models import CamModel, from_modules
 from camvideo.synth_clip import Clip
@@ -155,3 +157,46 @@ def cuts_clip(clip_dir: Path) -> Clip:
     cuts at frames 16 and 32, keyframe every 8 frames, no audio."""
     return synth.make_clip("cuts", clip_dir / "cuts.mp4", size=(320, 180), n=48, fps=30,
                            gop=8)
+
+
+# ---------------------------------------------------------------------------------------
+# camvideo batch: input trees (tests/test_batch.py, tests/test_batch_ray.py)
+
+
+@pytest.fixture(scope="module")
+def source_tree(tmp_path_factory) -> Path:
+    """IN_DIR: four good clips in nested folders, a truncated MP4, an empty file, a text
+    file named .avi, an ignored .txt, a hidden clip, and a link to a clip outside."""
+    base = tmp_path_factory.mktemp("batch_src")
+    root = base / "in"
+    for rel, (kind, n) in GOOD.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        synth.make_clip(kind, root / rel, size=(160, 96), n=n, fps=24)
+    data = (root / "a.mp4").read_bytes()
+    (root / "sub/trunc.mp4").write_bytes(data[: len(data) // 2])  # no index: unreadable
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notes.avi").write_text("not a video\n")
+    (root / "readme.txt").write_text("ignored\n")
+    shutil.copy(root / "a.mp4", root / ".hidden.mp4")
+    shutil.copy(root / "a.mp4", base / "outside.mp4")
+    (root / "link.mp4").symlink_to(base / "outside.mp4")
+    return root
+
+
+@pytest.fixture
+def tree(source_tree, tmp_path) -> Path:
+    """A fresh copy of :func:`source_tree` (links kept as links)."""
+    dst = tmp_path / "in"
+    shutil.copytree(source_tree, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture
+def long_tree(tmp_path) -> Path:
+    """Six clips of 30 frames: enough work that Ctrl-C lands mid-batch."""
+    src = tmp_path / "long"
+    for i in range(6):
+        (src / f"s{i % 2}").mkdir(parents=True, exist_ok=True)
+        synth.make_clip("pan", src / f"s{i % 2}" / f"v{i}.mp4", size=(160, 96), n=30,
+                        fps=24)
+    return src

@@ -1,5 +1,5 @@
 """``camvideo batch``: folders of generated clips (nested, plus broken files), resume,
-isolation, containment, Ctrl-C, ``--jobs`` and the Ray backend.
+isolation, containment, Ctrl-C and ``--jobs`` (the Ray backend: tests/test_batch_ray.py).
 
 Clips are tiny (160x96, 12-24 frames) and the model input small (``size=64``): what is
 tested is the batch machinery; the default model is still the real one (loaded once), so
@@ -10,85 +10,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import av
 import pytest
 
-from camvideo import synth
+from batch_tools import (BAD, FAST, GOOD, after_interrupt, by_rel, check_done, frame_count,
+                         interrupt_after_first_output, partials, popen_batch)
 from camvideo.batch import (DONE, FAILED, INTERRUPTED, SKIPPED, clean_stale_partials,
                             find_videos, plan, run_batch)
 from camvideo.errors import ExitCode, InputError, ModelError, OptionError
 from camvideo.models import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = {"size": 64, "smooth": 0.0, "topk": 1}
-GOOD = {"a.mp4": ("pan", 16), "sub/b.MOV": ("zoom", 12), "sub/deep/c.mkv": ("cuts", 18),
-        "sub/deep/d.mp4": ("pan", 12)}
-BAD = {"sub/trunc.mp4": "not a readable video", "empty.mp4": "empty",
-       "notes.avi": "not a readable video"}
-
 
 @pytest.fixture(scope="module")
 def lite0():
     return load_model()
-
-
-@pytest.fixture(scope="module")
-def source_tree(tmp_path_factory) -> Path:
-    """IN_DIR: four good clips in nested folders, a truncated MP4, an empty file, a text
-    file named .avi, an ignored .txt, a hidden clip, and a link to a clip outside."""
-    base = tmp_path_factory.mktemp("batch_src")
-    root = base / "in"
-    for rel, (kind, n) in GOOD.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        synth.make_clip(kind, root / rel, size=(160, 96), n=n, fps=24)
-    data = (root / "a.mp4").read_bytes()
-    (root / "sub/trunc.mp4").write_bytes(data[: len(data) // 2])  # no index: unreadable
-    (root / "empty.mp4").write_bytes(b"")
-    (root / "notes.avi").write_text("not a video\n")
-    (root / "readme.txt").write_text("ignored\n")
-    shutil.copy(root / "a.mp4", root / ".hidden.mp4")
-    shutil.copy(root / "a.mp4", base / "outside.mp4")
-    (root / "link.mp4").symlink_to(base / "outside.mp4")
-    return root
-
-
-@pytest.fixture
-def tree(source_tree, tmp_path) -> Path:
-    """A fresh copy of :func:`source_tree` (links kept as links)."""
-    dst = tmp_path / "in"
-    shutil.copytree(source_tree, dst, symlinks=True)
-    return dst
-
-
-def frame_count(path: Path) -> int:
-    with av.open(str(path)) as c:
-        return sum(1 for _ in c.decode(video=0))
-
-
-def partials(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if "partial" in p.name)
-
-
-def by_rel(summary, in_dir: Path) -> dict[str, object]:
-    return {Path(r.path).relative_to(in_dir).as_posix(): r for r in summary.records}
-
-
-def check_done(rec, in_dir: Path, rel: str, sidecar: bool = False) -> None:
-    """The output exists, decodes, and has as many frames as the input."""
-    assert rec.status == DONE, rec
-    out = Path(rec.output)
-    assert out.is_file() and out.suffix == ".mp4"
-    n = frame_count(in_dir / rel)
-    assert frame_count(out) == n == rec.frames == GOOD[rel][1]
-    if sidecar:
-        lines = out.with_suffix(".jsonl").read_text().splitlines()
-        assert [json.loads(x)["frame"] for x in lines] == list(range(n))
 
 
 # --------------------------------------------------------------------------- pieces
@@ -315,101 +253,15 @@ def test_unknown_model_stops_before_any_file(tree, tmp_path):
         run_batch(tmp_path / "missing", tmp_path / "out")
 
 
-def _popen_batch(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "camvideo", "batch", *args, "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=str(ROOT))
-
-
-def _interrupt_after_first_output(proc: subprocess.Popen, out: Path, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and proc.poll() is None:
-        if any(not p.name.startswith(".") for p in out.rglob("*.mp4")):
-            proc.send_signal(signal.SIGINT)
-            return
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"no output within {limit} s: {proc.communicate()[1][-2000:]}")
-
-
-@pytest.fixture
-def long_tree(tmp_path) -> Path:
-    """Six clips of 30 frames: enough work that Ctrl-C lands mid-batch."""
-    src = tmp_path / "long"
-    for i in range(6):
-        (src / f"s{i % 2}").mkdir(parents=True, exist_ok=True)
-        synth.make_clip("pan", src / f"s{i % 2}" / f"v{i}.mp4", size=(160, 96), n=30,
-                        fps=24)
-    return src
-
-
-def _after_interrupt(proc, out: Path, report: Path) -> set[str]:
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == ExitCode.INTERRUPTED, f"rc {proc.returncode}: {err[-3000:]}"
-    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
-    assert partials(out) == []
-    done = {p.relative_to(out).as_posix() for p in out.rglob("*.mp4")}
-    assert 1 <= len(done) < 6
-    for p in out.rglob("*.mp4"):  # every output there is complete
-        assert frame_count(p) == 30
-    rep = json.loads(report.read_text())
-    assert rep["interrupted"] and rep["done"] == len(done)
-    return done
-
-
 def test_sigint_leaves_no_partial_and_rerun_completes(long_tree, tmp_path, lite0):
     out, report = tmp_path / "out", tmp_path / "r.json"
-    proc = _popen_batch([str(long_tree), str(out), "--jobs", "1", "--json", "--size",
+    proc = popen_batch([str(long_tree), str(out), "--jobs", "1", "--json", "--size",
                          "128", "--report", str(report)])
-    _interrupt_after_first_output(proc, out, limit=60)
-    done = _after_interrupt(proc, out, report)
+    interrupt_after_first_output(proc, out, limit=60)
+    done = after_interrupt(proc, out, report)
     s = run_batch(long_tree, out, json=True, jobs=2, model=lite0, **FAST)
     st = {Path(r.output).relative_to(out).as_posix(): r.status for r in s.records}
     assert {k for k, v in st.items() if v == SKIPPED} == done
     assert s.counts[DONE] == 6 - len(done) and s.exit_code == ExitCode.OK
     assert all(frame_count(p) == 30 for p in out.rglob("*.mp4"))
     assert len(list(out.rglob("*.jsonl"))) == 6 and partials(out) == []
-
-
-# --------------------------------------------------------------------------- Ray
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A small local Ray instance for this module (2 CPUs)."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install "
-                                            "'camvideo[ray]'; part of the test extra)")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_same_records_as_local(ray_local, tree, tmp_path):
-    out, report = tmp_path / "out", tmp_path / "r.json"
-    s = run_batch(tree, out, ray=True, json=True, report=report, **FAST)
-    recs = by_rel(s, tree)
-    for rel in GOOD:
-        check_done(recs[rel], tree, rel, sidecar=True)
-    for rel, words in BAD.items():
-        assert recs[rel].status == FAILED and words in recs[rel].reason
-    assert recs["link.mp4"].status == SKIPPED
-    assert s.exit_code == ExitCode.PARTIAL and partials(out) == []
-    assert json.loads(report.read_text())["failed"] == 3
-    s2 = run_batch(tree, out, ray=True, json=True, **FAST)
-    assert s2.counts[SKIPPED] == 5 and s2.counts[DONE] == 0
-
-
-def test_ray_sigint_then_resume(ray_local, long_tree, tmp_path):
-    address = ray_local.get_runtime_context().gcs_address
-    out, report = tmp_path / "out", tmp_path / "r.json"
-    proc = _popen_batch([str(long_tree), str(out), "--ray", address, "--json",
-                         "--size", "128", "--report", str(report)])
-    _interrupt_after_first_output(proc, out, limit=90)
-    done = _after_interrupt(proc, out, report)
-    s = run_batch(long_tree, out, ray=True, json=True, **FAST)
-    st = {Path(r.output).relative_to(out).as_posix(): r.status for r in s.records}
-    assert {k for k, v in st.items() if v == SKIPPED} == done
-    assert s.counts[DONE] == 6 - len(done) and s.exit_code == ExitCode.OK
-    assert all(frame_count(p) == 30 for p in out.rglob("*.mp4"))
-    assert partials(out) == []

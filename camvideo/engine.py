@@ -240,7 +240,7 @@ class CamEngine:
         """Copy the frames once into a reused pinned buffer and upload it asynchronously;
         returns ``(N, H, W, 3)`` uint8 on the device."""
         n = len(frames)
-        shape = frames[0].rgb().shape
+        shape = (*frames[0].size, 3)
         slot = self._pin_next
         self._pin_next = (slot + 1) % 2
         if len(self._pinned) < 2 or self._pinned[slot].shape[0] < n or \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import logging
 import threading
 from typing import Any
@@ -149,6 +150,7 @@ def _has_fused_conv() -> bool:
     return torch.backends.mkldnn.is_available()
 
 
+@functools.cache
 def _has_weight_reorder() -> bool:
     return hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 

@@ -40,7 +40,7 @@ def fold_batchnorm(net: nn.Module, probe: Tensor,
             (:class:`ConvAct`: one oneDNN call on the CPU): timm's ``BatchNormAct2d``
             activations, and ``Conv2d, BatchNorm2d, ReLU`` runs inside ``nn.Sequential``;
             the other folded convolutions become :class:`ConvAct` without activation
-            (weights cast once, "SAME" padding with one copy).
+            (one call each, weights prepared once).
 
     Returns:
         ``(copy, number of folded pairs)``.
@@ -258,7 +258,7 @@ class ConvAct(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         tracing = torch.jit.is_tracing()
         if tracing or x.device.type != "cpu":
-            return self._forward_plain(x, grow=tracing)
+            return self._forward_plain(x, traced=tracing)
         padding = self.padding
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") \
             else x.dtype
@@ -276,11 +276,11 @@ class ConvAct(nn.Module):
             x, w, b, padding, self.stride, self.dilation, self.groups,
             self._attr, self._scalars, "")
 
-    def _forward_plain(self, x: Tensor, grow: bool) -> Tensor:
-        """``conv2d`` then the activation: on GPUs, and when traced (oneDNN Graph fuses
-        them itself, :mod:`camvideo.trace`; ``grow``: depthwise "SAME" padding by a grown
-        kernel, as on the CPU)."""
-        grown = self._same_grown(x) if self.same and grow else None
+    def _forward_plain(self, x: Tensor, traced: bool) -> Tensor:
+        """``conv2d`` then the activation: on GPUs (activation in place), and when traced
+        (oneDNN Graph fuses them itself, :mod:`camvideo.trace`; depthwise "SAME" padding
+        by a grown kernel, as on the CPU)."""
+        grown = self._same_grown(x) if self.same and traced else None
         if grown is not None:
             (w, b), padding = self._weights(self.weight.dtype, grown[0]), grown[1]
         else:
@@ -290,6 +290,8 @@ class ConvAct(nn.Module):
         y = nn.functional.conv2d(x, w, b, self.stride, padding, self.dilation, self.groups)
         if self.act is None:
             return y
+        if not traced:
+            return y.relu_() if self.act == "relu" else y.clamp_(0.0, 6.0)
         return nn.functional.relu(y) if self.act == "relu" else \
             nn.functional.hardtanh(y, 0.0, 6.0)
 

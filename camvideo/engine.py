@@ -14,7 +14,8 @@ features and class scores, ``stride`` carrying); :meth:`CamEngine.finish` the re
   (:mod:`camvideo.trace`).
 - ``stride`` > 1 runs the network on every ``stride``-th frame only (and on scene cuts);
   frames in between carry the last features and class scores, moved with the image
-  motion (:class:`camvideo.motion.MotionEstimator`, the smoother's optical flow).
+  motion. That motion is the smoother's own (:meth:`Smoother.cues
+  <camvideo.smoothing.Smoother.cues>`): computed once per batch, used by both.
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ class Inferred:
         logits: ``(N, K)`` float32 class scores.
         frames01: ``(N, 3, H', W')`` float RGB in ``[0, 1]``, the model-input frames (the
             smoother's motion and cut cues).
+        cues: the smoother's :class:`~camvideo.motion.Cues` of the batch when ``stride``
+            already needed them (None: the smoother computes them).
         end: the end-of-stream marker (:meth:`CamEngine.infer_flush`): the smoother
             releases what it holds back.
     """
@@ -79,6 +82,7 @@ class Inferred:
     features: Tensor | None = None
     logits: Tensor | None = None
     frames01: Tensor | None = None
+    cues: mo.Cues | None = None
     end: bool = False
 
     def __len__(self) -> int:
@@ -142,10 +146,8 @@ class CamEngine:
             collections.deque()
         self._size: tuple[int, int] | None = None
         # stride: carried state
-        self._estimator = mo.MotionEstimator("dis")
         self._carry: tuple[Tensor, Tensor] | None = None   # (1, C, h, w), (1, K)
         self._since_key = 0
-        self._prev_gray: np.ndarray | None = None
         self._prev_hist: Tensor | None = None
         self.network_frames = 0   #: frames the network actually ran on
         # CUDA: pinned host buffers, used in turn
@@ -180,13 +182,14 @@ class CamEngine:
         else:
             x, frames01 = self._preprocess_cpu(frames)
             images = [f.image for f in frames]
+        cues = None
         if self.stride == 1:
             features, logits = self._forward(x)
         else:
             keys = self._keys(frames01)
             features, logits = self._forward(x[torch.tensor(keys)] if not all(keys) else x)
-            features, logits = self._carry_between(features, logits, keys, frames01)
-        return Inferred(frames, images, features, logits, frames01)
+            features, logits, cues = self._carry_between(features, logits, keys, frames01)
+        return Inferred(frames, images, features, logits, frames01, cues)
 
     def infer_flush(self) -> Inferred:
         """The end-of-stream marker for :meth:`finish`."""
@@ -202,7 +205,8 @@ class CamEngine:
             return []
         else:
             smoothed = self.smoother.push(batch.features, batch.logits,
-                                          [f.time for f in batch.frames], batch.frames01)
+                                          [f.time for f in batch.frames], batch.frames01,
+                                          batch.cues)
             self._pending.extend(zip(batch.frames, batch.images))
         m = int(smoothed.maps.shape[0])
         if m == 0:
@@ -302,12 +306,13 @@ class CamEngine:
         return keys
 
     def _carry_between(self, features: Tensor, logits: Tensor, keys: list[bool],
-                       frames01: Tensor) -> tuple[Tensor, Tensor]:
+                       frames01: Tensor) -> tuple[Tensor, Tensor, mo.Cues]:
         """Features and scores of every frame: the network's on key frames, the last
-        ones moved with the image motion (and the last scores) in between."""
+        ones moved with the image motion (and the last scores) in between; and the
+        batch's motion cues, which the smoother then reuses."""
         grid = (features.shape[2], features.shape[3]) if features.shape[0] else \
             (self._carry[0].shape[2], self._carry[0].shape[3])  # type: ignore[index]
-        gray = mo.gray_u8(mo.downsample(frames01, grid))
+        cues = self.smoother.cues(frames01, grid)
         out_f, out_l = [], []
         k = 0
         for i, key in enumerate(keys):
@@ -316,13 +321,10 @@ class CamEngine:
                 k += 1
             else:
                 f, lg = self._carry  # type: ignore[misc]
-                if self._prev_gray is not None and self.smoother.motion:
-                    disp = torch.from_numpy(self._estimator.estimate(self._prev_gray,
-                                                                     gray[i], grid))
-                    mat, _ = mo.sampling(disp.to(f.device))
-                    f = mo.warp(f, mat)
+                moved = cues.sampling(i)
+                if moved is not None:
+                    f = mo.warp(f, moved[0])
             self._carry = (f, lg)
-            self._prev_gray = gray[i]
             out_f.append(f)
             out_l.append(lg)
-        return torch.cat(out_f), torch.cat(out_l)
+        return torch.cat(out_f), torch.cat(out_l), cues

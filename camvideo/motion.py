@@ -10,6 +10,9 @@ for a 7x12 feature grid). From those:
 - :class:`MotionEstimator`: per-cell displacement from the current frame back to the
   previous one, in feature cells, from dense optical flow (OpenCV DIS or Farneback) or a
   global translation (phase correlation) on small grayscale frames copied to the CPU.
+- :class:`Cues`: a batch's small frames and displacements, computed once (by
+  :meth:`camvideo.smoothing.Smoother.cues`) and shared by the smoother and the engine's
+  ``stride`` carry.
 - :func:`sampling` / :func:`warp`: move a ``(B, C, h, w)`` feature state along such a
   displacement by bilinear interpolation (sub-cell shifts; an ``(hw, hw)`` matrix, since
   the grid is tiny), and tell which cells had a source inside the previous grid.
@@ -17,6 +20,7 @@ for a 7x12 feature grid). From those:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -28,7 +32,7 @@ from .errors import OptionError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CELL_PX", "METHODS", "MotionEstimator", "color_histograms", "downsample",
+__all__ = ["CELL_PX", "METHODS", "Cues", "MotionEstimator", "color_histograms", "downsample",
            "gray_u8", "histogram_distance", "sampling", "warp"]
 
 CELL_PX = 8            #: small-frame pixels per feature cell
@@ -143,6 +147,31 @@ class MotionEstimator:
         cells[..., 0] *= w / ws
         cells[..., 1] *= h / hs
         return cells
+
+
+@dataclass
+class Cues:
+    """What a batch of model-input frames tells about motion, computed once per batch.
+
+    Attributes:
+        small: ``(N, 3, 8h, 8w)`` float32, the frames from :func:`downsample`.
+        disps: per frame, the ``(h, w, 2)`` displacement back to the previous frame of
+            the stream (:meth:`MotionEstimator.estimate`), on ``small``'s device; None for
+            a stream's first frame or without motion compensation.
+    """
+
+    small: Tensor
+    disps: list[Tensor | None]
+    _samplings: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+
+    def sampling(self, i: int) -> tuple[Tensor, Tensor] | None:
+        """:func:`sampling` of frame ``i``'s displacement (built once), None without one."""
+        disp = self.disps[i]
+        if disp is None:
+            return None
+        if i not in self._samplings:
+            self._samplings[i] = sampling(disp)
+        return self._samplings[i]
 
 
 def sampling(disp: Tensor) -> tuple[Tensor, Tensor]:

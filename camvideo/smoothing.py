@@ -190,7 +190,7 @@ class Smoother:
         return 1.0 - math.exp(-max(dt, 0.0) / self.tau)
 
     def push(self, features: Tensor, logits: Tensor, times: Sequence[float],
-             frames01: Tensor) -> Smoothed:
+             frames01: Tensor, cues: mo.Cues | None = None) -> Smoothed:
         """Add ``N`` frames; return the results that are ready.
 
         Args:
@@ -199,6 +199,8 @@ class Smoother:
             times: ``N`` presentation times in seconds, increasing.
             frames01: ``(N, 3, H, W)`` float RGB in ``[0, 1]``, the model-input frames
                 (downsampled here for motion and cut detection).
+            cues: this batch's :meth:`cues`, when the caller computed them already
+                (the engine's ``stride`` carry does); computed here otherwise.
 
         Returns:
             :class:`Smoothed` for the next ``M`` frames in order: ``M == N`` when causal;
@@ -206,10 +208,12 @@ class Smoother:
         """
         n = features.shape[0]
         if (features.dim() != 4 or tuple(logits.shape) != (n, self.weight.shape[0])
-                or len(times) != n or tuple(frames01.shape[:2]) != (n, 3)):
+                or len(times) != n or tuple(frames01.shape[:2]) != (n, 3)
+                or (cues is not None and len(cues.disps) != n)):
             raise ValueError(f"push: inconsistent shapes: features {tuple(features.shape)},"
                              f" logits {tuple(logits.shape)}, {len(times)} times, frames01 "
-                             f"{tuple(frames01.shape)}")
+                             f"{tuple(frames01.shape)}"
+                             + ("" if cues is None else f", {len(cues.disps)} cues"))
         grid = (int(features.shape[2]), int(features.shape[3]))
         if self._started and grid != self._grid:
             raise ValueError(f"push: feature grid changed from {self._grid} to {grid}; "
@@ -221,16 +225,17 @@ class Smoother:
         if n == 0:
             return self._empty()
         features = features.float()
-        small = mo.downsample(frames01, grid)
-        cuts = self._detect_cuts(small, features)
-        disps = self._estimate_motion(small, cuts)
+        if cues is None:
+            cues = self.cues(frames01, grid)
+        cuts = self._detect_cuts(cues.small, features)
         ready: list[_Frame] = []
         for i in range(n):
             fr = _Frame(float(times[i]), cuts[i], features[i:i + 1], probs[i])
-            if disps[i] is not None:
-                fr.fwd = mo.sampling(disps[i])
+            disp = cues.disps[i]
+            if disp is not None and not cuts[i]:
+                fr.fwd = cues.sampling(i)
                 if self.lag:
-                    fr.bwd = mo.sampling(-disps[i])
+                    fr.bwd = mo.sampling(-disp)
             self._causal_step(fr)
             if self.lag == 0:
                 ready.append(fr)
@@ -239,6 +244,31 @@ class Smoother:
                 if len(self._pending) > self.lag:
                     ready.append(self._centered(self._pending.popleft()))
         return self._emit(ready)
+
+    def cues(self, frames01: Tensor, grid: tuple[int, int]) -> mo.Cues:
+        """The small frames and per-frame motion of the next batch for :meth:`push`.
+
+        Args:
+            frames01: ``(N, 3, H, W)`` float RGB in ``[0, 1]``, the model-input frames
+                following the last ones given here (this advances the motion state, so
+                each batch must be given once, in stream order).
+            grid: the feature grid ``(h, w)``.
+
+        Returns:
+            :class:`camvideo.motion.Cues`; displacements only with ``motion`` on. They
+            are computed across shot cuts too (:meth:`push` ignores them there), as the
+            cuts are only known with the features.
+        """
+        small = mo.downsample(frames01, grid)
+        if not self.motion:
+            return mo.Cues(small, [None] * small.shape[0])
+        disps: list[Tensor | None] = []
+        for g in mo.gray_u8(small):
+            disps.append(None if self._prev_gray is None else torch.from_numpy(
+                self._estimator.estimate(self._prev_gray, g, grid)).to(small.device,
+                                                                       non_blocking=True))
+            self._prev_gray = g
+        return mo.Cues(small, disps)
 
     def flush(self) -> Smoothed:
         """Results of the frames still held back (centered mode) at the end of a stream."""
@@ -278,21 +308,6 @@ class Smoother:
         if any(flags[1:] if len(flags) else ()):
             log.debug("cut score %s", [f"{s:.2f}" for s in score.tolist()])
         return flags
-
-    def _estimate_motion(self, small: Tensor, cuts: list[bool]) -> list[Tensor | None]:
-        """Per frame, ``(h, w, 2)`` cell displacement back to the previous frame (None at
-        the start of a shot or without motion compensation)."""
-        if not self.motion:
-            return [None] * len(cuts)
-        out: list[Tensor | None] = []
-        for i, g in enumerate(mo.gray_u8(small)):
-            if cuts[i] or self._prev_gray is None:
-                out.append(None)
-            else:
-                d = self._estimator.estimate(self._prev_gray, g, self._grid)
-                out.append(torch.from_numpy(d).to(small.device, non_blocking=True))
-            self._prev_gray = g
-        return out
 
     @staticmethod
     def _blend(state: Tensor, new: Tensor, a: float,

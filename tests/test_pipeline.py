@@ -332,6 +332,27 @@ def test_stride_runs_the_network_on_scene_cuts(cuts_clip, lite0, tmp_path):
         assert every[cut]["class"] == fifth[cut]["class"]
 
 
+def test_stride_and_smoother_share_one_motion_estimate_per_frame(pan_clip, lite0, tmp_path,
+                                                                 monkeypatch):
+    """With ``--stride`` and smoothing on, the carry and the smoother both need each
+    frame's motion: it is estimated once per frame, not once for each."""
+    from camvideo import motion
+
+    pairs = []
+    estimate = motion.MotionEstimator.estimate
+
+    def counted(self, prev, cur, grid):
+        pairs.append((prev.tobytes(), cur.tobytes()))
+        return estimate(self, prev, cur, grid)
+
+    monkeypatch.setattr(motion.MotionEstimator, "estimate", counted)
+    _, smoothed = annotate(pan_clip, tmp_path, "ss", lite0, precision="fp32", stride=3,
+                           batch_size=5)
+    assert len(smoothed) == pan_clip.frames
+    assert len(pairs) == pan_clip.frames - 1          # one per frame after the first
+    assert len(set(pairs)) == len(pairs)              # each pair of frames once
+
+
 def test_stride_is_validated():
     with pytest.raises(OptionError):
         api.Options(stride=0).validate()

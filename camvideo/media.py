@@ -59,7 +59,9 @@ class VideoInfo:
     """What the pipeline needs to know of an input video.
 
     ``width``/``height`` are the displayed size (after rotation); ``frames`` is the
-    container's count (may be 0 when unknown); ``fps`` the average rate.
+    container's count (may be 0 when unknown); ``fps`` the average rate (for raw
+    elementary streams, which carry no timestamps, the rate the bitstream itself declares
+    when it declares one: the container's figure is only the demuxer's default, 25).
     """
 
     path: str
@@ -145,6 +147,8 @@ class FileSource:
             self._container.close()
             raise InputError(f"video stream of {path} has no frame size (corrupt header?)")
         fps = vs.average_rate or vs.guessed_rate or vs.base_rate or Fraction(30)
+        if self._container.format.flags & av.format.Flags.no_timestamps.value and cc.framerate:
+            fps = cc.framerate  # e.g. the SPS timing of a raw .h264 file
         tb = vs.time_base or Fraction(1, 90000)
         duration = _stream_duration(vs, tb)
         self._start = int(vs.start_time or 0)

@@ -105,6 +105,13 @@ def test_paper_bbox_hand_worked_case():
     assert paper_bbox(cam, 0.2) == (1, 1, 3, 4)
     # at 0.5 (>= 5): left blob is (2,1),(2,2) = 2 px, right blob (6,3) = 1 px
     assert paper_bbox(cam, 0.5) == (2, 1, 3, 3)
+    # the largest component, not the first in scan order nor the one holding the peak,
+    # and 8-connected: the 4 px at the bottom right touch only diagonally
+    cam = np.zeros((6, 8), np.float32)
+    cam[0, 0] = 10                                   # the peak, first in scan order: 1 px
+    cam[[2, 3, 4, 5], [4, 5, 6, 7]] = 3              # a diagonal line: 4 px, 8-connected
+    cam[5, 0:3] = 3                                  # a row: 3 px
+    assert paper_bbox(cam, 0.2) == (4, 2, 8, 6)
     # a flat or non-positive map has no box
     assert paper_bbox(np.zeros((4, 4)), 0.2) is None
     assert paper_bbox(-np.ones((4, 4)), 0.2) is None

@@ -251,9 +251,32 @@ def test_trailing_class_gives_way_after_hold():
 
 def test_fixed_class_overrides_selection():
     feats, logits, times, frames = _two_shots()
+    feats[:, 4] = blob(13, 1)                 # class 4's map: its own peak, far from 0's
     maps, classes, *_ = run(Smoother(eye_weight(), fixed_class=4), feats, logits, times,
                             frames)
     assert classes.tolist() == [4] * len(times)
+    peaks = peak_xy(maps).tolist()
+    assert peaks == [[13, 1]] * len(times)    # the map drawn is class 4's too
+
+
+# ------------------------------------------------------------------ drawn range
+def test_drawn_range_is_averaged_over_time_not_per_frame():
+    """The drawn map is ``(M - lo) / (hi - lo)`` with the range averaged over time: when
+    the map's peak drops, the drawn peak dims and then recovers (per-frame min-max
+    would keep it at 1); when it rises, ``hi`` follows at once (no plateau above 1)."""
+    n, drop, rise = 90, 30, 60
+    frames, times = static_clip(n)
+    amp = [3.0 if i < drop else 1.0 if i < rise else 3.0 for i in range(n)]
+    feats = features_of(torch.stack([blob(5, 2.5) * a for a in amp]))
+    logits = logits_for([0.8])[None].expand(n, -1)
+    maps, classes, *_ = run(Smoother(eye_weight()), feats, logits, times, frames)
+    peak = maps.amax(dim=(1, 2))
+    assert classes.tolist() == [0] * n and float(maps.max()) <= 1.0
+    assert torch.allclose(peak[:drop], torch.ones(drop))
+    dims = peak[drop:drop + 10]
+    assert (dims[1:] < dims[:-1]).all() and dims[-1] < 0.75      # dims with the drop ...
+    assert peak[rise - 1] > dims[-1] + 0.1                        # ... then recovers
+    assert torch.allclose(peak[rise + 1:], torch.ones(n - rise - 1))
 
 
 # ------------------------------------------------------------------------ motion

@@ -61,14 +61,35 @@ def test_planes_are_pyav_planes(h, w):
         assert np.shares_memory(got, img)  # views, not copies
 
 
-def test_colours_are_opencvs_conversion():
+def bt601(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range Y'CbCr of ``(N, 3)`` RGB, from the standard's matrix."""
+    m = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
+                  [112.0, -93.786, -18.214]]) / 255.0
+    return rgb.astype(float) @ m.T + (16, 128, 128)
+
+
+def test_colours_are_bt601_limited_range():
+    """``yuv_of_rgb`` gives what ``from_rgb`` gives a flat area; both are BT.601
+    limited range (the standard's matrix, and swscale's conversion, within rounding:
+    red is not blue), and ``to_rgb`` takes them back."""
     rng = np.random.default_rng(1)
-    colours = rng.integers(0, 256, (37, 3), dtype=np.uint8)
+    colours = np.concatenate((np.array([[255, 0, 0], [0, 0, 255], [0, 255, 0], [0, 0, 0],
+                                        [255, 255, 255]], np.uint8),
+                              rng.integers(0, 256, (32, 3), dtype=np.uint8)))
     y, u, v = yuv.yuv_of_rgb(colours)
+    got = np.stack((y, u, v), axis=1).astype(int)
+    assert np.abs(got - bt601(colours)).max() <= 1
+    assert tuple(got[0]) == (82, 90, 240) and tuple(got[1]) == (41, 240, 110)  # red, blue
+    assert tuple(got[3]) == (16, 128, 128) and tuple(got[4]) == (235, 128, 128)
     for c, yy, uu, vv in zip(colours, y, u, v):
-        flat = yuv.from_rgb(np.broadcast_to(c, (4, 6, 3)))
-        py, pu, pv = yuv.planes(flat)
+        flat = np.ascontiguousarray(np.broadcast_to(c, (4, 6, 3)))
+        py, pu, pv = yuv.planes(yuv.from_rgb(flat))
         assert (py == yy).all() and (pu == uu).all() and (pv == vv).all()
+        sws = yuv.planes(i420_of(av.VideoFrame.from_ndarray(flat, "rgb24")
+                                 .reformat(format="yuv420p")))
+        assert all(abs(int(p[0, 0]) - int(q)) <= 1 for p, q in zip(sws, (yy, uu, vv)))
+        back = yuv.to_rgb(yuv.from_rgb(flat))[0, 0].astype(int)
+        assert np.abs(back - c).max() <= 3
 
 
 @pytest.mark.parametrize("size", [(224, 384), (448, 768), (720, 1280)])

@@ -147,10 +147,11 @@ class JsonLinesSink:
 
 
 def build_engine(opts: Options, model: CamModel | None = None, *,
-                 infer_workers: int | None = None, trace: bool = True) -> CamEngine:
-    """Model (loaded unless given), renderer and smoother for ``opts``; ``infer_workers``
-    and ``trace`` as :class:`CamEngine`'s (None: its default, 2 on the CPU; live streams
-    want 1 worker and no tracing)."""
+                 infer_workers: int | None = None, trace: bool = True,
+                 equal_batches: bool = True) -> CamEngine:
+    """Model (loaded unless given), renderer and smoother for ``opts``; ``infer_workers``,
+    ``trace`` and ``equal_batches`` as :class:`CamEngine`'s (workers None: its default, 2
+    on the CPU; live streams want 1 worker and batches of any size)."""
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     if model is None:
@@ -163,7 +164,8 @@ def build_engine(opts: Options, model: CamModel | None = None, *,
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
     return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
-                     stride=opts.stride, infer_workers=infer_workers, trace=trace)
+                     stride=opts.stride, infer_workers=infer_workers, trace=trace,
+                     equal_batches=equal_batches)
 
 
 def annotate(input: str | os.PathLike, output: str | os.PathLike, *,

@@ -10,8 +10,7 @@ features and class scores, ``stride`` carrying); :meth:`CamEngine.finish` the re
   the model's small input is made RGB, and they are rendered as I420. CUDA frames go
   through reused pinned host buffers, uploaded ``non_blocking``; everything after that
   stays on the device.
-- For files on the CPU the backbone runs as fused TorchScript graphs
-  (:mod:`camvideo.trace`).
+- On the CPU the backbone runs as fused TorchScript graphs (:mod:`camvideo.trace`).
 - ``stride`` > 1 runs the network on every ``stride``-th frame only (and on scene cuts);
   frames in between carry the last features and class scores, moved with the image
   motion. That motion is the smoother's own (:meth:`Smoother.cues
@@ -109,15 +108,18 @@ class CamEngine:
             the CPU with ``stride`` 1, else 1). Values above 1 need ``stride`` 1 on the
             CPU: ``stride`` carries state from batch to batch, and the CUDA path reuses
             its pinned upload buffers in turn.
-        trace: on the CPU with ``stride`` 1, run the backbone as fused TorchScript graphs
-            (:mod:`camvideo.trace`; for streams of equal batches: files, live streams at
-            batch size 1).
+        trace: on the CPU, run the backbone as fused TorchScript graphs
+            (:mod:`camvideo.trace`): a graph of the whole batch with ``stride`` 1 and
+            ``equal_batches``, else frame by frame through the batch-1 graph.
+        equal_batches: all batches but the last have the same size (files; not live
+            streams, whose batches take what has arrived).
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,
                  short_side: int = 224, precision: torch.dtype | None = None,
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
-                 infer_workers: int | None = None, trace: bool = False) -> None:
+                 infer_workers: int | None = None, trace: bool = False,
+                 equal_batches: bool = True) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
@@ -140,7 +142,8 @@ class CamEngine:
             if threads:
                 torch.set_num_threads(threads)
         self._traced = traced_backbone(self.model, precision) \
-            if trace and self.device.type == "cpu" and self.stride == 1 else None
+            if trace and self.device.type == "cpu" else None
+        self._per_frame = self.stride > 1 or not equal_batches
         self._count_lock = threading.Lock()
         self._pending: collections.deque[tuple[Frame, Tensor | np.ndarray]] = \
             collections.deque()
@@ -274,8 +277,12 @@ class CamEngine:
         ctx = (torch.autocast(self.device.type, dtype=self.precision)
                if self.precision is not None else nullcontext())
         with ctx:
-            features = (self._traced if self._traced is not None
-                        else self.model.backbone)(x)
+            if self._traced is None:
+                features = self.model.backbone(x)
+            elif self._per_frame:
+                features = self._traced.per_frame(x)
+            else:
+                features = self._traced(x)
         features = features.float()
         logits = logits_from_features(features, self.model.weight.float(),
                                       None if self.model.bias is None

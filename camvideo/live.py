@@ -171,9 +171,9 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     try:
         live = src.drop
         # a live stream runs one batch at a time (latency first): all threads to it; its
-        # batches are all of one size (so the traced network fits them) only at size 1
+        # batches take what has arrived, of any size
         engine = build_engine(opts, loaded, infer_workers=1 if live else None,
-                              trace=not live or (opts.batch_size or 1) == 1)
+                              equal_batches=not live)
         bs = opts.batch_size or (1 if live else default_batch_size(engine.device))
         device_credit = threading.Semaphore(bs) if live else None
         flight_credit = threading.Semaphore(bs + 2) if live else None

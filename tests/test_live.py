@@ -358,11 +358,11 @@ def test_serve_page_shows_a_changing_stream_in_headless_chromium(tiny_model, tmp
     assert parse_bind(f"127.0.0.1:{port}") == ("127.0.0.1", port)
 
 
-@pytest.mark.parametrize("batch, traced", [(None, True), (2, False)])
-def test_live_runs_the_traced_network_only_at_batch_size_one(tiny_model, tmp_path,
-                                                             monkeypatch, batch, traced):
-    """A live stream's batches are all of one size only at batch size 1 (the default),
-    where the traced network fits them; larger batches come in any size: eager."""
+@pytest.mark.parametrize("batch", [None, 2])
+def test_live_runs_the_traced_network_frame_by_frame(tiny_model, tmp_path, monkeypatch,
+                                                     batch):
+    """A live stream's batches take what has arrived, so they come in any size: the
+    traced network runs them frame by frame (one graph), at any batch size."""
     import camvideo.api as api
 
     seen: list = []
@@ -370,11 +370,11 @@ def test_live_runs_the_traced_network_only_at_batch_size_one(tiny_model, tmp_pat
 
     def spy(*a, **k):
         engine = real(*a, **k)
-        seen.append(engine._traced is not None)
+        seen.append((engine._traced is not None, engine._per_frame))
         return engine
 
     monkeypatch.setattr(api, "build_engine", spy)
     clip = synth.make_clip("pan", tmp_path / "c.mp4", size=(160, 96), n=20, fps=30)
     opts = {"batch_size": batch} if batch else {}
     summary = run_live(str(clip.path), realtime=True, window="off", size=96, **opts)
-    assert seen == [traced] and summary.shown > 0
+    assert seen == [(True, True)] and summary.shown > 0

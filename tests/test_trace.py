@@ -63,6 +63,20 @@ def test_a_short_batch_is_padded_not_traced_again(lite0):
     assert torch.allclose(short, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
 
 
+def test_per_frame_runs_batches_of_any_size_through_one_graph(lite0):
+    """``--stride`` key frames and live batches come in any size: each frame goes
+    through the batch-1 graph, which is traced once."""
+    tb = TracedBackbone(lite0, None)
+    x = probe(3, seed=2)
+    with torch.inference_mode():
+        ref = lite0.backbone(x)
+        outs = [tb.per_frame(x[:n]) for n in (3, 1, 2)]
+    assert list(tb._graphs) == [(1, *x.shape[1:])]
+    for n, out in zip((3, 1, 2), outs):
+        assert out.shape == (n, 1280, 2, 3)
+        assert torch.allclose(out, ref[:n], atol=1e-4 * ref.abs().max().item(), rtol=0)
+
+
 class _Untraceable(nn.Module):
     def forward(self, x):
         if torch.jit.is_tracing():
@@ -87,6 +101,9 @@ def test_falls_back_to_the_eager_network(net, says, caplog):
     assert torch.equal(out, x[:, :1].repeat(1, 4, 1, 1) * 2) and torch.equal(again, out)
     assert tb._graphs[tuple(x.shape)] is None
     assert sum(says in r.getMessage() for r in caplog.records) == 1  # tried once
+    with caplog.at_level(logging.INFO, logger="camvideo.trace"), torch.inference_mode():
+        assert torch.equal(tb.per_frame(x), out)                     # frame by frame too
+    assert tb._graphs[(1, *x.shape[1:])] is None
 
 
 def test_one_traced_backbone_per_model_and_precision(lite0):
@@ -97,10 +114,12 @@ def test_one_traced_backbone_per_model_and_precision(lite0):
     assert traced_backbone(other, None) is not a
 
 
-def test_engines_trace_only_where_batches_are_equal(lite0):
+def test_engines_run_whole_batches_only_where_batches_are_equal(lite0):
     opts = api.Options()
-    assert api.build_engine(opts, lite0)._traced is not None           # files
-    assert api.build_engine(opts, lite0, trace=False)._traced is None  # live, batch > 1
-    assert api.build_engine(api.Options(stride=3), lite0)._traced is None
-    shared = api.build_engine(opts, lite0)._traced
-    assert api.build_engine(opts, lite0)._traced is shared             # batch jobs
+    files = api.build_engine(opts, lite0)
+    assert files._traced is not None and not files._per_frame
+    live = api.build_engine(opts, lite0, equal_batches=False)
+    strided = api.build_engine(api.Options(stride=3), lite0)
+    assert live._per_frame and strided._per_frame
+    assert live._traced is strided._traced is files._traced            # shared by all
+    assert api.build_engine(opts, lite0, trace=False)._traced is None

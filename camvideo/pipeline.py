@@ -54,6 +54,7 @@ class _Worker(threading.Thread):
         self._fn = target
         self._stop_event = stop
         self._errors = errors
+        self.done = threading.Event()  #: set when the target has returned or raised
 
     def run(self) -> None:
         try:
@@ -61,6 +62,8 @@ class _Worker(threading.Thread):
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             self._errors.append(e)  # list.append is atomic: the first error stays first
             self._stop_event.set()
+        finally:
+            self.done.set()
 
 
 def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
@@ -82,6 +85,22 @@ def _get(q: queue.Queue, stop: threading.Event) -> object:
     return _END
 
 
+def _join_all(threads: Iterable[_Worker], halt: threading.Event,
+              errors: list[BaseException]) -> None:
+    """Wait for every worker to finish. An exception while waiting (Ctrl-C during the
+    final drain) halts the stages, is recorded in ``errors`` and the wait goes on:
+    nothing may still be writing when the caller cleans up. (It waits on an Event, not
+    ``Thread.join``: a KeyboardInterrupt inside ``join`` can mark a running thread as
+    finished, bpo-45274.)"""
+    for t in threads:
+        while not t.done.is_set():
+            try:
+                t.done.wait(0.1)
+            except BaseException as e:  # noqa: BLE001 - raised by run_stream afterwards
+                errors.append(e)
+                halt.set()
+
+
 def run_stream(frames: Iterable[Frame], engine: CamEngine,
                consume: Callable[[Rendered], None], *, batch_size: int,
                live: bool = False, stop: threading.Event | None = None,
@@ -94,7 +113,9 @@ def run_stream(frames: Iterable[Frame], engine: CamEngine,
             in a render thread).
         consume: called in the writer thread for every rendered frame, in order.
         batch_size: frames per device batch (≥ 1).
-        live: never wait for a batch to fill: take whatever frames are there.
+        live: never wait for a batch to fill: take whatever frames are there. A live
+            source may block until ``stop`` is set, so a stage's failure sets ``stop``
+            too (otherwise ``stop`` is only read: one event may serve many streams).
         stop: set it to stop early (what was read so far is still rendered and consumed).
         queue_batches: depth of each queue, in batches.
 
@@ -102,7 +123,8 @@ def run_stream(frames: Iterable[Frame], engine: CamEngine,
         Number of frames consumed.
 
     Raises:
-        Whatever a stage raised (the first error), after all threads have stopped.
+        Whatever a stage raised (the first error), after all threads have stopped; also a
+        KeyboardInterrupt that arrived while waiting for them.
     """
     if batch_size < 1:
         raise OptionError(f"batch size must be ≥ 1, got {batch_size}")
@@ -186,15 +208,23 @@ def run_stream(frames: Iterable[Frame], engine: CamEngine,
         errors.append(e)
         halt.set()
     finally:
-        if not halt.is_set():
-            _put(q_mid, _END, halt)
-        for w in workers[1:]:
-            w.join()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if halt.is_set():
+        try:
+            if not halt.is_set():
+                _put(q_mid, _END, halt)
+        except BaseException as e:  # noqa: BLE001 - Ctrl-C: raised below
+            errors.append(e)
+            halt.set()
+        _join_all(workers[1:], halt, errors)
+        while pool is not None:
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = None
+            except BaseException as e:  # noqa: BLE001 - Ctrl-C: wait again, raise below
+                errors.append(e)
+                halt.set()
+        if halt.is_set() and live:
             stop.set()
-        workers[0].join()
+        _join_all(workers[:1], halt, errors)
     if errors:
         raise errors[0]
     return consumed

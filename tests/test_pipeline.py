@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import threading
 import time
 from pathlib import Path
@@ -262,11 +263,56 @@ def test_first_error_is_raised_and_threads_stop(where, workers):
             raise KeyError("consume failed")
 
     before = threading.active_count()
+    stop = threading.Event()  # shared by many streams (a batch job's files)
     with pytest.raises((ValueError, RuntimeError, KeyError)) as e:
-        run_stream(source(), engine, consume, batch_size=4)
+        run_stream(source(), engine, consume, batch_size=4, stop=stop)
     assert where in str(e.value)
     time.sleep(0.3)
     assert threading.active_count() <= before
+    # one stream's failure does not stop the others
+    assert not stop.is_set()
+    assert run_stream(frames_of(30), SleepyEngine(infer_workers=workers), lambda f: None,
+                      batch_size=4, stop=stop) == 30
+
+
+def test_a_failure_sets_stop_for_a_live_source():
+    """A live source blocks until ``stop`` is set: a failing stage must set it."""
+    stop = threading.Event()
+
+    def camera():
+        yield from frames_of(3)
+        assert stop.wait(5), "the source was left waiting"
+
+    def consume(f):
+        raise KeyError("consume failed")
+
+    with pytest.raises(KeyError):
+        run_stream(camera(), SleepyEngine(), consume, batch_size=1, live=True, stop=stop)
+    assert stop.is_set()
+
+
+def test_ctrl_c_while_draining_returns_once_no_stage_runs():
+    """A KeyboardInterrupt landing while ``run_stream`` waits for the last frames to be
+    written is raised only once no stage runs any more: the caller then deletes the
+    half-written output, and nothing may still be writing into it."""
+    consumed = []
+
+    def consume(f):
+        time.sleep(0.1)
+        consumed.append(f.index)
+
+    # a real SIGINT to the main thread (Ctrl-C), which interrupts a blocking wait; all
+    # 12 frames are read and handed on by then: the main thread is waiting for the drain
+    timer = threading.Timer(0.5, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(frames_of(12), SleepyEngine(), consume, batch_size=4)
+    timer.cancel()
+    n = len(consumed)
+    running = [t.name for t in threading.enumerate() if t.name.startswith("camvideo-")]
+    time.sleep(0.5)
+    assert n < 12 and len(consumed) == n and running == []
 
 
 def test_stop_event_ends_early_and_consumes_what_was_read():

@@ -231,7 +231,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
                 if sink is None:
                     h, w = image.shape[:2]
                     info = VideoInfo(str(source), w, h, _rate(src.nominal_fps),
-                                     src.time_base, 0, None, 0, "", 0)
+                                     src.time_base, 0, None, "", 0)
                     sink = FileSink(out_path, info, (w, h), codec=opts.codec, crf=opts.crf,
                                     preset=opts.preset, x264_params=opts.x264_params)
                 sink.write(image, r.frame.pts, r.frame.time)

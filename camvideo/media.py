@@ -58,7 +58,9 @@ class Frame:
 class VideoInfo:
     """What the pipeline needs to know of an input video.
 
-    ``width``/``height`` are the displayed size (after rotation); ``frames`` is the
+    ``width``/``height`` are the coded size: a display rotation is known only from the
+    decoded frames, which :class:`FileSource` turns upright (its :meth:`~FileSource.
+    display_size` gives the displayed size after the first frame); ``frames`` is the
     container's count (may be 0 when unknown); ``fps`` the average rate (for raw
     elementary streams, which carry no timestamps, the rate the bitstream itself declares
     when it declares one: the container's figure is only the demuxer's default, 25).
@@ -71,7 +73,6 @@ class VideoInfo:
     time_base: Fraction
     frames: int
     duration: float | None
-    rotation: int
     codec: str
     audio_streams: int
 
@@ -158,7 +159,7 @@ class FileSource:
         self._closed = False
         self.info = VideoInfo(path=self.path, width=cc.width, height=cc.height,
                               fps=Fraction(fps), time_base=Fraction(tb),
-                              frames=int(vs.frames or 0), duration=duration, rotation=0,
+                              frames=int(vs.frames or 0), duration=duration,
                               codec=cc.name,
                               audio_streams=len(audio_streams(self._container)))
 
@@ -181,7 +182,7 @@ class FileSource:
         tb = self.info.time_base
         step = max(1, round(1 / (self.info.fps * tb))) if self.info.fps else 1
         last_pts: int | None = None
-        self._max_gap = self._step = step
+        self._max_gap = step
         self._regular = 0  # gaps of one nominal frame: most of them in constant-rate video
         for vf in self._decoded():
             pts = vf.pts
@@ -220,13 +221,14 @@ class FileSource:
                         self.path, got, info.frames)
         elif not info.frames and info.duration and last_pts is not None:
             end = float((last_pts - self._start) * info.time_base)
-            step = float(self._step * info.time_base)
+            # the rate's own period: a whole number of ticks is not one (1/30 s in ms)
+            expected = info.duration * float(info.fps)
             if end + 1.5 * float(self._max_gap * info.time_base) < info.duration:
                 log.warning("%s: video ends at %.2f s of %.2f s (truncated input?)",
                             self.path, end, info.duration)
-            elif self._regular >= 0.8 * (got - 1) and got < info.duration / step - 0.5:
+            elif self._regular >= 0.8 * (got - 1) and got < expected - 0.5:
                 log.warning("%s: %d of %d frames decoded (truncated or damaged input?)",
-                            self.path, got, round(info.duration / step))
+                            self.path, got, round(expected))
 
     def display_size(self) -> tuple[int, int]:
         """``(W, H)`` as displayed, from the first frame's rotation (call after it)."""

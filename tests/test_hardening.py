@@ -7,6 +7,7 @@ conftest.py): these tests are about media handling, not about the network.
 """
 from __future__ import annotations
 
+import logging
 import resource
 import signal
 import subprocess
@@ -174,6 +175,24 @@ def test_truncated_matroska_gives_the_frames_that_are_there(good_mkv, tmp_path, 
     assert all(np.abs(original - t).min() < 2e-3 for t in times)
     assert np.allclose(times, sorted(there), atol=2e-3)
     assert "truncated" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, fps, n", [("a.mkv", 30, 90), ("b.mkv", Fraction(30000, 1001), 150),
+                                         ("c.webm", 30, 60), ("d.mkv", 25, 50)])
+def test_complete_files_are_not_called_truncated(tmp_path, caplog, name, fps, n):
+    """Matroska counts no frames and ticks in ms: 1/30 s is not a whole number of ticks,
+    which must not make a complete file look short."""
+    frames, _ = synth.pan_frames("chelsea", (64, 48), n)
+    clip = write_clip(tmp_path / name, frames, fps=fps)
+    with caplog.at_level(logging.WARNING, logger="camvideo"), FileSource(clip.path) as src:
+        got = sum(1 for _ in src)
+    assert src.info.frames == 0 and got == n
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+    cut = tmp_path / f"cut{clip.path.suffix}"  # while a cut one still is
+    cut.write_bytes(clip.path.read_bytes()[: int(clip.path.stat().st_size * 0.6)])
+    with caplog.at_level(logging.WARNING, logger="camvideo"), FileSource(cut) as src:
+        sum(1 for _ in src)
+    assert [r for r in caplog.records if "truncated" in r.getMessage()]
 
 
 def test_corrupted_packets_in_the_middle(good_mp4, tmp_path, capsys, tiny_model):

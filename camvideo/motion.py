@@ -38,6 +38,7 @@ __all__ = ["CELL_PX", "METHODS", "Cues", "MotionEstimator", "color_histograms", 
 CELL_PX = 8            #: small-frame pixels per feature cell
 METHODS = ("dis", "farneback", "phase")
 _BINS = 4              #: histogram bins per RGB channel
+_MIN_FLOW_PX = 16      #: smaller frames get a global translation (phase correlation)
 
 
 def downsample(frames01: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -102,7 +103,8 @@ class MotionEstimator:
     Args:
         method: ``"dis"`` (OpenCV DIS optical flow, ultrafast preset), ``"farneback"``
             (dense Farneback flow) or ``"phase"`` (one global translation by phase
-            correlation; cannot follow zoom or several objects).
+            correlation; cannot follow zoom or several objects; also what frames
+            under 16 px get, where the dense flows cannot run).
     """
 
     def __init__(self, method: str = "dis") -> None:
@@ -134,7 +136,9 @@ class MotionEstimator:
         """
         h, w = grid
         hs, ws = cur.shape
-        if self.method == "phase":
+        # OpenCV's dense flows need 12 px or more (a 1-cell grid gives 8x8 frames); so
+        # few cells move together anyway: one global translation
+        if self.method == "phase" or min(hs, ws) < _MIN_FLOW_PX:
             if self._window is None or self._window.shape != cur.shape:
                 self._window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
             (dx, dy), _ = cv2.phaseCorrelate(prev.astype(np.float32),

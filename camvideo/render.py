@@ -284,6 +284,8 @@ def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int
     box_h = line_h * len(lines) + pad
     x0, y0 = x_off + pad, pad
     x1, y1 = min(w, x0 + box_w), min(h, y0 + box_h)
+    if x1 <= x0 or y1 <= y0:  # a frame a few pixels wide or high: no room for labels
+        return
     if img.ndim == 2:
         area = yuv.even_box(x0, y0, x1, y1, h, w)
         canvas, (ox, oy) = yuv.read_rgb(img, area), area[:2]

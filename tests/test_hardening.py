@@ -223,6 +223,8 @@ def test_corrupted_packets_in_the_middle(good_mp4, tmp_path, capsys, tiny_model)
 
 @pytest.mark.parametrize("name, kw, size", [
     ("tiny.mp4", dict(size=(16, 16)), (16, 16)),
+    ("dot.mp4", dict(size=(2, 2)), (2, 2)),          # no room for the labels
+    ("sliver.mp4", dict(size=(2, 64)), (2, 64)),
     ("large.mp4", dict(size=(4000, 3000), n=3), (4000, 3000)),
     ("odd.mp4", dict(size=(161, 95), pix="yuv444p"), (161, 95)),
     ("tenbit.mkv", dict(pix="yuv420p10le"), (160, 96)),
@@ -245,6 +247,17 @@ def test_unusual_inputs_give_valid_outputs(tmp_path, capsys, tiny_model, name, k
     with av.open(str(out)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == size
     assert no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("extra", [[], ["--stride", "3"], ["--smooth-mode", "centered"]])
+def test_the_smallest_model_input_with_motion(tmp_path, capsys, tiny_model, extra):
+    """``--size 32`` on a square video: a 1x1 feature grid, 8x8 frames for the motion
+    estimate (too small for dense optical flow), with smoothing and motion on."""
+    src = encode(tmp_path / "square.mp4", size=(96, 96), n=9)
+    out = tmp_path / "out.mp4"
+    rc = main([str(src), str(out), "-q", "--size", "32", *extra])
+    assert rc == 0, capsys.readouterr().err
+    assert len(decoded(out)) == 9
 
 
 def test_packets_without_timestamps_get_the_streams_own_rate(tmp_path, capsys, tiny_model):

@@ -117,15 +117,23 @@ class Summary:
 
 class JsonLinesSink:
     """JSON Lines sidecar, one object per output frame, written to a temp file and renamed
-    into place on :meth:`close` (:meth:`abort` removes it)."""
+    into place on :meth:`close` (:meth:`abort` removes it, also after :meth:`close`).
+
+    Raises:
+        OutputError: the file cannot be written (folder, permissions, disk full).
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._placed = False
         try:
             self._fh: IO[str] = open(self.tmp, "w", encoding="utf-8")
         except OSError as e:
-            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> OutputError:
+        return OutputError(f"cannot write {self.path}: {e.strerror or e}")
 
     def write(self, r: Rendered) -> None:
         n = r.note
@@ -135,15 +143,27 @@ class JsonLinesSink:
                "peak": list(n.peak), "bbox": list(n.bbox) if n.bbox else None}
         if n.cam is not None:
             rec["cam"] = n.cam
-        self._fh.write(json.dumps(rec) + "\n")
+        try:
+            self._fh.write(json.dumps(rec) + "\n")
+        except OSError as e:
+            raise self._error(e) from None
 
     def close(self) -> None:
-        self._fh.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._fh.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise self._error(e) from None
+        self._placed = True
 
     def abort(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a full disk again: the file goes anyway
         self.tmp.unlink(missing_ok=True)
+        if self._placed:  # closed, then the video failed: no sidecar without its video
+            self.path.unlink(missing_ok=True)
 
 
 def build_engine(opts: Options, model: CamModel | None = None, *,
@@ -234,9 +254,9 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         n = run_stream(all_frames(), engine, consume, batch_size=bs, stop=stop)
         if stop.is_set():
             raise KeyboardInterrupt
-        sink.close()
-        if json_sink is not None:
+        if json_sink is not None:  # first: a sidecar failure leaves no video behind
             json_sink.close()
+        sink.close()
     except BaseException:
         for s in (sink, json_sink):
             if s is not None:

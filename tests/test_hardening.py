@@ -195,6 +195,26 @@ def test_complete_files_are_not_called_truncated(tmp_path, caplog, name, fps, n)
     assert [r for r in caplog.records if "truncated" in r.getMessage()]
 
 
+def test_a_full_disk_under_the_sidecar_is_one_line_and_leaves_nothing(
+        good_mp4, tmp_path, capsys, tiny_model, monkeypatch):
+    """The JSON sidecar's writes fail with ENOSPC (it writes to /dev/full): a clear
+    output error, and neither the video nor the sidecar nor a temp file is left."""
+    import camvideo.api as api
+
+    real = api.JsonLinesSink.__init__
+
+    def on_full_disk(self, path):
+        real(self, path)
+        self._fh.close()
+        self._fh = open("/dev/full", "w", buffering=1)  # every line: No space left
+
+    monkeypatch.setattr(api.JsonLinesSink, "__init__", on_full_disk)
+    out, side = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    rc, err = run_cli([good_mp4.path, out, "--json", side], capsys)
+    assert_refused(rc, err, ExitCode.OUTPUT, f"cannot write {side}: No space left", out)
+    assert not side.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_corrupted_packets_in_the_middle(good_mp4, tmp_path, capsys, tiny_model):
     """Three packets in the middle whose NAL length prefix is garbage: the decoder
     refuses them; they are skipped and counted, and every other frame comes through

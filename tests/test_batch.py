@@ -219,6 +219,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tree):
         rc = main(["batch", *args, "-q"])
         err = capsys.readouterr().err
         assert rc == code, (args, err)
+        assert err.count("\n") == 1 and err.startswith(("camvideo: error: ",
+                                                         "camvideo batch: error: ")), err
         assert words in err and "Traceback" not in err, err
 
 

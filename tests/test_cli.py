@@ -7,7 +7,6 @@ and an exit code, and leaves nothing behind.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from fractions import Fraction
@@ -271,4 +270,3 @@ def test_help_and_models_listing(capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert listing.startswith("efficientnet_lite0") and "resnet50" in listing
-    assert socket is not None

@@ -6,6 +6,7 @@ The end-to-end runs (real streams, --serve in a browser, SIGTERM) are in test_li
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -18,16 +19,19 @@ from camvideo.live import run_live
 from camvideo.live_cli import build_parser
 from camvideo.liveview import Controls, draw_hud
 from camvideo.serve import parse_bind
-from camvideo.streams import LiveSource, parse_source
+from camvideo.streams import LiveSource, SourceSpec, parse_source
 
 
 # --------------------------------------------------------------------------- parsing
 
 
 def test_parse_source():
-    assert parse_source("0").target in ("/dev/video0", "0")
-    assert parse_source("/dev/video2") == parse_source("/dev/video2")
-    assert parse_source("/dev/video2").format == "v4l2"
+    if sys.platform.startswith("linux"):
+        assert parse_source("0") == SourceSpec("camera", "/dev/video0", "v4l2",
+                                               "camera 0 (/dev/video0)")
+    assert parse_source("/dev/video2") == SourceSpec("camera", "/dev/video2", "v4l2",
+                                                     "camera /dev/video2")
+    assert parse_source("video=Cam").format == "dshow"
     s = parse_source("rtsp://user:secret@cam.local:554/live")
     assert s.kind == "url" and "secret" not in s.label and s.target.endswith("/live")
     assert parse_source("clip.mp4").kind == "file"

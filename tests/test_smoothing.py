@@ -364,7 +364,7 @@ def test_bad_options_raise_option_error(kwargs):
 
 def test_defaults_are_on():
     sm = Smoother(eye_weight())
-    assert sm.tau == DEFAULT_TAU > 0 and sm.motion and sm.cut_reset and sm.lag == 0
+    assert sm.tau == DEFAULT_TAU == 0.3 and sm.motion and sm.cut_reset and sm.lag == 0
 
 
 @pytest.mark.cuda
@@ -380,9 +380,15 @@ def test_cuda_matches_cpu_and_stays_on_the_device():
     assert torch.allclose(gpu[2].cpu(), cpu[2], atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed view"])
 @pytest.mark.parametrize("hw", [(224, 384), (230, 390)])
-def test_downsample_is_an_area_average(hw):
-    x = torch.rand(3, 3, *hw).permute(0, 1, 3, 2).transpose(2, 3)  # any layout
+def test_downsample_is_an_area_average(hw, layout):
+    x = torch.rand(3, 3, *hw)
+    if layout == "channels_last":  # what the pipeline passes
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed view":
+        x = torch.rand(3, 3, hw[1], hw[0]).transpose(2, 3)
+    assert x.is_contiguous() == (layout == "contiguous")
     got = mo.downsample(x, (7, 12))
     assert got.shape == (3, 3, 56, 96)
     assert torch.allclose(got, F.interpolate(x.contiguous(), size=(56, 96), mode="area"),

@@ -175,7 +175,9 @@ def test_frame_sequence_is_lazy_and_indexable() -> None:
     frames, boxes = synth.pan_frames("coffee", (64, 36), 10, background="china")
     assert len(frames) == len(boxes) == 10
     assert frames[-1].shape == (36, 64, 3) and frames[-1].dtype == np.uint8
-    assert np.array_equal(frames[3], frames[3]) and len(frames[2:5]) == 3
+    assert not np.array_equal(frames[3], frames[4])          # each index its own frame
+    assert np.array_equal(frames[-1], frames[9]) and np.array_equal(list(frames)[3], frames[3])
+    assert [f.tobytes() for f in frames[2:5]] == [frames[i].tobytes() for i in (2, 3, 4)]
     with pytest.raises(IndexError):
         frames[10]
 

@@ -9,6 +9,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 #: overlays, CRF 20) this is about ``veryfast``'s size and quality (+9 % bytes, -0.1 dB
 #: PSNR) at about 55 % of its CPU time: benchmarks/README.md, "Encoder settings".
 DEFAULT_PRESET = "superfast"
+#: The default video encoder (WebM output, which cannot hold H.264, uses libvpx-vp9).
+DEFAULT_CODEC = "libx264"
 DEFAULT_X264_PARAMS = "mbtree=1:rc-lookahead=10"
 
 

@@ -1,6 +1,12 @@
 """The PyAV sink: encode frames to a file with the input's timing, remux (or, where the
 container refuses the codec, re-encode) the audio; write to a temporary file and rename
 it on success.
+
+AVI has no timestamps, only a frame rate and one index entry per frame (the first frame
+is always the first entry): its video gets the time base ``1/fps``, frame times counted
+from the first frame and rounded to it (a longer gap becomes empty entries), and no
+B-frames. A video encoder the container cannot hold, or an audio encoder given as
+``codec``, is an :class:`~camvideo.errors.OptionError` before anything is written.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import numpy as np
 
 from . import yuv
 from .audio import AudioRemuxer
-from .encoding import encoder_options
+from .encoding import DEFAULT_CODEC, encoder_options
 from .errors import OptionError, OutputError, first_line
 from .media import VideoInfo
 
@@ -23,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska",
             ".webm": "webm", ".avi": "avi"}
+#: Video encoder of containers that cannot hold the default (:data:`DEFAULT_CODEC`).
+_DEFAULT_VIDEO = {"webm": "libvpx-vp9"}
 
 
 def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike],
@@ -64,7 +72,9 @@ class FileSink:
         output: destination path (container from its extension).
         info: the input's :class:`VideoInfo` (time base, rate).
         size: ``(W, H)`` of the frames that will be written.
-        codec: video encoder name (``libx264``, ``h264_nvenc``, ``libx265``, ...).
+        codec: video encoder name (``libx264``, ``h264_nvenc``, ``libx265``, ...); the
+            default ``libx264`` becomes ``libvpx-vp9`` for WebM. An encoder that cannot
+            be opened (no GPU for NVENC) falls back to the container's default one.
         crf: constant rate factor (quality) for encoders that have one.
         preset: encoder speed preset (None: :data:`camvideo.encoding.DEFAULT_PRESET`).
         x264_params: extra libx264 options (see :func:`encoder_options`).
@@ -95,12 +105,15 @@ class FileSink:
                    preset: str | None, x264_params: str | None
                    ) -> av.video.stream.VideoStream:
         w, h = size
-        try:
-            av.codec.Codec(codec, "w")
-        except (av.FFmpegError, ValueError):
-            raise OptionError(f"unknown video encoder {codec!r}") from None
+        codec, default = self._check_codec(codec)
         rate = info.fps if info.fps and info.fps > 0 else Fraction(30)
-        for attempt in (codec, "libx264"):
+        # AVI has no timestamps, only a frame rate: its time base is one frame, and it
+        # cannot reorder frames (no B-frames); the other containers keep the input's
+        tb = 1 / Fraction(rate) if self.fmt == "avi" else info.time_base
+        self._rescale = info.time_base / tb if self.fmt == "avi" else None
+        self._first_pts: int | None = None
+        self._last_pts: int | None = None
+        for attempt in dict.fromkeys((codec, default)):
             stream = self._container.add_stream(attempt, rate=rate)
             formats = {f.name for f in (stream.codec_context.codec.video_formats or [])}
             odd = w % 2 or h % 2
@@ -110,22 +123,50 @@ class FileSink:
             elif odd:
                 raise OptionError(f"encoder {attempt} cannot encode the odd size {w}x{h}")
             stream.width, stream.height, stream.pix_fmt = w, h, pix
-            stream.time_base = info.time_base
-            stream.codec_context.time_base = info.time_base
+            stream.time_base = tb
+            stream.codec_context.time_base = tb
             stream.codec_context.thread_type = "FRAME"
-            stream.codec_context.options = encoder_options(attempt, crf, preset, x264_params)
+            options = encoder_options(attempt, crf, preset, x264_params)
+            if self.fmt == "avi":
+                stream.codec_context.max_b_frames = 0
+                if "x264-params" in options:  # x264's own options would win: last word
+                    options["x264-params"] += ":bframes=0"
+            stream.codec_context.options = options
             try:
                 stream.codec_context.open()
                 return stream
             except av.FFmpegError as e:
-                if attempt == "libx264":
+                if attempt == default:
                     raise OutputError(f"cannot open encoder {attempt}: {first_line(e)}"
                                       ) from None
-                log.warning("encoder %s unavailable (%s); falling back to libx264",
-                            attempt, first_line(e))
+                log.warning("encoder %s unavailable (%s); falling back to %s",
+                            attempt, first_line(e), default)
                 self._container.close()
                 self._container = av.open(str(self.tmp), "w", format=self.fmt)
         raise AssertionError("unreachable")
+
+    def _check_codec(self, codec: str) -> tuple[str, str]:
+        """``(encoder, fallback)`` for this container: ``codec`` if the container takes
+        it; the default ``libx264`` becomes the container's own default (VP9 for WebM);
+        anything else it cannot hold, or an encoder that is not a video encoder, is an
+        :class:`OptionError`."""
+        suffix = self.output.suffix.lower()
+        default = _DEFAULT_VIDEO.get(self.fmt, DEFAULT_CODEC)
+        try:
+            found = av.codec.Codec(codec, "w")
+        except (av.FFmpegError, ValueError):
+            raise OptionError(f"unknown video encoder {codec!r}") from None
+        if found.type != "video":
+            raise OptionError(f"--codec {codec} is an {found.type} encoder, not a video "
+                              "encoder")
+        if found.name in self._container.supported_codecs:
+            return found.name, default
+        if found.name == DEFAULT_CODEC:
+            log.info("%s output cannot hold %s video; encoding with %s", suffix, codec,
+                     default)
+            return default, default
+        raise OptionError(f"--codec {codec}: {suffix} files cannot hold its video; use "
+                          f"--codec {default} or another container")
 
     def write(self, image: np.ndarray, pts: int, time: float) -> None:
         """Encode one frame at ``pts`` (input time base): ``(H, W, 3)`` uint8 RGB, or
@@ -143,6 +184,13 @@ class FileSink:
             vf = av.VideoFrame.from_ndarray(yuv.from_rgb(image), format=yuv.I420)
         else:
             vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+        if self._rescale is not None:  # AVI: one tick per frame, strictly increasing,
+            if self._first_pts is None:  # from the first frame (the muxer puts it first)
+                self._first_pts = pts
+            pts = round((pts - self._first_pts) * self._rescale)
+            if self._last_pts is not None and pts <= self._last_pts:
+                pts = self._last_pts + 1
+            self._last_pts = pts
         vf.pts = pts
         vf.time_base = self._stream.codec_context.time_base
         try:

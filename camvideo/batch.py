@@ -222,13 +222,16 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         report written).
     """
     t0 = time.monotonic()
-    src, dst = Path(in_dir), Path(out_dir)
+    # absolute: Ray workers do not run in this directory
+    src, dst = Path(in_dir).absolute(), Path(out_dir).absolute()
     ext = _check_ext(ext)
     if jobs < 1:
         raise OptionError(f"--jobs must be ≥ 1, got {jobs}")
-    _validate_options(options, json)
+    options = _validate_options(options, json, ext)
     if report is not None:
         folder = Path(report).parent
+        if Path(report).is_dir():
+            raise OutputError(f"cannot write report {report}: it is a folder")
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"cannot write report {report}: folder missing or not "
                               "writable")
@@ -291,8 +294,13 @@ def _check_ext(ext: str) -> str:
     return e.lower()
 
 
-def _validate_options(options: dict, sidecar: bool) -> None:
+def _validate_options(options: dict, sidecar: bool, ext: str) -> dict:
+    """Check the per-file options once, before any file (what every file would refuse
+    alike: an encoder the container cannot hold, an unknown device); returns them with
+    ``weights``/``labels`` as absolute paths (for Ray workers)."""
     from .api import Options
+    from .device import parse_device
+    from .sink import check_video_codec
 
     for name in ("json", "overwrite", "progress", "stop"):
         if name in options:
@@ -300,6 +308,10 @@ def _validate_options(options: dict, sidecar: bool) -> None:
     plain = {k: v for k, v in options.items() if k != "model" or isinstance(v, str)}
     opts = Options.from_kwargs(**plain, json="x" if sidecar else None)
     opts.validate()
+    check_video_codec(opts.codec, ext)
+    parse_device(opts.device)
+    return {**options, **{k: str(Path(options[k]).absolute()) for k in ("weights", "labels")
+                          if options.get(k)}}
 
 
 def _run_local(todo: list[Job], options: dict, tracker: Tracker, jobs: int,

@@ -158,8 +158,12 @@ def run_ray(todo: list["Job"], options: dict, tracker: "Tracker", *,
     started = False
     if not ray.is_initialized():
         log.info("connecting to Ray%s", f" at {address}" if address else "")
-        ray.init(address=address or None, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        try:
+            ray.init(address=address or None, logging_level=logging.WARNING,
+                     log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise OptionError(f"cannot connect to Ray at {address or 'auto'}: "
+                              f"{first_line(e)}") from None
         started = True
     try:
         resources, device, slots = _resources(ray, str(options.get("device", "auto")),

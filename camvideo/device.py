@@ -24,26 +24,39 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+def parse_device(spec: str) -> torch.device | None:
+    """The device ``spec`` names (None for ``auto``), without asking whether this machine
+    has it (a Ray driver checks its workers' devices this way).
+
+    Raises:
+        OptionError: not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return None
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise OptionError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise OptionError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
 def resolve_device(spec: str) -> torch.device:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         OptionError: unknown spec, or CUDA asked for but not available.
     """
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
+    dev = parse_device(spec)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise OptionError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise OptionError("--device cuda asked for, but no CUDA GPU is available")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise OptionError(f"no GPU {dev.index}: {torch.cuda.device_count()} present")
-    elif dev.type != "cpu":
-        raise OptionError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
     return dev
 
 

@@ -10,6 +10,7 @@ B-frames. A video encoder the container cannot hold, or an audio encoder given a
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -31,6 +32,42 @@ _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska",
             ".webm": "webm", ".avi": "avi"}
 #: Video encoder of containers that cannot hold the default (:data:`DEFAULT_CODEC`).
 _DEFAULT_VIDEO = {"webm": "libvpx-vp9"}
+
+
+def _choose_codec(codec: str, fmt: str, suffix: str,
+                  supported: set[str]) -> tuple[str, str]:
+    """``(encoder, fallback)`` for a container ``fmt`` that holds ``supported`` codecs:
+    ``codec`` if the container takes it; the default ``libx264`` becomes the container's
+    own default (VP9 for WebM); anything else it cannot hold, or an encoder that is not a
+    video encoder, is an :class:`OptionError`."""
+    default = _DEFAULT_VIDEO.get(fmt, DEFAULT_CODEC)
+    try:
+        found = av.codec.Codec(codec, "w")
+    except (av.FFmpegError, ValueError):
+        raise OptionError(f"unknown video encoder {codec!r}") from None
+    if found.type != "video":
+        raise OptionError(f"--codec {codec} is an {found.type} encoder, not a video "
+                          "encoder")
+    if found.name in supported:
+        return found.name, default
+    if found.name == DEFAULT_CODEC:
+        log.info("%s output cannot hold %s video; encoding with %s", suffix, codec,
+                 default)
+        return default, default
+    raise OptionError(f"--codec {codec}: {suffix} files cannot hold its video; use "
+                      f"--codec {default} or another container")
+
+
+def check_video_codec(codec: str, ext: str) -> str:
+    """The encoder that ``codec`` gives ``ext`` files (as :class:`FileSink` would choose
+    it), checked before any file is written (batch jobs).
+
+    Raises:
+        OptionError: not a video encoder, or one the container cannot hold.
+    """
+    fmt = _FORMATS[ext.lower()]
+    with av.open(io.BytesIO(), "w", format=fmt) as probe:
+        return _choose_codec(codec, fmt, ext.lower(), probe.supported_codecs)[0]
 
 
 def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike],
@@ -105,7 +142,8 @@ class FileSink:
                    preset: str | None, x264_params: str | None
                    ) -> av.video.stream.VideoStream:
         w, h = size
-        codec, default = self._check_codec(codec)
+        codec, default = _choose_codec(codec, self.fmt, self.output.suffix.lower(),
+                                       self._container.supported_codecs)
         rate = info.fps if info.fps and info.fps > 0 else Fraction(30)
         # AVI has no timestamps, only a frame rate: its time base is one frame, and it
         # cannot reorder frames (no B-frames); the other containers keep the input's
@@ -144,29 +182,6 @@ class FileSink:
                 self._container.close()
                 self._container = av.open(str(self.tmp), "w", format=self.fmt)
         raise AssertionError("unreachable")
-
-    def _check_codec(self, codec: str) -> tuple[str, str]:
-        """``(encoder, fallback)`` for this container: ``codec`` if the container takes
-        it; the default ``libx264`` becomes the container's own default (VP9 for WebM);
-        anything else it cannot hold, or an encoder that is not a video encoder, is an
-        :class:`OptionError`."""
-        suffix = self.output.suffix.lower()
-        default = _DEFAULT_VIDEO.get(self.fmt, DEFAULT_CODEC)
-        try:
-            found = av.codec.Codec(codec, "w")
-        except (av.FFmpegError, ValueError):
-            raise OptionError(f"unknown video encoder {codec!r}") from None
-        if found.type != "video":
-            raise OptionError(f"--codec {codec} is an {found.type} encoder, not a video "
-                              "encoder")
-        if found.name in self._container.supported_codecs:
-            return found.name, default
-        if found.name == DEFAULT_CODEC:
-            log.info("%s output cannot hold %s video; encoding with %s", suffix, codec,
-                     default)
-            return default, default
-        raise OptionError(f"--codec {codec}: {suffix} files cannot hold its video; use "
-                          f"--codec {default} or another container")
 
     def write(self, image: np.ndarray, pts: int, time: float) -> None:
         """Encode one frame at ``pts`` (input time base): ``(H, W, 3)`` uint8 RGB, or

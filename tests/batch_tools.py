@@ -51,11 +51,11 @@ def check_done(rec, in_dir: Path, rel: str, sidecar: bool = False) -> None:
         assert [json.loads(x)["frame"] for x in lines] == list(range(n))
 
 
-def popen_batch(args: list[str]) -> subprocess.Popen:
+def popen_batch(args: list[str], cwd: Path = ROOT) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "camvideo", "batch", *args, "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=str(ROOT))
+                            env=env, cwd=str(cwd))
 
 
 def interrupt_after_first_output(proc: subprocess.Popen, out: Path, limit: float) -> None:

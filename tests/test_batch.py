@@ -213,7 +213,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tree):
              ([str(tree), str(tmp_path / "o"), "--jobs", "0"], ExitCode.USAGE, "jobs"),
              ([str(tree), str(tmp_path / "o"), "-m", "nonet"], ExitCode.MODEL, "nonet"),
              ([str(tree), str(tmp_path / "o"), "--report", str(tmp_path / "no" / "r.json")],
-              ExitCode.OUTPUT, "cannot write report")]
+              ExitCode.OUTPUT, "cannot write report"),
+             ([str(tree), str(tmp_path / "o"), "--report", str(tmp_path)], ExitCode.OUTPUT,
+              "it is a folder"),
+             ([str(tree), str(tmp_path / "o"), "--ext", "webm", "--codec", "libx265"],
+              ExitCode.USAGE, ".webm files cannot hold"),
+             ([str(tree), str(tmp_path / "o"), "--codec", "aac"], ExitCode.USAGE,
+              "not a video encoder"),
+             ([str(tree), str(tmp_path / "o"), "--device", "tpu"], ExitCode.USAGE,
+              "device")]
     from camvideo.cli import main
     for args, code, words in cases:
         rc = main(["batch", *args, "-q"])
@@ -222,6 +230,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tree):
         assert err.count("\n") == 1 and err.startswith(("camvideo: error: ",
                                                          "camvideo batch: error: ")), err
         assert words in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.*"))
 
 
 def test_cli_summary_report_and_exit_code(tree, tmp_path, capsys, lite0, monkeypatch):

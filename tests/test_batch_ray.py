@@ -18,7 +18,7 @@ def ray_local():
     """A small local Ray instance for this module (2 CPUs)."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install "
                                             "'camvideo[ray]'; part of the test extra)")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     yield ray
     ray.shutdown()
@@ -37,6 +37,33 @@ def test_ray_same_records_as_local(ray_local, tree, tmp_path):
     assert json.loads(report.read_text())["failed"] == 3
     s2 = run_batch(tree, out, ray=True, json=True, **FAST)
     assert s2.counts[SKIPPED] == 5 and s2.counts[DONE] == 0
+
+
+def test_ray_relative_folders_from_another_directory(ray_local, tree, tmp_path):
+    """The cluster's workers do not run in the CLI's directory: relative IN_DIR and
+    OUT_DIR (and --weights/--labels) are made absolute before the tasks go out."""
+    address = ray_local.get_runtime_context().gcs_address
+    assert tree == tmp_path / "in"
+    proc = popen_batch(["in", "out", "--ray", address, "--size", "128"], cwd=tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == ExitCode.PARTIAL, err  # the tree's bad files fail
+    for rel, (_, n) in GOOD.items():
+        assert frame_count(tmp_path / "out" / Path(rel).with_suffix(".mp4")) == n, err
+
+
+def test_ray_connection_failure_is_one_line(tree, tmp_path, capsys, monkeypatch):
+    ray = pytest.importorskip("ray")
+
+    def refuse(*a, **k):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    from camvideo.cli import main
+    rc = main(["batch", str(tree), str(tmp_path / "out"), "--ray", "auto", "-q"])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE and err.count("\n") == 1, err
+    assert err.startswith("camvideo: error: cannot connect to Ray at auto: Could not find")
 
 
 def test_ray_sigint_then_resume(ray_local, long_tree, tmp_path):

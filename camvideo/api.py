@@ -18,7 +18,7 @@ from .engine import CamEngine, Rendered
 from .errors import OptionError, OutputError
 from .encoding import X264_PRESETS
 from .media import FileSource
-from .sink import FileSink, check_output_path
+from .sink import FileSink, check_output_path, source_comment
 from .models import DEFAULT_MODEL, CamModel, load_model
 from .pipeline import run_stream
 from .render import Renderer
@@ -231,7 +231,8 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         sink = FileSink(out_path, source.info, engine.renderer.output_size(w, h),
                         codec=opts.codec, crf=opts.crf, preset=opts.preset,
                         x264_params=opts.x264_params,
-                        audio_from=str(input) if opts.audio else None)
+                        audio_from=str(input) if opts.audio else None,
+                        comment=source_comment(input))
         json_sink = JsonLinesSink(opts.json) if opts.json else None
         total = source.info.frames
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .sink import source_of
+
 log = logging.getLogger(__name__)
 
 #: Default ``--glob`` patterns (matched case-insensitively against file names).
@@ -102,7 +104,11 @@ def plan(in_dir: str | os.PathLike, out_dir: str | os.PathLike, inputs: Sequence
     """Map inputs to outputs mirroring the tree, and refuse any that would leave ``out_dir``.
 
     Two inputs that would share an output (``a.mov`` and ``a.avi``) keep their whole name
-    instead (``a.mov.mp4``, ``a.avi.mp4``). Output folders are created here.
+    instead (``a.mov.mp4``, ``a.avi.mp4``). Outputs of earlier runs keep their names: an
+    output records the input it was made from (its ``comment`` tag,
+    :func:`camvideo.sink.source_of`), so adding ``a.avi`` beside a done ``a.mov`` (or
+    removing one of the pair) does not redo the other under a new name. Output folders
+    are created here.
     """
     root, out_root = Path(in_dir), Path(out_dir)
     real_in, real_out = root.resolve(), out_root.resolve()
@@ -112,14 +118,22 @@ def plan(in_dir: str | os.PathLike, out_dir: str | os.PathLike, inputs: Sequence
     for p, o in wanted.items():
         keys.setdefault(str(o).lower(), []).append(p)
     taken = {k for k, v in keys.items() if len(v) == 1}
-    for group in (v for v in keys.values() if len(v) > 1):
-        for p in group:
+    for key, group in ((k, v) for k, v in keys.items() if len(v) > 1):
+        owner = next((p for p in group if _made_from(wanted[p], p)), None)
+        if owner is not None:  # an earlier run's output of one of them: it stays
+            taken.add(key)
+        for p in (p for p in group if p is not owner):
             o, n = wanted[p].with_name(p.name + ext), 1
             while str(o).lower() in taken:
                 n += 1
                 o = wanted[p].with_name(f"{p.name}.{n}{ext}")
             taken.add(str(o).lower())
             wanted[p] = o
+    for p in (v[0] for v in keys.values() if len(v) == 1):
+        whole = wanted[p].with_name(p.name + ext)  # made so beside a former twin?
+        if str(whole).lower() not in taken and whole.is_file() and \
+                _made_from(whole, p) and not _made_from(wanted[p], p):
+            wanted[p] = whole
     jobs: list[Job] = []
     refused: list[Record] = []
     for p, o in wanted.items():
@@ -143,6 +157,11 @@ def plan(in_dir: str | os.PathLike, out_dir: str | os.PathLike, inputs: Sequence
         js = o.with_suffix(".jsonl") if sidecar else None
         jobs.append(Job(p, o, js, p.relative_to(root).as_posix()))
     return jobs, refused
+
+
+def _made_from(output: Path, source: Path) -> bool:
+    """``output`` exists and was made from a file named like ``source``."""
+    return output.is_file() and source_of(output) == source.name
 
 
 def is_complete(job: Job) -> bool:

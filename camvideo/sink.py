@@ -94,6 +94,25 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     return out
 
 
+_SOURCE_TAG = "camvideo: "  #: the ``comment`` tag of outputs: this, then the input's name
+
+
+def source_comment(input: str | os.PathLike) -> str:
+    """The ``comment`` tag that names the input an output was made from."""
+    return _SOURCE_TAG + Path(input).name
+
+
+def source_of(output: str | os.PathLike) -> str | None:
+    """The input file name recorded in a camvideo output's ``comment`` tag (None: not
+    one, unreadable, or written without it)."""
+    try:
+        with av.open(str(output)) as c:
+            tag = c.metadata.get("comment") or c.metadata.get("COMMENT") or ""
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return None
+    return tag[len(_SOURCE_TAG):] if tag.startswith(_SOURCE_TAG) else None
+
+
 def _temp_path(out: Path) -> Path:
     return out.with_name(f".{out.stem}.{os.getpid()}.{threading.get_ident() % 100000}"
                          f".partial{out.suffix}")
@@ -116,11 +135,13 @@ class FileSink:
         preset: encoder speed preset (None: :data:`camvideo.encoding.DEFAULT_PRESET`).
         x264_params: extra libx264 options (see :func:`encoder_options`).
         audio_from: file whose audio streams are copied (None: no audio).
+        comment: the container's ``comment`` tag (see :func:`source_of`).
     """
 
     def __init__(self, output: str | os.PathLike, info: VideoInfo, size: tuple[int, int], *,
                  codec: str = "libx264", crf: int = 20, preset: str | None = None,
-                 x264_params: str | None = None, audio_from: str | None = None) -> None:
+                 x264_params: str | None = None, audio_from: str | None = None,
+                 comment: str | None = None) -> None:
         self.output = Path(output)
         self.fmt = _FORMATS[self.output.suffix.lower()]
         self.tmp = _temp_path(self.output)
@@ -134,6 +155,8 @@ class FileSink:
             self._stream = self._add_video(codec, info, size, crf, preset, x264_params)
             self._audio = AudioRemuxer(audio_from, self._container, self.fmt) \
                 if audio_from and info.audio_streams else None
+            if comment:
+                self._container.metadata["comment"] = comment
         except BaseException:
             self.abort()
             raise

@@ -21,6 +21,8 @@ from batch_tools import (BAD, FAST, GOOD, after_interrupt, by_rel, check_done, f
 from camvideo.batch import (DONE, FAILED, INTERRUPTED, SKIPPED, clean_stale_partials,
                             find_videos, plan, run_batch)
 from camvideo.errors import ExitCode, InputError, ModelError, OptionError
+from camvideo.sink import source_of
+from camvideo import synth
 from camvideo.models import load_model
 
 
@@ -57,6 +59,26 @@ def test_plan_mirrors_tree_and_separates_name_clashes(tmp_path):
     assert outs == {"a.avi": "x/a.avi.mp4", "a.mov": "x/a.mov.mp4", "b.mkv": "x/b.mp4"}
     assert all(j.json == j.output.with_suffix(".jsonl") for j in jobs)
     assert (dst / "x").is_dir()
+
+
+def test_name_clash_appearing_later_keeps_the_done_output(tmp_path, lite0):
+    """``a.mov`` done as ``a.mp4``; then ``a.mkv`` appears: ``a.mov`` is not redone
+    under a new name (its output says what it was made from), ``a.mkv`` gets its whole
+    name; and when ``a.mov`` goes, ``a.mkv`` keeps that name too."""
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    synth.make_clip("pan", src / "a.mov", size=(96, 64), n=6, fps=24)
+    s1 = run_batch(src, dst, model=lite0, **FAST)
+    assert [r.status for r in s1.records] == [DONE] and source_of(dst / "a.mp4") == "a.mov"
+    synth.make_clip("zoom", src / "a.mkv", size=(96, 64), n=5, fps=24)
+    s2 = run_batch(src, dst, model=lite0, **FAST)
+    got = {Path(r.path).name: (r.status, Path(r.output).name) for r in s2.records}
+    assert got == {"a.mov": (SKIPPED, "a.mp4"), "a.mkv": (DONE, "a.mkv.mp4")}
+    assert source_of(dst / "a.mkv.mp4") == "a.mkv" and frame_count(dst / "a.mkv.mp4") == 5
+    (src / "a.mov").unlink()
+    s3 = run_batch(src, dst, model=lite0, **FAST)
+    assert [(r.status, Path(r.output).name) for r in s3.records] == [(SKIPPED, "a.mkv.mp4")]
+    assert sorted(p.name for p in dst.iterdir()) == ["a.mkv.mp4", "a.mp4"]
 
 
 def test_outputs_never_escape_out_dir_through_links(tmp_path):

@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from .cam import logits_from_features
-from .errors import ClassNameError, ModelError
-from .weights import apply_state_dict, classes_in, load_state_dict, read_labels
+from .errors import ClassNameError, ModelError, first_line
+from .weights import (apply_state_dict, classes_in, load_state_dict, read_labels,
+                      rename_legacy_keys)
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
             raise ModelError(f"no weights for {name}: not in {cached} and the download "
                              f"failed ({str(e).splitlines()[0][:120]}); pass --weights FILE"
                              ) from None
-        apply_state_dict(model, sd, default.url)
+        apply_state_dict(model, rename_legacy_keys(sd), default.url)  # DenseNet's old keys
     backbone, fc = _TV_SPLITS[family](model)
     return model, backbone, fc, IMAGENET_MEAN, IMAGENET_STD
 
@@ -305,23 +306,32 @@ def _verify_head(name: str, full: nn.Module, backbone: nn.Module, fc: nn.Linear)
     """Refuse a split that does not reproduce the network's own logits on a probe."""
     g = torch.Generator().manual_seed(0)
     probe = torch.randn(2, 3, 128, 160, generator=g)
+    unsupported = f"model {name} is not supported for CAM: its head is not global " \
+                  "average pooling + one linear layer"
     with torch.inference_mode():
         try:
             ref = full(probe)
             feats = backbone(probe)
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"model {name} failed on a probe input: {e}") from None
+            raise ModelError(f"model {name} failed on a probe input: "
+                             f"{first_line(e)[:200]}") from None
         if isinstance(ref, (tuple, list)):
             ref = ref[0]
-        if feats.ndim != 4:
+        if not isinstance(feats, Tensor) or feats.ndim != 4:
             raise ModelError(f"model {name} is not supported for CAM: its features are not "
                              "a (N, C, h, w) convolutional map")
+        if feats.shape[1] != fc.in_features:  # e.g. timm's conv_head after the pooling
+            raise ModelError(f"{unsupported}: it has layers between the last feature map "
+                             f"({feats.shape[1]} channels) and the linear layer "
+                             f"({fc.in_features} inputs)")
         ours = logits_from_features(feats, fc.weight, fc.bias)
+    if not isinstance(ref, Tensor) or ours.shape != ref.shape:
+        raise ModelError(f"{unsupported} (its output is not the linear layer's "
+                         f"{tuple(ours.shape)} logits)")
     err = (ours - ref).abs().max().item()
     scale = ref.abs().max().item() + 1e-6
-    if ours.shape != ref.shape or err > 1e-3 * max(1.0, scale):
-        raise ModelError(f"model {name} is not supported for CAM: its head is not global "
-                         f"average pooling + one linear layer (probe error {err:.3g})")
+    if err > 1e-3 * max(1.0, scale):
+        raise ModelError(f"{unsupported} (probe error {err:.3g})")
 
 
 def available_models() -> list[str]:

@@ -1,11 +1,14 @@
 """Reading weights and label files safely.
 
 Weights are loaded with ``torch.load(weights_only=True)``: a pickle that would run code
-is refused with a clear message rather than executed.
+is refused with a clear message rather than executed. DenseNet checkpoints with the old
+key names (``denselayer1.norm.1.weight``, as in torchvision's own downloads) are renamed
+the way torchvision renames them (:func:`rename_legacy_keys`).
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -14,20 +17,38 @@ from torch import Tensor, nn
 from .errors import ModelError
 
 
+# Places365 ``categories_places365.txt``: ``/a/apartment_building/outdoor 8`` -> the name
+# without its leading one-letter folder (``apartment_building/outdoor``).
+_PLACES_PREFIX = re.compile(r"^/[^/]/")
+
+# torchvision.models.densenet._load_state_dict: '.'s are no longer allowed in module names,
+# but old _DenseLayer checkpoints have 'norm.1', 'relu.1', 'conv.1', 'norm.2', ... (its
+# pattern, plus num_batches_tracked, which a re-saved old checkpoint may hold)
+_LEGACY_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """One class name per line (blank lines ignored; Places365-style ``/a/abbey 0`` lines
-    give ``abbey``)."""
+    """One class name per line, UTF-8 (blank lines ignored). Places365-style lines
+    (``/a/apartment_building/outdoor 8``) give the name without the leading letter folder
+    and the index (``apartment_building/outdoor``), so every class keeps its own name."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ModelError(f"cannot read labels file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ModelError(f"labels file {path} is not UTF-8 text (byte "
+                         f"0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+                         ) from None
     labels = []
     for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
-        name = line.split()[0] if line.startswith("/") else line
-        labels.append(name.split("/")[-1] if name.startswith("/") else name)
+        if line.startswith("/"):
+            line = _PLACES_PREFIX.sub("", line.split()[0]).lstrip("/")
+        labels.append(line)
     if not labels:
         raise ModelError(f"labels file {path} is empty")
     return labels
@@ -37,7 +58,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Load a state_dict or a checkpoint holding one, safely (``weights_only=True``).
 
     Accepts ``{'state_dict': ...}``, ``{'model': ...}``, ``{'model_state_dict': ...}`` and
-    strips a ``module.`` prefix (DataParallel checkpoints such as Places365's).
+    strips a ``module.`` prefix (DataParallel checkpoints such as Places365's); old DenseNet
+    key names are renamed (:func:`rename_legacy_keys`).
     """
     path = Path(path)
     if not path.is_file():
@@ -59,7 +81,19 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         raise ModelError(f"{path} holds no state_dict of tensors")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    return rename_legacy_keys(obj)
+
+
+def rename_legacy_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``sd`` with old DenseNet key names (``...denselayer1.norm.1.weight``, as in
+    torchvision's DenseNet downloads) renamed to today's (``...denselayer1.norm1.weight``),
+    as ``torchvision.models.densenet`` does when it loads them; other keys unchanged, order
+    kept (:func:`classes_in` reads the last 2-D weight)."""
+    out = {}
+    for key, value in sd.items():
+        m = _LEGACY_DENSENET_KEY.match(key)
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
 
 
 def apply_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:

@@ -2,6 +2,9 @@
 refusals with reasons, weights and labels files, class names."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -9,8 +12,10 @@ import torch
 import torchvision
 
 from camvideo import synth
-from camvideo.errors import ClassNameError, ModelError
-from camvideo.models import available_models, load_model
+from camvideo.cli import main
+from camvideo.errors import ClassNameError, ExitCode, ModelError
+from camvideo.models import available_models, from_modules, load_model
+from camvideo.weights import read_labels
 
 CATS = {281, 282, 283, 284, 285}           # tabby, tiger cat, Persian, Siamese, Egyptian
 MUG = {504, 967, 968}                      # coffee mug, espresso, cup
@@ -96,6 +101,82 @@ def test_places365_style_checkpoint_and_labels(tmp_path):
                        labels=tmp_path / "categories.txt")
     assert len(model.labels) == 365 and model.labels[2] == "scene_2"
     assert model.class_index("SCENE_2") == 2
+
+
+def test_places365_labels_keep_indoor_and_outdoor_apart(tmp_path):
+    (tmp_path / "categories.txt").write_text(
+        "/a/apartment_building/outdoor 8\n/c/church/indoor 86\n/c/church/outdoor 87\n"
+        "/a/abbey 0\nplain name\n")
+    labels = read_labels(tmp_path / "categories.txt")
+    assert labels == ["apartment_building/outdoor", "church/indoor", "church/outdoor",
+                      "abbey", "plain name"]
+    model = from_modules(torch.nn.Conv2d(3, 4, 1), torch.nn.Linear(4, 5), labels=labels)
+    assert model.class_index("church/outdoor") == 2
+    with pytest.raises(ClassNameError, match="close matches: .*church/outdoor"):
+        model.class_index("outdoor")   # no longer silently the first '.../outdoor'
+
+
+def test_densenet_checkpoint_with_torchvisions_old_key_names(tmp_path, monkeypatch):
+    """torchvision's DenseNet downloads name keys ``denselayer1.norm.1.weight``; they load
+    from --weights and from the hub cache, renamed the way torchvision renames them."""
+    torch.manual_seed(0)
+    net = torchvision.models.densenet121().eval()
+    old = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
+           for k, v in net.state_dict().items()
+           if not k.endswith("num_batches_tracked")}   # as in the 2017 checkpoints
+    assert sum(k.endswith("norm.1.weight") for k in old) == 58   # 58 dense layers
+    url = torchvision.models.get_model_weights("densenet121").DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / Path(url).name
+    cached.parent.mkdir(parents=True)
+    torch.save(old, cached)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # offline: cache only
+    x = torch.randn(1, 3, 160, 224)
+    with torch.inference_mode():
+        ref_feats = torch.relu(net.features(x))
+        ref_logits = net(x)
+        for model in (load_model("densenet121", weights=cached), load_model("densenet121")):
+            feats, logits = model(x)
+            assert torch.allclose(feats, ref_feats, atol=1e-5)
+            assert torch.allclose(logits, ref_logits, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "in.mp4"
+    synth.make_clip("pan", path, size=(160, 96), n=4, fps=12)
+    return path
+
+
+def assert_refused_by_cli(args: list, capsys, out: Path, words: str) -> None:
+    rc = main([str(a) for a in args] + ["-q"])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.MODEL, err
+    assert err.count("\n") == 1 and err.startswith("camvideo: error: ") and words in err, err
+    assert "Traceback" not in err
+    assert not out.exists() and not [p for p in out.parent.iterdir() if "partial" in p.name]
+
+
+@pytest.mark.parametrize("name, channels", [("mobilenetv3_small_050", "288 channels"),
+                                            ("lcnet_050", "256 channels")])
+def test_timm_head_with_layers_after_pooling_is_refused_by_the_cli(
+        small_clip, tmp_path, capsys, name, channels):
+    net = timm.create_model(name, pretrained=False, num_classes=10)
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    assert_refused_by_cli([small_clip, out, "-m", f"timm:{name}", "--weights",
+                           tmp_path / "w.pth"], capsys, out,
+                          f"model timm:{name} is not supported for CAM: its head is not "
+                          f"global average pooling + one linear layer: it has layers "
+                          f"between the last feature map ({channels})")
+
+
+def test_labels_file_that_is_not_utf8_is_refused_by_the_cli(small_clip, tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1") * 1000)
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    assert_refused_by_cli([small_clip, out, "--labels", tmp_path / "latin1.txt"], capsys,
+                          out, "is not UTF-8 text (byte 0xe9 at offset 3)")
 
 
 def test_labels_count_must_match(tmp_path):

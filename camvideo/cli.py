@@ -1,4 +1,10 @@
-"""Command line: argument parsing, terminal output and exit codes only; calls the API."""
+"""Command line: argument parsing, terminal output and exit codes only; calls the API.
+
+This module imports only the standard library: everything else (argument definitions,
+which import the API and torch; PyAV) is imported inside :func:`main`, so that Ctrl-C
+during those seconds of start-up is handled like any other (one line, exit code 130),
+not a traceback.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,10 +12,10 @@ import signal
 import sys
 from typing import Callable, Sequence
 
-from . import cliargs
-from .errors import CamVideoError, ExitCode
-
 log = logging.getLogger("camvideo")
+
+_INTERRUPTED = 130  #: ExitCode.INTERRUPTED, known before camvideo.errors is imported
+_INTERRUPTED_LINE = "camvideo: interrupted; nothing was left half written"
 
 
 def _setup_logging(verbose: int) -> None:
@@ -49,6 +55,9 @@ def _progress_bar(quiet: bool, unit: str = "frame") -> tuple[Callable[[int, int]
 
 
 def run_main(argv: Sequence[str]) -> int:
+    from . import cliargs
+    from .errors import ExitCode
+
     ns = cliargs.main_parser().parse_args(argv)
     _setup_logging(ns.verbose)
     from .api import annotate
@@ -64,6 +73,9 @@ def run_main(argv: Sequence[str]) -> int:
 
 
 def run_models(argv: Sequence[str]) -> int:
+    from . import cliargs
+    from .errors import ExitCode
+
     cliargs.models_parser().parse_args(argv)
     from .models import describe_models
 
@@ -91,6 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _sigterm_as_interrupt()
     try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also while importing, before _main's handlers exist
+        print(_INTERRUPTED_LINE, file=sys.stderr)
+        return _INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
+    from .errors import CamVideoError, ExitCode  # imports PyAV: inside main's handler
+
+    try:
         if argv and argv[0] in _SUBCOMMANDS:
             return int(_subcommand(argv[0])(argv[1:]))
         return int(run_main(argv))
@@ -98,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"camvideo: error: {e}", file=sys.stderr)
         return int(e.exit_code)
     except KeyboardInterrupt:
-        print("camvideo: interrupted; nothing was left half written", file=sys.stderr)
+        print(_INTERRUPTED_LINE, file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except SystemExit as e:  # argparse: --help, --version, usage errors
         return int(e.code) if isinstance(e.code, int) else ExitCode.USAGE

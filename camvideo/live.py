@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import OptionError, SourceLostError
+from .errors import OptionError, OutputError, SourceLostError
 from .liveview import WINDOW_MODES, Controls, WindowThread, display_available, draw_hud
 from .streams import DEFAULT_OPEN_TIMEOUT, DEFAULT_READ_TIMEOUT, LiveSource, open_live
 
@@ -114,7 +115,8 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         realtime, timeout, open_timeout, source_options: see
             :func:`camvideo.streams.open_live`.
         snapshot_dir: where the window's s key saves PNGs.
-        stats: write the :class:`LiveSummary` there as JSON.
+        stats: write the :class:`LiveSummary` there as JSON (its folder is checked
+            first; written on every normal stop and when the source is lost).
         notify: called with one-line messages for the user (preview URL, snapshots).
         stop: set it to stop (as q does).
         model: a model name, or a loaded :class:`camvideo.models.CamModel` to reuse.
@@ -124,6 +126,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
 
     Raises:
         SourceLostError: the source cannot be opened, disappears or stalls.
+        camvideo.errors.OutputError: the recording or ``stats`` cannot be written.
         camvideo.errors.CamVideoError: bad options, output or model.
     """
     from .api import Options, build_engine
@@ -151,6 +154,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     if duration is not None and not duration > 0:
         raise OptionError(f"--duration must be > 0 seconds, got {duration}")
     out_path = check_output_path(output, [source], opts.overwrite) if output else None
+    stats_path = _check_stats_path(stats) if stats else None
     bind = parse_bind(serve) if serve else None
     stop = stop or threading.Event()
 
@@ -273,23 +277,32 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
             raise SourceLostError(f"{src.label}: the pipeline did not stop within 30 s")
         worker.join(5.0)
         seconds = time.monotonic() - t0
+        fps = (shown - 1) / (span[1] - span[0]) if shown > 1 and span[1] > span[0] else 0.0
         error = outcome.get("error")
         if error is not None and not isinstance(error, KeyboardInterrupt):
-            if isinstance(error, SourceLostError) and sink is not None and sink.frames:
-                sink.close()  # what was recorded before the source was lost is kept
-                kept = f"{error} (recording kept: {out_path}, {sink.frames} frames)"
-                sink = None
-                raise SourceLostError(kept) from None
+            if isinstance(error, SourceLostError):
+                message, kept = str(error), None
+                if sink is not None and sink.frames:
+                    sink.close()  # what was recorded before the source was lost is kept
+                    message += f" (recording kept: {out_path}, {sink.frames} frames)"
+                    sink, kept = None, out_path
+                if stats_path is not None:  # what happened up to the loss: most useful
+                    summary = _summary(src, shown, fps, records, seconds, kept, server,
+                                       engine)
+                    try:
+                        _write_stats(stats_path, summary)
+                    except OutputError as e:
+                        log.warning("%s", e)
+                raise SourceLostError(message) from None
             raise error
         if sink is not None:
             sink.close()
             sink = None
         elif out_path is not None:
             log.warning("no frame was annotated: %s not written", out_path)
-        fps = (shown - 1) / (span[1] - span[0]) if shown > 1 and span[1] > span[0] else 0.0
         summary = _summary(src, shown, fps, records, seconds, out_path, server, engine)
-        if stats:
-            Path(stats).write_text(json.dumps(asdict(summary)), encoding="utf-8")
+        if stats_path is not None:
+            _write_stats(stats_path, summary)
         log.info("%s: %d frames shown of %d captured (%d dropped), %.1f fps, latency "
                  "p50 %.0f ms, p95 %.0f ms", src.label, summary.shown, summary.captured,
                  summary.dropped, summary.fps, 1000 * summary.latency_p50,
@@ -304,6 +317,34 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         if server is not None:
             server.close()
         src.stop()
+
+
+def _check_stats_path(stats: str) -> Path:
+    """``--stats FILE``: refused before the run if it is a folder or its folder is missing
+    or not writable (not after a whole session)."""
+    from .sink import check_writable
+
+    path = Path(stats)
+    check_writable(path, "--stats")
+    return path
+
+
+def _write_stats(path: Path, summary: LiveSummary) -> None:
+    """Write ``summary`` as JSON (via a temporary file, so a failed write leaves nothing).
+
+    Raises:
+        OutputError: it cannot be written (disk full, folder gone).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(json.dumps(asdict(summary)), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise OutputError(f"cannot write --stats {path}: {e.strerror or e}") from None
 
 
 def _rate(fps: float):

@@ -64,7 +64,8 @@ def build_parser() -> cliargs.Parser:
     o.add_argument("--snapshot-dir", default=".", metavar="DIR",
                    help="where the s key saves PNG snapshots [.]")
     o.add_argument("--stats", metavar="FILE",
-                   help="write a JSON summary with every frame's capture→annotated latency")
+                   help="write a JSON summary with every frame's capture→annotated latency "
+                        "(also when the source is lost)")
     cliargs.add_device_args(p)
     for action in p._actions:
         if action.dest == "batch_size":

@@ -11,6 +11,11 @@ A :class:`PreviewServer` runs a ``ThreadingHTTPServer`` on its own thread:
 encoding on the pipeline's thread); each new frame is JPEG-encoded once, by the first
 client thread that wants it, and shared with the others. A slow client simply skips
 frames: it always gets the newest one, never a backlog.
+
+Each client has its own thread, whose socket waits at most :data:`CLIENT_TIMEOUT` seconds
+for the client (to send its request, or to take the next frame); :meth:`PreviewServer.close`
+also shuts every open client socket down, so no client thread outlives it (a viewer that
+stopped reading, or one that connected and never asked for anything).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .errors import OptionError, OutputError
 log = logging.getLogger(__name__)
 
 _BOUNDARY = "camvideoframe"
+CLIENT_TIMEOUT = 10.0  #: seconds a client may keep its thread waiting (request, frames)
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -67,13 +73,42 @@ def parse_bind(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    block_on_close = False  # streaming handlers end on their own once closed
+    block_on_close = False  # client sockets are shut down on close instead (see below)
     preview: "PreviewServer"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self._clients: set[socket.socket] = set()
+        self._clients_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        with self._clients_lock:  # tracked until shutdown_request, for close_clients()
+            self._clients.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._clients_lock:
+            self._clients.discard(request)
+        super().shutdown_request(request)
+
+    def close_clients(self) -> None:
+        """Shut every open client socket down: a client thread blocked sending to a
+        viewer that stopped reading, or waiting for a request, returns at once."""
+        with self._clients_lock:  # held: a socket in the set is not closed yet
+            for sock in self._clients:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # the client is already gone
+                    pass
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        log.debug("http %s: client error", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"
+    timeout = CLIENT_TIMEOUT  # socket timeout: a stalled client frees its thread
 
     def log_message(self, fmt: str, *args: object) -> None:
         log.debug("http %s: %s", self.address_string(), fmt % args)
@@ -93,8 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(200, "image/jpeg", jpeg)
             else:
                 self._send(404, "text/plain", b"not found\n")
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
-            pass  # the viewer went away
+        except OSError:  # broken pipe, reset, timeout, or shut down by close()
+            pass  # the viewer went away or stalled, or the server closed
 
     def _send(self, code: int, ctype: str, body: bytes) -> None:
         self.send_response(code)
@@ -203,15 +238,17 @@ class PreviewServer:
         return jpeg, seq
 
     def close(self) -> None:
-        """Stop serving; streaming clients see the end of the stream."""
+        """Stop serving; streaming clients see the end of the stream, and every client
+        socket is shut down, so no client thread outlives this (by more than a moment)."""
         with self._cond:
             if self.closed:
                 return
             self.closed = True
             self._cond.notify_all()
         if self._thread.is_alive():
-            self._httpd.shutdown()
+            self._httpd.shutdown()  # no request is accepted after this
         self._httpd.server_close()
+        self._httpd.close_clients()
 
     def __enter__(self) -> "PreviewServer":
         return self.start()

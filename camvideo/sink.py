@@ -82,16 +82,22 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     if out.suffix.lower() not in _FORMATS:
         raise OutputError(f"unknown output container {out.suffix or '(none)'!r}; "
                           f"use one of {', '.join(sorted(_FORMATS))}")
-    if out.is_dir():
-        raise OutputError(f"output is a directory: {output}")
+    check_writable(out, "output")
     if out.exists() and not overwrite:
         raise OutputError(f"output exists: {output} (use -y/--overwrite)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder is not writable: {parent}")
     return out
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse a file path that is a folder, or whose folder is missing or not writable
+    (``what`` names it in the message)."""
+    if path.is_dir():
+        raise OutputError(f"{what} is a directory: {path}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{what} folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} folder is not writable: {parent}")
 
 
 _SOURCE_TAG = "camvideo: "  #: the ``comment`` tag of outputs: this, then the input's name

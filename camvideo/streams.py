@@ -16,17 +16,26 @@ network read that gets no data, and :meth:`LiveSource.read` itself gives up when
 frame arrived for ``read_s + 1`` seconds (a camera driver that hangs). Either way the
 result is a :class:`~camvideo.errors.SourceLostError` with one clear line.
 
+**Opening** a camera or URL (``av.open``: connect, probe) runs on a helper thread while the
+caller waits in short steps, so Ctrl-C (KeyboardInterrupt) ends the wait at once: PyAV's
+interrupt callback only watches the clock, and a main thread inside ``av.open`` would not
+see the signal before the open timeout. The abandoned open is left to finish on its own;
+a container it opens after all is closed there, never leaked.
+
+**The end of a stream**: a camera does not end, and neither does a live-protocol URL
+(:data:`LIVE_SCHEMES`: ``rtsp``, ``rtsps``, ``rtmp``, ``rtmps``, ``udp``, ``tcp``, ``srt``,
+``rtp``): its end means the server went away, a lost source
+(:class:`~camvideo.errors.SourceLostError`, so a watchdog can restart the command).
+``http(s)://`` and other URLs (which may serve a finite file) and files end normally.
+
 With ``drop=False`` (a file previewed as fast as the pipeline goes, see
 :func:`open_live`) the reader waits for each frame to be taken instead: nothing is dropped.
 """
 from __future__ import annotations
 
 import logging
-import re
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,6 +45,10 @@ import numpy as np
 
 from .errors import CamVideoError, InputError, OptionError, SourceLostError, first_line
 from .media import FileSource, Frame
+from .sources import LIVE_SCHEMES, SourceSpec, parse_source
+
+__all__ = ["DEFAULT_OPEN_TIMEOUT", "DEFAULT_READ_TIMEOUT", "LIVE_SCHEMES", "LIVE_TIME_BASE",
+           "LiveSource", "SourceSpec", "open_live", "parse_source"]
 
 log = logging.getLogger(__name__)
 
@@ -43,59 +56,6 @@ log = logging.getLogger(__name__)
 LIVE_TIME_BASE = Fraction(1, 1000)
 DEFAULT_OPEN_TIMEOUT = 10.0  #: seconds to open a source (connect, probe the stream)
 DEFAULT_READ_TIMEOUT = 5.0   #: seconds without data before a source counts as stalled
-
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """What ``camvideo live SOURCE`` names.
-
-    Attributes:
-        kind: ``camera`` (index or device path), ``url`` (anything PyAV opens by URL) or
-            ``file``.
-        target: what ``av.open`` gets (``/dev/video0``, the URL, the path).
-        format: FFmpeg input format (``v4l2``, ``avfoundation``, ``dshow``) or None.
-        label: how messages name it (``camera 0 (/dev/video0)``).
-    """
-
-    kind: str
-    target: str
-    format: str | None
-    label: str
-
-
-def parse_source(text: str) -> SourceSpec:
-    """A webcam index (``0``), a device path (``/dev/video0``), ``video=NAME`` (Windows
-    DirectShow), a URL (``rtsp://``, ``udp://``, ``tcp://``, ``http://``...) or a file.
-
-    Raises:
-        OptionError: empty, or a camera index where no capture API is known.
-    """
-    text = (text or "").strip()
-    if not text:
-        raise OptionError("empty source; give a camera index, a device, a URL or a file")
-    if text.isdigit():
-        if sys.platform.startswith("linux"):
-            dev = f"/dev/video{int(text)}"
-            return SourceSpec("camera", dev, "v4l2", f"camera {int(text)} ({dev})")
-        if sys.platform == "darwin":
-            return SourceSpec("camera", text, "avfoundation", f"camera {text}")
-        raise OptionError("camera indexes work on Linux and macOS; on Windows give the "
-                          "camera's name as video=NAME")
-    if text.startswith("video="):
-        return SourceSpec("camera", text, "dshow", f"camera {text[6:]}")
-    if text.startswith("/dev/"):
-        return SourceSpec("camera", text, "v4l2", f"camera {text}")
-    if _URL.match(text):
-        return SourceSpec("url", text, None, _redact(text))
-    return SourceSpec("file", text, None, text)
-
-
-def _redact(url: str) -> str:
-    """The URL without a password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/:@]*):[^/@]*@", r"\1:***@", url)
-
 
 class LiveSource:
     """A source read on its own thread, newest frame first (see the module docs).
@@ -116,6 +76,8 @@ class LiveSource:
         nominal_fps: the source's announced rate (0 if unknown), for the recording.
         stopping: event set by :meth:`stop` (``produce`` may wait on it).
         kind: what it is (``camera``, ``url``, ``file``).
+        endless: the stream never ends by itself, so its end is a lost source
+            (:class:`SourceLostError`); default: ``kind == "camera"``.
     """
 
     def __init__(self, label: str, produce: Iterator[Any],
@@ -123,9 +85,11 @@ class LiveSource:
                  *, read_timeout: float = DEFAULT_READ_TIMEOUT, drop: bool = True,
                  timing: str | Callable[[Any], tuple[int, float]] = "capture",
                  time_base: Fraction = LIVE_TIME_BASE, nominal_fps: float = 0.0,
-                 stopping: threading.Event | None = None, kind: str = "url") -> None:
+                 stopping: threading.Event | None = None, kind: str = "url",
+                 endless: bool | None = None) -> None:
         self.label = label
         self.kind = kind  #: ``camera``, ``url`` or ``file`` (see :class:`SourceSpec`)
+        self.endless = kind == "camera" if endless is None else bool(endless)
         self.read_timeout = float(read_timeout)
         self.drop = drop
         self.time_base = time_base
@@ -177,6 +141,9 @@ class LiveSource:
                 if self.kind == "camera":  # a camera does not end: it was unplugged
                     raise SourceLostError(f"{self.label}: camera disappeared (its stream "
                                           "ended)")
+                if self.endless:  # a live stream does not end: its server went away
+                    raise SourceLostError(f"{self.label}: stream ended (the sender "
+                                          "closed it or went away)")
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             err = self._explain(e)
             with self._cond:
@@ -313,32 +280,90 @@ def _decode(container: Any, stream: Any, label: str) -> Iterator[av.VideoFrame]:
                          first_line(e))
 
 
+def _open_interruptibly(target: str, fmt: str | None, options: dict[str, str],
+                        timeouts: tuple[float, float], label: str) -> Any:
+    """``av.open`` on a helper thread, the caller waiting in short steps so that a
+    KeyboardInterrupt (Ctrl-C, SIGTERM via the CLI) ends the wait at once.
+
+    On KeyboardInterrupt the open is abandoned: its thread finishes on its own (within
+    the open timeout) and closes the container if it got one after all.
+
+    Raises:
+        KeyboardInterrupt: interrupted while waiting.
+        Whatever ``av.open`` raised.
+    """
+    lock = threading.Lock()
+    done = threading.Event()
+    state: dict[str, Any] = {"abandoned": False}
+
+    def work() -> None:
+        try:
+            container = av.open(target, "r", format=fmt, options=options,
+                                timeout=timeouts)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            with lock:
+                state["error"] = e
+        else:
+            with lock:
+                abandoned = state["abandoned"]
+                if not abandoned:
+                    state["container"] = container
+            if abandoned:  # nobody wants it any more: do not leak it
+                try:
+                    container.close()
+                except Exception as e:  # noqa: BLE001
+                    log.debug("%s: closing an abandoned open failed: %s", label, e)
+                log.debug("%s: abandoned open finished; container closed", label)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=work, name="camvideo-open", daemon=True)
+    thread.start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except BaseException:  # KeyboardInterrupt: give up the open, close what it returns
+        with lock:
+            state["abandoned"] = True
+            container = state.pop("container", None)
+        if container is not None:
+            container.close()
+        log.debug("%s: open abandoned", label)
+        raise
+    if "error" in state:
+        raise state["error"]
+    return state["container"]
+
+
 def _open_stream(spec: SourceSpec, timeouts: tuple[float, float],
                  options: dict[str, str], *, read_timeout: float) -> LiveSource:
-    """A camera or URL: ``av.open`` with ``timeout=(open_s, read_s)``."""
+    """A camera or URL: ``av.open`` with ``timeout=(open_s, read_s)`` (interruptible)."""
     opts = dict(options)
     if spec.kind == "url":
         opts.setdefault("fflags", "nobuffer")  # no input buffering: lower latency
     try:
-        container = av.open(spec.target, "r", format=spec.format, options=opts,
-                            timeout=timeouts)
+        container = _open_interruptibly(spec.target, spec.format, opts, timeouts,
+                                        spec.label)
     except av.ExitError:
         raise SourceLostError(f"cannot open {spec.label}: nothing received within "
-                              f"{timeouts[0]:g} s (see --timeout)") from None
+                              f"{timeouts[0]:g} s (see --open-timeout)") from None
     except (av.FFmpegError, OSError, ValueError) as e:
         raise SourceLostError(f"cannot open {spec.label}: {first_line(e)}") from None
-    video = [v for v in container.streams.video if v.codec_context is not None]
-    if not video:
+    try:
+        video = [v for v in container.streams.video if v.codec_context is not None]
+        if not video:
+            raise SourceLostError(f"no video stream in {spec.label}")
+        stream = video[0]
+        stream.thread_type = "SLICE"  # frame threading would hold frames back: latency
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 0
+        log.info("%s: %s %dx%d, %.3g fps announced", spec.label, stream.codec_context.name,
+                 stream.codec_context.width, stream.codec_context.height, float(rate))
+        return LiveSource(spec.label, _decode(container, stream, spec.label), _vf_to_rgb,
+                          container.close, read_timeout=read_timeout, drop=True,
+                          nominal_fps=float(rate), kind=spec.kind, endless=spec.endless)
+    except BaseException:  # no video, or interrupted: the container is not handed over
         container.close()
-        raise SourceLostError(f"no video stream in {spec.label}")
-    stream = video[0]
-    stream.thread_type = "SLICE"  # frame threading would hold frames back: latency
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 0
-    log.info("%s: %s %dx%d, %.3g fps announced", spec.label, stream.codec_context.name,
-             stream.codec_context.width, stream.codec_context.height, float(rate))
-    return LiveSource(spec.label, _decode(container, stream, spec.label), _vf_to_rgb,
-                      container.close, read_timeout=read_timeout, drop=True,
-                      nominal_fps=float(rate), kind=spec.kind)
+        raise
 
 
 def _paced(source: FileSource, stop: threading.Event) -> Iterator[Frame]:

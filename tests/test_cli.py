@@ -7,8 +7,10 @@ and an exit code, and leaves nothing behind.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -270,3 +272,43 @@ def test_help_and_models_listing(capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert listing.startswith("efficientnet_lite0") and "resnet50" in listing
+
+
+#: Child process: importing torch takes a minute (it takes ~2 s for real: the window in
+#: which a Ctrl-C used to print a traceback), announced on stderr, then the CLI runs.
+SLOW_TORCH_IMPORT = r"""
+import importlib.abc, sys, time
+class SlowTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            sys.stderr.write("importing torch\n")
+            sys.stderr.flush()
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, SlowTorch())
+from camvideo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args", [["in.mp4", "out.mp4"], ["live", "0"], ["models"],
+                                  ["batch", "in", "out"]])
+def test_ctrl_c_while_importing_is_one_line_and_130(args):
+    """Ctrl-C during start-up (torch being imported) is handled like any other: one line
+    and exit code 130, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TORCH_IMPORT, *args],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # blocks until the slow import starts (or exit)
+        assert first == "importing torch\n", first + proc.stderr.read()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read()
+    assert rc == ExitCode.INTERRUPTED, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "camvideo: interrupted; nothing was left half written"], err

@@ -2,7 +2,8 @@
 stalled sources, shutdown, and the --serve page in a real headless browser.
 
 Streams are MPEG-TS (H.264, zerolatency) sent by PyAV at real-time pace from a child
-process (`SENDER`), over UDP, or over TCP into camvideo listening. The network is a tiny
+process (`SENDER`) over UDP, or by a TCP server thread here (`ts_server`) that closes the
+stream mid-way. The network is a tiny
 convolution (conftest.py's ``tiny_model``, or ``use_tiny_model`` slowed down where the
 point is timing with a slow model). The building blocks (source parsing, the latest-frame
 slot, the window and HUD) are tested on their own in test_live_units.py.
@@ -10,6 +11,7 @@ slot, the window and HUD) are tested on their own in test_live_units.py.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -189,19 +191,117 @@ def test_slow_model_drops_stale_frames_and_latency_stays_bounded(monkeypatch, cl
     assert all(b > a for a, b in zip(times, times[1:]))
 
 
-def test_tcp_source_that_ends_finalises_the_recording(tiny_model, clip, tmp_path, capsys):
-    port = free_port(socket.SOCK_STREAM)
-    out = tmp_path / "rec.mkv"
-    with sender(f"tcp://127.0.0.1:{port}", clip, seconds=2.5):
-        rc, err, elapsed = live([f"tcp://127.0.0.1:{port}?listen=1", "-o", out,
-                                 "--window", "off", "--size", 96, "--open-timeout", 15],
-                                capsys)
-    assert rc == ExitCode.OK, err
+def mpegts_bytes(frames: list[np.ndarray], seconds: float, fps: int = 30) -> bytes:
+    """``seconds`` of ``frames`` looped, as an MPEG-TS byte stream (H.264, zerolatency)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.height, s.width = frames[0].shape[:2]
+        s.pix_fmt = "yuv420p"
+        s.codec_context.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "15"}
+        for i in range(round(seconds * fps)):
+            vf = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
+            vf.pts = i
+            out.mux(s.encode(vf))
+        out.mux(s.encode(None))
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def ts_server(data: bytes, seconds: float, cut: float):
+    """A TCP server on loopback (yields its port) that sends ``data`` (``seconds`` of
+    MPEG-TS) to the first client at real-time pace and closes the connection ``cut``
+    seconds in: mid-stream, as a camera or encoder going away would."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    done = threading.Event()
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            t0, sent = time.monotonic(), 0
+            while not done.is_set():
+                elapsed = time.monotonic() - t0
+                if elapsed >= cut:
+                    break
+                upto = min(len(data), int(len(data) * elapsed / seconds) // 188 * 188)
+                if upto > sent:
+                    try:
+                        conn.sendall(data[sent:upto])
+                    except OSError:
+                        return
+                    sent = upto
+                time.sleep(0.01)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        listener.close()
+        t.join(10)
+
+
+def test_tcp_stream_closed_by_its_server_is_a_lost_source(tiny_model, raw_frames,
+                                                          tmp_path, capsys):
+    """A tcp:// (rtsp, udp...) stream does not end by itself: the server closing it
+    mid-stream is a lost source (exit 7, so a watchdog can restart), and what was recorded
+    and the --stats are kept."""
+    out, st = tmp_path / "rec.mkv", tmp_path / "stats.json"
+    with ts_server(mpegts_bytes(raw_frames, 6.0), seconds=6.0, cut=3.0) as port:
+        rc, err, elapsed = live([f"tcp://127.0.0.1:{port}", "-o", out, "--window", "off",
+                                 "--size", 96, "--open-timeout", 15, "--stats", st], capsys)
+    assert rc == ExitCode.SOURCE_LOST, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stream ended" in lines[0], err
+    assert f"recording kept: {out}" in lines[0]
     times, frames = decoded(out)
-    # the frames read while FFmpeg probed the stream are stale and dropped (fflags
-    # nobuffer): the recording starts up to ~1 s into the stream and runs to its end
-    assert len(frames) >= 15 and 0.5 <= times[-1] <= 2.6
+    # the server cut the stream 3 s in (of 6): the recording stops there, give or take
+    # the decoding of what was buffered (capture times)
+    assert len(frames) >= 10 and all(b > a for a, b in zip(times, times[1:]))
+    assert times[-1] < 5.0
+    stats = stats_of(st)
+    assert stats["shown"] == len(frames) and stats["output"] == str(out)
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_ctrl_c_while_connecting_exits_130_at_once(tmp_path):
+    """A server that accepts the connection but sends nothing: `av.open` waits (up to
+    --open-timeout, 120 s here); Ctrl-C must end the run at once with exit code 130."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    code = (TINY_MODEL_CLI_PRELUDE +
+            f"sys.exit(main(['live', 'tcp://127.0.0.1:{port}', '--window', 'off',"
+            " '--open-timeout', '120']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    conns = []
+    try:
+        listener.settimeout(120)
+        conns.append(listener.accept()[0])  # camvideo is inside av.open now
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            rc = None
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        listener.close()
+        for conn in conns:
+            conn.close()
+    err = proc.stderr.read()
+    assert rc == ExitCode.INTERRUPTED, (rc, elapsed, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupted" in err
 
 
 @pytest.mark.parametrize("source", ["57", "/dev/video57", "tcp://127.0.0.1:{closed}"])

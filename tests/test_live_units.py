@@ -1,11 +1,15 @@
 """`camvideo live`'s building blocks in-process, without a network stream: source and
 bind parsing, the CLI parser, the latest-frame slot (:class:`camvideo.streams.LiveSource`)
-and its watchdog, and the window, its keys and the HUD (OpenCV's window calls faked).
+and its watchdog, opening a stream (interruptible, ``av.open`` faked), the --stats file,
+the preview server's client threads on close, and the window, its keys and the HUD
+(OpenCV's window calls faked).
 
 The end-to-end runs (real streams, --serve in a browser, SIGTERM) are in test_live.py.
 """
 from __future__ import annotations
 
+import _thread
+import socket
 import sys
 import threading
 import time
@@ -14,12 +18,14 @@ import cv2
 import numpy as np
 import pytest
 
-from camvideo.errors import OptionError, SourceLostError
+from camvideo import synth
+from camvideo.errors import OptionError, OutputError, SourceLostError
 from camvideo.live import run_live
 from camvideo.live_cli import build_parser
 from camvideo.liveview import Controls, draw_hud
-from camvideo.serve import parse_bind
-from camvideo.streams import LiveSource, SourceSpec, parse_source
+from camvideo.serve import PreviewServer, parse_bind
+from camvideo.sources import SourceSpec, parse_source
+from camvideo.streams import LiveSource, open_live
 
 
 # --------------------------------------------------------------------------- parsing
@@ -127,6 +133,151 @@ def test_camera_that_disappears_is_a_source_lost_error(failure):
     with pytest.raises(SourceLostError, match="camera 0 .*(disappeared|No such device)"):
         src.read()
     src.stop()
+
+
+@pytest.mark.parametrize("url, endless", [
+    ("tcp://127.0.0.1:5000", True), ("udp://@239.0.0.1:1234", True),
+    ("rtsp://user:pw@cam/live", True), ("RTSPS://cam/live", True), ("rtmp://srv/app", True),
+    ("srt://127.0.0.1:9000", True), ("rtp://127.0.0.1:5004", True),
+    ("http://127.0.0.1/clip.ts", False), ("https://host/live.m3u8", False),
+    ("file:///tmp/clip.mp4", False), ("clip.mp4", False)])
+def test_only_live_protocols_and_cameras_are_endless(url, endless):
+    assert parse_source(url).endless is endless
+    assert parse_source("/dev/video3").endless
+
+
+@pytest.mark.parametrize("endless", [True, False])
+def test_end_of_a_live_protocol_stream_is_a_lost_source(endless):
+    """A tcp:// (rtsp, udp...) stream does not end by itself: its end is a lost source, so
+    a watchdog can restart the command; an http:// URL may be a finite file: a plain end."""
+    src = LiveSource("tcp://127.0.0.1:5000", iter([0, 1]),
+                     lambda i: (np.zeros((4, 4, 3), np.uint8), 0), lambda: None,
+                     kind="url", endless=endless, drop=False).start()
+    assert src.read() is not None and src.read() is not None
+    if endless:
+        with pytest.raises(SourceLostError, match=r"^tcp://127\.0\.0\.1:5000: stream ended"):
+            src.read()
+    else:
+        assert src.read() is None
+    src.stop()
+
+
+class _FakeContainer:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_ctrl_c_while_opening_a_stream_is_prompt_and_leaks_nothing(monkeypatch):
+    """``av.open`` blocks in C (PyAV's interrupt callback only watches the clock), so a
+    Ctrl-C on the thread calling it waits for the open timeout. Faked here by an open that
+    blocks in a lock for 10 s: open_live must raise KeyboardInterrupt at once, and close
+    the container that the abandoned open returns later."""
+    import camvideo.streams as streams
+
+    entered, release = threading.Event(), threading.Event()
+    made: list[_FakeContainer] = []
+
+    def blocking_open(*args, **kwargs):
+        entered.set()
+        release.wait(10)  # one C-level wait: signals do not interrupt it
+        made.append(_FakeContainer())
+        return made[-1]
+
+    monkeypatch.setattr(streams.av, "open", blocking_open)
+
+    def ctrl_c() -> None:
+        if entered.wait(10):
+            time.sleep(0.2)
+            _thread.interrupt_main()  # SIGINT's effect on the main thread
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        open_live("tcp://127.0.0.1:9", open_timeout=30)
+    elapsed = time.monotonic() - t0
+    release.set()
+    deadline = time.monotonic() + 10
+    while not (made and made[0].closed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert elapsed < 5, f"Ctrl-C took {elapsed:.1f} s to end the open"
+    assert made and made[0].closed, "the abandoned open's container was leaked"
+
+
+# --------------------------------------------------------------------------- --stats
+
+
+def test_stats_into_a_missing_folder_is_refused_before_the_source_is_opened(tmp_path):
+    with socket.socket() as s:  # a closed port: opening it would fail with exit 7
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(OutputError, match="--stats folder does not exist"):
+        run_live(f"tcp://127.0.0.1:{port}", window="off",
+                 stats=str(tmp_path / "missing" / "stats.json"))
+
+
+def test_stats_that_cannot_be_written_is_an_output_error(tiny_model, tmp_path,
+                                                         monkeypatch):
+    """The folder goes away during the session: one OutputError, not an internal error."""
+    import shutil
+
+    import camvideo.live as live
+
+    clip = synth.make_clip("pan", tmp_path / "c.mp4", size=(96, 64), n=6, fps=30)
+    folder = tmp_path / "stats"
+    folder.mkdir()
+    real = live._summary
+
+    def summary_then_folder_gone(*args, **kwargs):
+        shutil.rmtree(folder)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(live, "_summary", summary_then_folder_gone)
+    with pytest.raises(OutputError, match="cannot write --stats"):
+        run_live(str(clip.path), window="off", size=64, stats=str(folder / "s.json"))
+
+
+# --------------------------------------------------------------------------- --serve
+
+
+def _serve_threads(before: set) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
+@pytest.mark.parametrize("client", ["stalled", "silent"])
+def test_no_client_thread_outlives_close(client):
+    """A viewer that asked for the stream and stopped reading (its thread blocked in a
+    send), or one that connected and never sent a request (blocked in a read): close()
+    must end their threads too, not only the listener."""
+    before = set(threading.enumerate())
+    server = PreviewServer("127.0.0.1", 0).start()
+    host, port = server._httpd.server_address[:2]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect((host, port))
+        if client == "stalled":
+            sock.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
+            rng = np.random.default_rng(0)
+            noise = [rng.integers(0, 256, (720, 1280, 3), np.uint8) for _ in range(4)]
+            for i in range(200):  # ~0.5 MB JPEGs: the socket buffers fill up at once
+                server.publish(noise[i % 4])
+                time.sleep(0.005)
+        deadline = time.monotonic() + 20
+        while len(_serve_threads(before)) < 2:  # the server's and the client's threads
+            assert time.monotonic() < deadline, "the client was never served"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        server.close()
+        deadline = time.monotonic() + 2.0  # the handlers' own timeout is 10 s
+        while _serve_threads(before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _serve_threads(before), \
+            f"threads alive after close(): {_serve_threads(before)}"
+    finally:
+        sock.close()
+        server.close()
 
 
 # --------------------------------------------------------------------------- window

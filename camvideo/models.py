@@ -156,7 +156,9 @@ class CamModel(nn.Module):
         """Resolve ``--class``: an index, or a label matched case-insensitively.
 
         Raises:
-            ClassNameError: unknown index or name (the message lists close matches).
+            ClassNameError: unknown index or name (the message lists close matches), or a
+                name several classes share (ImageNet's ``Cardigan`` corgi and ``cardigan``
+                sweater: the message lists their indexes).
         """
         k = len(self.labels)
         text = str(spec).strip()
@@ -166,8 +168,12 @@ class CamModel(nn.Module):
                 raise ClassNameError(f"class index {idx} is out of range 0..{k - 1}")
             return idx
         lowered = [lab.lower() for lab in self.labels]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
+        same = [i for i, lab in enumerate(lowered) if lab == text.lower()]
+        if len(same) > 1:
+            raise ClassNameError(f"class {text!r} is ambiguous for model {self.name}: "
+                                 f"classes {', '.join(map(str, same))}; give the index")
+        if same:
+            return same[0]
         close = difflib.get_close_matches(text.lower(), lowered, n=5, cutoff=0.6)
         close += [lab for lab in lowered if text.lower() in lab and lab not in close][:5]
         hint = f"; close matches: {', '.join(close[:5])}" if close else ""

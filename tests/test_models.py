@@ -210,6 +210,12 @@ def test_class_names_and_indices(lite0):
         lite0.class_index("tabby kat")
     with pytest.raises(ClassNameError, match="out of range"):
         lite0.class_index("1000")
+    # "Cardigan" (the corgi) and "cardigan" (the sweater): no silent first pick
+    assert [lab for lab in lite0.labels if lab.lower() == "cardigan"] == ["Cardigan",
+                                                                         "cardigan"]
+    with pytest.raises(ClassNameError, match="ambiguous.*classes 264, 474; give the index"):
+        lite0.class_index("cardigan")
+    assert lite0.class_index("474") == 474
 
 
 def test_registry_lists_supported_families():

@@ -32,8 +32,9 @@ from .errors import OptionError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CELL_PX", "METHODS", "Cues", "MotionEstimator", "color_histograms", "downsample",
-           "gray_u8", "histogram_distance", "sampling", "warp"]
+__all__ = ["CELL_PX", "METHODS", "Cues", "MotionEstimator", "MotionTracker",
+           "color_histograms", "downsample", "gray_u8", "histogram_distance", "sampling",
+           "warp"]
 
 CELL_PX = 8            #: small-frame pixels per feature cell
 METHODS = ("dis", "farneback", "phase")
@@ -176,6 +177,34 @@ class Cues:
         if i not in self._samplings:
             self._samplings[i] = sampling(disp)
         return self._samplings[i]
+
+
+class MotionTracker:
+    """A stream's :class:`Cues`, batch after batch: keeps the last frame's small
+    grayscale image, so each batch's first displacement goes back across the batch
+    boundary (:meth:`reset`: the next frame starts a stream)."""
+
+    def __init__(self, method: str = "dis") -> None:
+        self._estimator = MotionEstimator(method)
+        self._prev: np.ndarray | None = None  # (hs, ws) uint8, CPU
+
+    def reset(self) -> None:
+        self._prev = None
+
+    def cues(self, frames01: Tensor, grid: tuple[int, int], motion: bool = True) -> Cues:
+        """``frames01`` ``(N, 3, H, W)`` RGB in ``[0, 1]`` (the frames after the last ones
+        given) → their :class:`Cues` for the feature ``grid``; displacements only with
+        ``motion``."""
+        small = downsample(frames01, grid)
+        if not motion:
+            return Cues(small, [None] * small.shape[0])
+        disps: list[Tensor | None] = []
+        for g in gray_u8(small):
+            disps.append(None if self._prev is None else torch.from_numpy(
+                self._estimator.estimate(self._prev, g, grid)).to(small.device,
+                                                                  non_blocking=True))
+            self._prev = g
+        return Cues(small, disps)
 
 
 def sampling(disp: Tensor) -> tuple[Tensor, Tensor]:

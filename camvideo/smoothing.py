@@ -159,7 +159,7 @@ class Smoother:
         if mode == "centered" and tau > 0:
             self.lag = (int(lookahead) if lookahead is not None
                         else min(15, max(1, math.ceil(tau * 30 - 1e-9))))
-        self._estimator = mo.MotionEstimator(motion_method)
+        self._tracker = mo.MotionTracker(motion_method)
         self._grid = (0, 0)
         self.reset()
 
@@ -168,7 +168,7 @@ class Smoother:
         self._started = False
         self._prev_hist: Tensor | None = None     # (1, 64) colour histogram
         self._prev_pooled: Tensor | None = None   # (1, C) unit pooled features
-        self._prev_gray = None                    # (hs, ws) uint8, CPU
+        self._tracker.reset()                     # the last frame's motion image
         self._prev_time = 0.0
         self._shot_start = self._first_dt = None  # for the warm-up mean
         self._feat: Tensor | None = None          # causal (1, C, h, w) state
@@ -259,16 +259,7 @@ class Smoother:
             are computed across shot cuts too (:meth:`push` ignores them there), as the
             cuts are only known with the features.
         """
-        small = mo.downsample(frames01, grid)
-        if not self.motion:
-            return mo.Cues(small, [None] * small.shape[0])
-        disps: list[Tensor | None] = []
-        for g in mo.gray_u8(small):
-            disps.append(None if self._prev_gray is None else torch.from_numpy(
-                self._estimator.estimate(self._prev_gray, g, grid)).to(small.device,
-                                                                       non_blocking=True))
-            self._prev_gray = g
-        return mo.Cues(small, disps)
+        return self._tracker.cues(frames01, grid, motion=self.motion)
 
     def flush(self) -> Smoothed:
         """Results of the frames still held back (centered mode) at the end of a stream."""

@@ -13,7 +13,7 @@ from typing import IO, Callable
 
 import cv2
 
-from .device import default_batch_size, resolve_device, resolve_precision
+from .device import default_batch_size, parse_device, resolve_device, resolve_precision
 from .engine import CamEngine, Rendered
 from .errors import OptionError, OutputError
 from .encoding import X264_PRESETS
@@ -171,11 +171,21 @@ def build_engine(opts: Options, model: CamModel | None = None, *,
                  equal_batches: bool = True) -> CamEngine:
     """Model (loaded unless given), renderer and smoother for ``opts``; ``infer_workers``,
     ``trace`` and ``equal_batches`` as :class:`CamEngine`'s (workers None: its default, 2
-    on the CPU; live streams want 1 worker and batches of any size)."""
-    device = resolve_device(opts.device)
-    precision = resolve_precision(opts.precision, device)
+    on the CPU; live streams want 1 worker and batches of any size).
+
+    A given model runs on its own device (``opts.device`` ``auto`` follows it; another
+    device is an :class:`OptionError`: load the model there), and ``opts.model``,
+    ``weights`` and ``labels`` are not used."""
     if model is None:
+        device = resolve_device(opts.device)
         model = load_model(opts.model, opts.weights, opts.labels, device=device)
+    else:
+        device, wanted = model.device, parse_device(opts.device)
+        if wanted is not None and (wanted.type != device.type or (
+                wanted.index is not None and wanted.index != (device.index or 0))):
+            raise OptionError(f"device {opts.device!r} asked for, but the model given is "
+                              f"on {device}; load it there (load_model(..., device=...))")
+    precision = resolve_precision(opts.precision, device)
     fixed = model.class_index(opts.cls) if opts.cls is not None else None
     renderer = Renderer(model.labels, colormap=opts.colormap, alpha=opts.alpha,
                         topk=opts.topk, bbox=opts.bbox, bbox_threshold=opts.bbox_threshold,
@@ -198,7 +208,8 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         output: output file (``.mp4``, ``.mkv``, ``.mov``, ``.webm``, ``.avi``); written
             to a temporary file and renamed on success.
         progress: called as ``progress(frames_done, frames_total_or_0)`` after each frame.
-        stop: set it to stop early; the output is then discarded.
+        stop: set it to stop early: the output is then discarded and the call raises
+            KeyboardInterrupt (as Ctrl-C does).
         **options: see :class:`Options`; ``model`` may also be a loaded
             :class:`CamModel` to reuse (batch jobs load it once).
 
@@ -207,6 +218,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
 
     Raises:
         camvideo.errors.CamVideoError: bad input, output or option (nothing is left behind).
+        KeyboardInterrupt: ``stop`` was set, or Ctrl-C (nothing is left behind).
     """
     model = options.pop("model", None)
     if isinstance(model, CamModel):

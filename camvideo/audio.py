@@ -225,6 +225,9 @@ class AudioRemuxer:
         self._pending: av.Packet | None = None
         self._ended = self._flushed = False
         self._last_dts: dict[int, int] = {}
+        # AVI: audio that starts before 0 (AAC's priming packet at -1024) would make the
+        # muxer shift the video by part of a frame; it is moved to start at 0 instead
+        self._shift: dict[int, int] | None = {} if fmt == "avi" else None
         self.dropped = 0
 
     def mux_until(self, t: float) -> None:
@@ -283,6 +286,12 @@ class AudioRemuxer:
 
     def _put(self, pkt: av.Packet, outs: av.stream.Stream) -> None:
         """Mux ``pkt`` into ``outs``, dropping what the muxer would refuse."""
+        if self._shift is not None:
+            first = min((t for t in (pkt.pts, pkt.dts) if t is not None), default=0)
+            shift = self._shift.setdefault(outs.index, max(0, -first))
+            if shift:
+                pkt.pts = None if pkt.pts is None else pkt.pts + shift
+                pkt.dts = None if pkt.dts is None else pkt.dts + shift
         last = self._last_dts.get(outs.index)
         if pkt.dts is not None and last is not None and pkt.dts <= last:
             self.dropped += 1  # damaged input: muxers need increasing timestamps

@@ -30,7 +30,7 @@ def logits_from_features(features: Tensor, weight: Tensor, bias: Tensor | None) 
         bias: ``(K,)`` linear layer bias, or None.
 
     Returns:
-        ``(N, K)`` logits, in ``features``' dtype promoted with ``weight``'s.
+        ``(N, K)`` logits in ``weight``'s dtype (the pooled features are cast to it).
     """
     pooled = features.mean(dim=(2, 3))
     return torch.nn.functional.linear(pooled.to(weight.dtype), weight, bias)
@@ -85,7 +85,7 @@ def paper_bbox(cam: np.ndarray, threshold: float = 0.2) -> tuple[int, int, int, 
 
     Returns:
         ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive, or None when the map is
-        flat or not positive anywhere.
+        not positive anywhere (a flat positive map gives the whole frame).
     """
     cam = np.asarray(cam, dtype=np.float32)
     peak = float(cam.max()) if cam.size else 0.0

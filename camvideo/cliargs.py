@@ -78,8 +78,9 @@ def add_smooth_args(p: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
         g.add_argument("--smooth-mode", choices=modes, default=modes[0],
                        help="causal, or centered (looks a few frames ahead) [causal]")
     g.add_argument("--switch-margin", type=_unit(0.0, 0.99), default=_D.switch_margin,
-                   metavar="P", help="the shown class changes only when another beats it "
-                                     f"by this probability [{_D.switch_margin}]")
+                   metavar="P", help="the shown class changes when another beats it by "
+                                     "this probability, or after it trailed for 1 s "
+                                     f"[{_D.switch_margin}]")
     g.add_argument("--no-cut-reset", dest="cut_reset", action="store_false",
                    help="do not reset the smoothing at scene cuts")
     g.add_argument("--no-motion", dest="motion", action="store_false",

@@ -69,7 +69,8 @@ def build_parser() -> cliargs.Parser:
     cliargs.add_device_args(p)
     for action in p._actions:
         if action.dest == "batch_size":
-            action.help = "frames per device batch [1: the lowest latency]"
+            action.help = ("frames per device batch [1 for cameras and streams: the lowest "
+                           "latency; a file played without --realtime: as in files]")
     cliargs.add_terminal_args(p)
     return p
 

@@ -15,7 +15,9 @@ Names:
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import logging
 import os
 from pathlib import Path
@@ -180,8 +182,12 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
     else:
         model = tvm.get_model(name, weights=None)
         default = tvm.get_model_weights(name).DEFAULT
+        said = io.StringIO()  # torch prints 'Downloading: "URL" to PATH' to stdout itself
         try:
-            sd = default.get_state_dict(progress=False, check_hash=True)
+            with contextlib.redirect_stdout(said):
+                sd = default.get_state_dict(progress=False, check_hash=True)
+            if said.getvalue().strip():
+                log.warning("%s", said.getvalue().strip())  # a download did happen
         except Exception as e:  # noqa: BLE001 - URLError, HTTPError, hash errors...
             cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
             raise ModelError(f"no weights for {name}: not in {cached} and the download "

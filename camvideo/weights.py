@@ -68,10 +68,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):  # a pickle of objects, not of tensors
             raise ModelError(f"refusing to load {path}: it is not a plain weights file "
                              "(it would run code when unpickled; loaded with "
                              "weights_only=True)") from None
+        if "Weights only load failed" in first:  # torch's advice line; not the reason
+            raise ModelError(f"cannot load weights {path}: not a PyTorch weights file") \
+                from None
         raise ModelError(f"cannot load weights {path}: {first}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -250,6 +250,20 @@ def test_avi_output_has_the_input_rate_and_every_frame_in_order(tiny_model, tmp_
     assert rc == ExitCode.OK and "decoded" not in err and "truncated" not in caplog.text
 
 
+def test_avi_with_copied_aac_keeps_the_video_on_its_grid(tiny_model, tmp_path, capsys):
+    """AAC copied from an .mp4 starts at -1024 samples (its priming); in AVI that must
+    not shift the video off its 1/fps grid (an empty index entry after frame 0)."""
+    src = make_clip(tmp_path / "in.mp4", fps=24, frames=24, acodec="aac")
+    out = tmp_path / "out.avi"
+    rc, err = run([src, out], capsys)
+    assert rc == ExitCode.OK, err
+    with av.open(str(out)) as c:
+        vs = c.streams.video[0]
+        assert c.streams.audio[0].codec_context.name == "aac"  # copied
+        assert [p.dts for p in c.demux(vs) if p.size] == list(range(24))
+    assert onsets(audio_info(out)) == pytest.approx([0.0], abs=0.03)
+
+
 # --- refused codec/container combinations ----------------------------------------------
 
 def test_webm_output_defaults_to_vp9(tiny_model, tmp_path, capsys):

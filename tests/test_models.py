@@ -190,8 +190,11 @@ def test_weights_only_refuses_code(tmp_path):
         def __reduce__(self):
             return (print, ("this must never run",))
     torch.save({"fc.weight": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(ModelError, match="weights_only=True"):
+    with pytest.raises(ModelError, match="would run code.*weights_only=True"):
         load_model("resnet18", weights=tmp_path / "evil.pth")
+    (tmp_path / "text.pth").write_text("not weights\n")  # not a pickle at all
+    with pytest.raises(ModelError, match="text.pth: not a PyTorch weights file$"):
+        load_model("resnet18", weights=tmp_path / "text.pth")
 
 
 def test_weights_that_do_not_fit(tmp_path):
@@ -226,3 +229,19 @@ def test_registry_lists_supported_families():
         assert n in names
     assert "vgg16" not in names and "convnext_tiny" not in names
     assert np.all([isinstance(n, str) for n in names])
+
+
+def test_missing_torchvision_weights_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    """No cached weights and no network: one line on stderr (torch's own 'Downloading:'
+    line, which it prints to stdout, is kept out of the terminal), exit 5."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _refuse_download)
+    clip = synth.make_clip("pan", tmp_path / "in.mp4", size=(96, 64), n=3, fps=24)
+    rc = main([str(clip.path), str(tmp_path / "out.mp4"), "-m", "resnet18", "-q"])
+    out, err = capsys.readouterr()
+    assert rc == ExitCode.MODEL and out == ""
+    assert err.count("\n") == 1 and "no weights for resnet18" in err and "--weights" in err
+
+
+def _refuse_download(url, dst, *a, **k):
+    raise OSError(f"no network: {url}")

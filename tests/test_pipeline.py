@@ -117,6 +117,17 @@ def test_concurrent_inference_equals_one_at_a_time(pan_clip, lite0):
         assert np.array_equal(a.image, b.image)
 
 
+def test_a_loaded_model_runs_on_its_own_device(lite0, monkeypatch):
+    """``annotate(..., model=load_model())`` on a GPU machine: "auto" would pick CUDA
+    (and fp16), but the model is on the CPU; it runs there, with the CPU's precision.
+    Asking for another device than the model's is refused."""
+    monkeypatch.setattr(api, "resolve_device", lambda spec: torch.device("cuda"))
+    engine = api.build_engine(api.Options(), lite0)
+    assert engine.device.type == "cpu" and engine.precision != torch.float16
+    with pytest.raises(OptionError, match="model given is on cpu"):
+        api.build_engine(api.Options(device="cuda"), lite0)
+
+
 def test_concurrent_inference_needs_cpu_and_stride_1(lite0):
     base = api.build_engine(api.Options(), lite0)
     assert base.infer_workers == 2  # the CPU default

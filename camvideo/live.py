@@ -39,7 +39,8 @@ import numpy as np
 
 from .errors import OptionError, OutputError, SourceLostError
 from .liveview import WINDOW_MODES, Controls, WindowThread, display_available, draw_hud
-from .streams import DEFAULT_OPEN_TIMEOUT, DEFAULT_READ_TIMEOUT, LiveSource, open_live
+from .sources import open_live
+from .streams import DEFAULT_OPEN_TIMEOUT, DEFAULT_READ_TIMEOUT, LiveSource
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     the window's q key, or Ctrl-C/SIGTERM (KeyboardInterrupt in this thread).
 
     Args:
-        source: see :func:`camvideo.streams.parse_source`.
+        source: see :func:`camvideo.sources.parse_source`.
         output: record the annotated stream there (finalised on every normal stop, and
             kept when the source is lost mid-way).
         serve: ``[HOST:]PORT`` of the MJPEG preview (see :mod:`camvideo.serve`).
@@ -113,7 +114,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         duration: stop after this many seconds of source time.
         hud: draw fps, latency and drops on the frames.
         realtime, timeout, open_timeout, source_options: see
-            :func:`camvideo.streams.open_live`.
+            :func:`camvideo.sources.open_live`.
         snapshot_dir: where the window's s key saves PNGs.
         stats: write the :class:`LiveSummary` there as JSON (its folder is checked
             first; written on every normal stop and when the source is lost).

@@ -24,8 +24,8 @@ from camvideo.live import run_live
 from camvideo.live_cli import build_parser
 from camvideo.liveview import Controls, draw_hud
 from camvideo.serve import PreviewServer, parse_bind
-from camvideo.sources import SourceSpec, parse_source
-from camvideo.streams import LiveSource, open_live
+from camvideo.sources import SourceSpec, open_live, parse_source
+from camvideo.streams import LiveSource
 
 
 # --------------------------------------------------------------------------- parsing

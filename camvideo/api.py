@@ -18,7 +18,7 @@ from .engine import CamEngine, Rendered
 from .errors import OptionError, OutputError
 from .encoding import X264_PRESETS
 from .media import FileSource
-from .sink import FileSink, check_output_path, source_comment
+from .sink import FileSink, check_output_path, check_writable, source_comment
 from .models import DEFAULT_MODEL, CamModel, load_model
 from .pipeline import run_stream
 from .render import Renderer
@@ -287,8 +287,6 @@ def _check_sidecar_path(path: str | os.PathLike, inputs: list, overwrite: bool) 
     for inp in inputs:
         if Path(inp).resolve() == p.resolve():
             raise OutputError(f"--json {path} would overwrite {inp}")
+    check_writable(p, "--json")
     if p.exists() and not overwrite:
         raise OutputError(f"output exists: {path} (use -y/--overwrite)")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {path}: folder missing or not writable")

@@ -42,6 +42,7 @@ from .batch_files import (DEFAULT_GLOBS, DONE, FAILED, INTERRUPTED, OUTPUT_EXTS,
                           Job, Record, clean_stale_partials, find_videos, is_complete, plan)
 from .errors import (CamVideoError, ExitCode, InputError, ModelError, OptionError,
                      OutputError, first_line)
+from .sink import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -229,12 +230,7 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise OptionError(f"--jobs must be ≥ 1, got {jobs}")
     options = _validate_options(options, json, ext)
     if report is not None:
-        folder = Path(report).parent
-        if Path(report).is_dir():
-            raise OutputError(f"cannot write report {report}: it is a folder")
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write report {report}: folder missing or not "
-                              "writable")
+        check_writable(Path(report), "--report")
     if not src.is_dir():
         raise InputError(f"input folder not found: {in_dir}")
     if dst.resolve() == src.resolve():

@@ -132,7 +132,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     """
     from .api import Options, build_engine
     from .media import VideoInfo
-    from .sink import FileSink, check_output_path
+    from .sink import FileSink, check_output_path, check_writable
     from .device import default_batch_size
     from .pipeline import run_stream
     from .serve import PreviewServer, parse_bind
@@ -155,7 +155,9 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     if duration is not None and not duration > 0:
         raise OptionError(f"--duration must be > 0 seconds, got {duration}")
     out_path = check_output_path(output, [source], opts.overwrite) if output else None
-    stats_path = _check_stats_path(stats) if stats else None
+    stats_path = Path(stats) if stats else None
+    if stats_path is not None:  # refused now, not after a whole session
+        check_writable(stats_path, "--stats")
     bind = parse_bind(serve) if serve else None
     stop = stop or threading.Event()
 
@@ -318,16 +320,6 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         if server is not None:
             server.close()
         src.stop()
-
-
-def _check_stats_path(stats: str) -> Path:
-    """``--stats FILE``: refused before the run if it is a folder or its folder is missing
-    or not writable (not after a whole session)."""
-    from .sink import check_writable
-
-    path = Path(stats)
-    check_writable(path, "--stats")
-    return path
 
 
 def _write_stats(path: Path, summary: LiveSummary) -> None:

@@ -9,11 +9,20 @@ forward passes at once (the network's inference-time rewrites: :mod:`camvideo.re
   stages leave them idle. ``OMP_NUM_THREADS`` wins.
 - bf16 autocast is the CPU default where the CPU has native bf16 (AVX512-BF16 / AMX;
   about 2.5x fp32 there); fp16 on CUDA. The linear head and the maps stay fp32.
+- What the CPU can run is read once into :class:`CpuCaps` (:func:`cpu_caps`), which
+  honours oneDNN's own ``ONEDNN_MAX_CPU_ISA`` cap; every CPU-dependent choice here and in
+  :mod:`camvideo.rewrite` reads it, so tests simulate a CPU class by replacing it.
+  ``--precision bf16`` where oneDNN has no bf16 convolutions at all (AVX2-only CPUs) is
+  refused: torch's reference bf16 kernels ran the default model ~35x slower than fp32
+  there (about 1 s against 28 ms per frame on a 2-core AVX2 EPYC; benchmarks/README.md,
+  "CPU classes").
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -60,14 +69,78 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN is there;
-    elsewhere bf16 is emulated and slower than fp32."""
+#: oneDNN's ISA names (``ONEDNN_MAX_CPU_ISA``) from which it has native bf16 instructions
+_ONEDNN_NATIVE_BF16 = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512",
+                       "AVX512_CORE_AMX", "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16",
+                       "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2",
+                       "DEFAULT", "ALL")
+
+
+@dataclass(frozen=True)
+class CpuCaps:
+    """What this CPU runs, as far as camvideo's choices depend on it.
+
+    Attributes:
+        name: a short description for messages (``"AVX2"``, ``"AVX-512"``,
+            ``"AVX512-BF16"``, ``"AMX"``; ``" (oneDNN capped at X)"`` when
+            ``ONEDNN_MAX_CPU_ISA`` restricts it).
+        bf16_kernels: oneDNN runs bf16 convolutions (natively, or converting with AVX-512
+            BW/VL/DQ or AVX-NE-CONVERT). Without them bf16 falls back to torch's
+            reference kernels, ~35x slower than fp32.
+        native_bf16: it computes in bf16 natively (AVX512-BF16 or AMX, not capped away):
+            bf16 is faster than fp32 there.
+    """
+
+    name: str
+    bf16_kernels: bool
+    native_bf16: bool
+
+
+@functools.cache
+def cpu_caps() -> CpuCaps:
+    """This process's :class:`CpuCaps` (read once: oneDNN reads its cap once too)."""
     try:
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        avx512 = bool(torch.cpu._is_avx512_supported())
+        bf16 = bool(torch.cpu._is_avx512_bf16_supported())
+        amx = bool(torch.cpu._is_amx_tile_supported())
+        avx2 = bool(torch.cpu._is_avx2_supported())
     except AttributeError:  # older torch / non-x86 builds
+        avx512 = bf16 = amx = avx2 = False
+    name = ("AMX" if amx else "AVX512-BF16" if bf16 else "AVX-512" if avx512
+            else "AVX2" if avx2 else "a CPU without AVX2")
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+           or "").strip().upper()
+    if cap and cap not in ("DEFAULT", "ALL"):
+        name += f" (oneDNN capped at {cap})"
+    kernels = _onednn_runs_bf16()
+    native = (bf16 or amx) and kernels and (not cap or cap in _ONEDNN_NATIVE_BF16)
+    return CpuCaps(name, kernels, native)
+
+
+def _onednn_runs_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions here: the check torch makes before each
+    one (it reads oneDNN's own dispatch, so ``ONEDNN_MAX_CPU_ISA`` counts), or, where
+    torch lacks that check, a tiny bf16 convolution tried."""
+    if not torch.backends.mkldnn.is_available():
         return False
-    return bool(native) and torch.backends.mkldnn.is_available()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        w = torch.zeros(2, 1, 3, 3, dtype=torch.bfloat16)
+        x = torch.zeros(1, 1, 4, 4, dtype=torch.bfloat16)
+        torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1,
+                                                     list(x.shape))
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN uses it;
+    elsewhere bf16 is emulated and slower than fp32 (see :class:`CpuCaps`)."""
+    return cpu_caps().native_bf16
 
 
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
@@ -76,6 +149,10 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
     ``auto`` is fp16 on CUDA, bf16 on CPUs with native bf16 (:func:`cpu_has_native_bf16`;
     about twice as fast there, maps within ~0.1 of fp32's, see benchmarks/README.md) and
     fp32 on other CPUs.
+
+    Raises:
+        OptionError: an unknown spec; fp16 on the CPU; bf16 on a CPU whose oneDNN has no
+            bf16 convolutions (:attr:`CpuCaps.bf16_kernels`).
     """
     if spec not in PRECISIONS:
         raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
@@ -87,9 +164,16 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
         return None
     if spec == "fp16" and device.type == "cpu":
         raise OptionError("fp16 is for CUDA; on the CPU use bf16 or fp32")
-    if spec == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 is emulated and "
-                    "likely slower than fp32")
+    if spec == "bf16" and device.type == "cpu":
+        caps = cpu_caps()
+        if not caps.bf16_kernels:
+            raise OptionError(
+                f"bf16 needs a CPU whose oneDNN runs bf16 (AVX-512 or AVX-NE-CONVERT); "
+                f"this one is {caps.name}, where bf16 is ~35x slower than fp32: "
+                f"use fp32 (or auto)")
+        if not caps.native_bf16:
+            log.warning("this CPU (%s) has no native bf16 (AVX512-BF16/AMX): bf16 is "
+                        "emulated and likely slower than fp32", caps.name)
     return torch.float16 if spec == "fp16" else torch.bfloat16
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import device
 from .models import CamModel
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ class ConvAct(nn.Module):
     padding is symmetric padding in the call; where its total is odd, a depthwise kernel
     grows by a zero row/column instead (:meth:`_same_grown`), a dense one's input gets
     one zero row/column beside a single copy (``F.pad`` fills the whole padded tensor,
-    then copies). Traced (:mod:`camvideo.trace`) and on GPUs it is ``conv2d`` and the
+    then copies). Traced (:mod:`camvideo.trace`), on GPUs, and in bf16 where oneDNN has
+    no bf16 convolutions (:class:`~camvideo.device.CpuCaps`) it is ``conv2d`` and the
     activation.
 
     Args:
@@ -262,6 +264,8 @@ class ConvAct(nn.Module):
         padding = self.padding
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") \
             else x.dtype
+        if dtype == torch.bfloat16 and not device.cpu_caps().bf16_kernels:
+            return self._forward_plain(x, traced=False)  # oneDNN has no bf16 here
         x = x.to(dtype)
         grown = self._same_grown(x) if self.same else None
         if grown is not None:

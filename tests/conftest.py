@@ -16,6 +16,7 @@ fast.
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -82,6 +83,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: slow test, run only with --runslow")
     config.addinivalue_line("markers", "cuda: needs a CUDA device, skipped without one")
+    # A shell without job control starts background jobs (`pytest &`, a CI step run in
+    # the background) with SIGINT ignored, and child processes inherit that: the Ctrl-C
+    # tests would then time out. Ctrl-C is Python's default here, as in a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

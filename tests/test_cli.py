@@ -233,6 +233,36 @@ def test_bad_options(pan_clip, tmp_path, capsys, args, code, words):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def test_bf16_on_this_cpu_runs_or_is_one_line_and_exit_2(pan_clip, tmp_path, capsys):
+    """``--precision bf16`` is a working run where oneDNN has bf16 convolutions, and one
+    line with exit code 2 where it has not (AVX2-only CPUs), never an internal error."""
+    from camvideo.device import cpu_caps
+
+    out = tmp_path / "o.mp4"
+    rc, err = run([pan_clip.path, out, "--precision", "bf16", "-q"], capsys)
+    if cpu_caps().bf16_kernels:
+        assert rc == ExitCode.OK, err
+        assert probe(out)["frames"] == pan_clip.frames
+    else:
+        assert rc == ExitCode.USAGE and err.count("\n") == 1, err
+        assert "bf16 needs a CPU" in err and "use fp32" in err and "Traceback" not in err
+        assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_bf16_with_onednn_capped_at_avx2_is_one_line_and_exit_2(pan_clip, tmp_path):
+    """The same on any x86 machine as an AVX2-only CPU: oneDNN capped at AVX2 (what made
+    ``--precision bf16`` an internal error in oneDNN's weight reorder)."""
+    out = tmp_path / "o.mp4"
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    proc = subprocess.run([sys.executable, "-m", "camvideo", str(pan_clip.path), str(out),
+                           "--precision", "bf16"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "oneDNN capped at AVX2" in proc.stderr
+    assert "internal error" not in proc.stderr and not out.exists()
+    assert leftovers(tmp_path) == []
+
+
 def test_unwritable_output_folder(pan_clip, tmp_path, capsys, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()

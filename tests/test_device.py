@@ -1,17 +1,43 @@
-"""Tests of camvideo.device (precision choice, thread split) and camvideo.rewrite
-(batch-norm folding and the oneDNN conv+activation fusion, checked against the original
-network)."""
+"""Tests of camvideo.device (CPU capabilities, precision choice, thread split) and
+camvideo.rewrite (batch-norm folding and the oneDNN conv+activation fusion, checked
+against the original network).
+
+CPUs differ: every CPU-dependent decision is tested for each CPU class by simulating
+:func:`camvideo.device.cpu_caps` (so an AVX2 regression fails on an AVX-512 machine too);
+what needs the real feature (oneDNN's bf16 kernels) is skipped, with the reason, where
+the CPU lacks it. ``test_device_and_trace_tests_pass_as_an_avx2_cpu`` reruns this module
+and test_trace.py with oneDNN capped at AVX2.
+"""
 from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from camvideo.device import (cpu_has_native_bf16, default_infer_workers, pipeline_threads,
-                             resolve_precision)
+from camvideo import device
+from camvideo.device import (CpuCaps, cpu_caps, cpu_has_native_bf16, default_batch_size,
+                             default_infer_workers, pipeline_threads, resolve_precision)
 from camvideo.errors import OptionError
 from camvideo.models import from_modules, load_model
 from camvideo.rewrite import fold_batchnorm, optimize_model
+
+#: The CPU classes camvideo's choices distinguish, as cpu_caps() describes them.
+CPU_CLASSES = {
+    "avx2": CpuCaps("AVX2", bf16_kernels=False, native_bf16=False),         # Zen 2/3, Haswell..
+    "avx512": CpuCaps("AVX-512", bf16_kernels=True, native_bf16=False),     # Skylake-SP, Ice Lake
+    "avx512_bf16": CpuCaps("AVX512-BF16", bf16_kernels=True, native_bf16=True),  # Zen 4/5
+    "amx": CpuCaps("AMX", bf16_kernels=True, native_bf16=True),             # Sapphire Rapids
+}
+
+needs_bf16_kernels = pytest.mark.skipif(
+    not cpu_caps().bf16_kernels,
+    reason=f"oneDNN runs no bf16 convolutions on this CPU ({cpu_caps().name})")
 
 
 @pytest.fixture(scope="module")
@@ -19,23 +45,93 @@ def lite0():
     return load_model()
 
 
-def test_auto_precision_on_cpu_follows_native_bf16():
+@pytest.fixture(params=sorted(CPU_CLASSES))
+def cpu_class(request, monkeypatch) -> CpuCaps:
+    """Run the test as if on each CPU class (cpu_caps() replaced)."""
+    caps = CPU_CLASSES[request.param]
+    monkeypatch.setattr(device, "cpu_caps", lambda: caps)
+    return caps
+
+
+# ---------------------------------------------------------------------------------------
+# CPU capabilities and the choices made from them
+
+
+def test_cpu_caps_describe_this_machine():
+    caps = cpu_caps()
+    assert caps is cpu_caps()  # read once
+    assert caps.native_bf16 <= caps.bf16_kernels  # native bf16 is a kind of bf16 kernel
+    assert caps.native_bf16 == cpu_has_native_bf16()
+    if caps.bf16_kernels:  # and then oneDNN really runs one
+        w = torch.randn(4, 2, 3, 3, dtype=torch.bfloat16)
+        x = torch.randn(1, 2, 5, 5, dtype=torch.bfloat16)
+        torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1,
+                                                     list(x.shape))
+
+
+@pytest.mark.parametrize("cap", ["AVX2", "avx2", "AVX512_CORE"])
+def test_cpu_caps_honour_onednn_s_isa_cap(cap):
+    """``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 leaves no native bf16 (and below
+    AVX-512 no bf16 kernels at all), whatever the CPU: a capped AVX512-BF16 machine
+    behaves as the lesser class, so bf16 is neither chosen by auto nor run half-way."""
+    code = ("from camvideo.device import cpu_caps; c = cpu_caps(); "
+            "print(c.bf16_kernels, c.native_bf16, c.name)")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": cap}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split(maxsplit=2)
+    assert out[1] == "False"
+    if cap.upper() == "AVX2":
+        assert out[0] == "False"
+    assert f"oneDNN capped at {cap.upper()}" in out[2]
+
+
+def test_auto_precision_on_cpu_follows_native_bf16(cpu_class):
     got = resolve_precision("auto", torch.device("cpu"))
-    assert got == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert got == (torch.bfloat16 if cpu_class.native_bf16 else None)
     assert resolve_precision("fp32", torch.device("cpu")) is None
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float16
     with pytest.raises(OptionError):
         resolve_precision("fp16", torch.device("cpu"))
 
 
+def test_bf16_asked_for_is_run_warned_about_or_refused(cpu_class, caplog):
+    """``--precision bf16``: native CPUs run it; CPUs that only convert to bf16 run it
+    with a warning; where oneDNN has no bf16 convolutions (AVX2) it is refused with one
+    line naming the CPU (torch's reference kernels were ~35x slower than fp32 there)."""
+    with caplog.at_level(logging.WARNING, logger="camvideo.device"):
+        if not cpu_class.bf16_kernels:
+            with pytest.raises(OptionError, match=r"bf16 needs a CPU .*this one is AVX2.*"
+                                                  r"use fp32"):
+                resolve_precision("bf16", torch.device("cpu"))
+            return
+        assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    warned = [r.getMessage() for r in caplog.records]
+    assert bool(warned) == (not cpu_class.native_bf16), warned
 
 
-def test_pipeline_threads_leave_cores_for_decode_and_encode():
+def test_threads_and_batches_are_the_same_on_every_cpu_class(cpu_class):
+    """The thread split and batch size depend on cores and device, not on the ISA
+    (batch 4 measured on both classes: benchmarks/README.md, "CPU classes")."""
     assert pipeline_threads(1) == 1 and pipeline_threads(2) == 1
     assert pipeline_threads(4) == 3 and pipeline_threads(8) == 6
     assert pipeline_threads(16) == 12
     assert default_infer_workers(torch.device("cpu")) == 2
     assert default_infer_workers(torch.device("cpu"), stride=3) == 1
     assert default_infer_workers(torch.device("cuda")) == 1
+    assert default_batch_size(torch.device("cpu")) == 4
+    assert default_batch_size(torch.device("cuda")) == 32
+
+
+def test_the_engine_s_precision_follows_the_cpu_class(cpu_class):
+    from camvideo import api
+
+    model = from_modules(nn.Sequential(nn.Conv2d(3, 4, 8, stride=8)), nn.Linear(4, 3),
+                         stride=8)
+    engine = api.build_engine(api.Options(device="cpu"), model)
+    assert engine.precision == (torch.bfloat16 if cpu_class.native_bf16 else None)
+    if not cpu_class.bf16_kernels:
+        with pytest.raises(OptionError, match="bf16 needs"):
+            api.build_engine(api.Options(device="cpu", precision="bf16"), model)
 
 
 # ---------------------------------------------------------------------------------------
@@ -108,23 +204,58 @@ def test_optimize_model_folds_the_default_model_once(lite0):
 # conv + activation fusion
 
 
-def test_conv_act_fusion_keeps_the_function_in_fp32_and_bf16():
+def _fusable_net() -> nn.Sequential:
+    net = _conv_bn_net()
+    net[4] = nn.BatchNorm2d(6).eval()
+    net.append(nn.ReLU6())
+    return net
+
+
+def test_conv_act_fusion_keeps_the_function_in_fp32():
     from camvideo.rewrite import ConvAct, _has_fused_conv
 
     if not _has_fused_conv():
         pytest.skip("torch built without oneDNN")
-    net = _conv_bn_net()
-    net[4] = nn.BatchNorm2d(6).eval()
-    net.append(nn.ReLU6())
+    net = _fusable_net()
     x = torch.randn(2, 3, 16, 20).contiguous(memory_format=torch.channels_last)
     fused, n = fold_batchnorm(net, x, fuse=True)
     assert n == 2 and sum(isinstance(m, ConvAct) for m in fused.modules()) == 2
     assert not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in fused.modules())
     with torch.inference_mode():
         assert torch.allclose(fused(x), net(x), atol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            a, b = fused(x).float(), net(x).float()
+
+
+@needs_bf16_kernels
+def test_conv_act_fusion_keeps_the_function_in_bf16():
+    from camvideo.rewrite import ConvAct, _has_fused_conv
+
+    if not _has_fused_conv():
+        pytest.skip("torch built without oneDNN")
+    net = _fusable_net()
+    x = torch.randn(2, 3, 16, 20).contiguous(memory_format=torch.channels_last)
+    fused, _ = fold_batchnorm(net, x, fuse=True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = fused(x).float(), net(x).float()
     assert (a - b).abs().max() <= 0.05 * max(1.0, float(b.abs().max()))
+    assert any(m._pack for m in fused.modules() if isinstance(m, ConvAct))  # oneDNN ran
+
+
+def test_conv_act_in_bf16_without_onednn_bf16_runs_the_plain_convolution(monkeypatch):
+    """Under bf16 autocast on a CPU whose oneDNN has no bf16 (AVX2), the fused module
+    computes the plain convolution (torch's own bf16 kernels) instead of failing in
+    oneDNN's weight reorder, as it did."""
+    from camvideo.rewrite import ConvAct
+
+    monkeypatch.setattr(device, "cpu_caps", lambda: CPU_CLASSES["avx2"])
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, padding=1).eval()
+    fused = ConvAct(conv, "relu6")
+    x = torch.randn(1, 4, 9, 11).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused(x).float()
+        ref = conv(x).float().clamp(0, 6)
+    assert not fused._pack  # no oneDNN weights made
+    assert (got - ref).abs().max() <= 0.05 * max(1.0, float(ref.abs().max()))
 
 
 def test_default_model_is_fused_on_the_cpu(lite0):
@@ -153,6 +284,8 @@ def test_conv_act_weights_are_packed_once_per_input_shape():
         for x in xs:
             assert torch.allclose(fused(x), conv(x).relu(), atol=1e-5)
         assert len(fused._pack) == 2 and all(p.is_mkldnn for _, p in fused._pack.values())
+        if not cpu_caps().bf16_kernels:
+            return  # no bf16 kernels: bf16 runs the plain convolution (tested above)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             a = fused(xs[0]).float()
         assert len(fused._pack) == 3  # bf16 weights: packed on their own
@@ -184,6 +317,31 @@ def test_conv_act_fusion_keeps_tensorflow_same_padding(hw):
         got = fused(x)
         assert got.shape == ref.shape
         assert torch.allclose(got, ref, atol=1e-5)
+        if not cpu_caps().bf16_kernels:  # bf16 is the plain convolution there (above)
+            return
         with torch.autocast("cpu", dtype=torch.bfloat16):
             a = fused(x).float()
     assert (a - ref).abs().max() <= 0.05 * max(1.0, float(ref.abs().max()))
+
+
+# ---------------------------------------------------------------------------------------
+# the AVX2 class for real
+
+
+@pytest.mark.skipif(os.environ.get("ONEDNN_MAX_CPU_ISA") is not None,
+                    reason="already running with oneDNN capped")
+def test_device_and_trace_tests_pass_as_an_avx2_cpu():
+    """This module and test_trace.py, run again with oneDNN capped at AVX2
+    (``ONEDNN_MAX_CPU_ISA=AVX2``) and ATen's kernels at AVX2 (``ATEN_CPU_CAPABILITY``):
+    on an AVX-512 machine that is what an AVX2-only CPU's oneDNN does (no bf16
+    convolutions), the failure that once broke the suite there. Not emulated: the
+    machine's speed and caches, and the SIMD of FFmpeg, OpenCV and numpy."""
+    here = Path(__file__).parent
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         str(here / "test_device.py"), str(here / "test_trace.py")],
+        env=env, cwd=here.parent, capture_output=True, text=True, timeout=900)
+    tail = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in tail and "failed" not in tail, tail

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from camvideo import api
+from camvideo.device import cpu_caps
 from camvideo.models import CamModel, load_model
 from camvideo.rewrite import optimize_model
 from camvideo.trace import TracedBackbone, traced_backbone
@@ -34,7 +35,10 @@ def wrap(backbone: nn.Module) -> CamModel:
                     stride=2)
 
 
-@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+@pytest.mark.parametrize("precision", [None, pytest.param(
+    torch.bfloat16, marks=pytest.mark.skipif(
+        not cpu_caps().bf16_kernels,
+        reason=f"oneDNN runs no bf16 convolutions on this CPU ({cpu_caps().name})"))])
 def test_traced_backbone_computes_what_the_eager_one_does(lite0, precision):
     tb = TracedBackbone(lite0, precision)
     x = probe(3)

@@ -1,8 +1,8 @@
 """Batch throughput: videos/hour and frames/s of ``camvideo batch`` for ``--jobs`` N.
 
-Generates a folder of 8 clips from real photos (:mod:`camvideo.synth`: pans, zooms and
+Generates a folder of 8 clips from real photos (:mod:`camvideo.testing.synth`: pans, zooms and
 cuts, 320x180, 60 frames at 30 fps, H.264, in two subfolders), loads the default model
-once and runs :func:`camvideo.batch.run_batch` on the folder with each ``--jobs`` value
+once and runs :func:`camvideo.batch.runner.run_batch` on the folder with each ``--jobs`` value
 (default options otherwise: ``--size 224``, smoothing on), into a fresh output folder each
 time. The settings run in turn, ``--repeat`` rounds; the best run of each counts (the
 machine may be shared). The load average before each run is printed, to judge the noise.
@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from camvideo import synth  # noqa: E402
-from camvideo.batch import DONE, run_batch  # noqa: E402
-from camvideo.models import load_model  # noqa: E402
+from camvideo.testing import synth  # noqa: E402
+from camvideo.batch.runner import DONE, run_batch  # noqa: E402
+from camvideo.model.registry import load_model  # noqa: E402
 
 HEADING = "## Batch throughput"
 KINDS = ("pan", "zoom", "cuts")

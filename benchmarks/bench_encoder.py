@@ -10,7 +10,7 @@ lossless YUV 4:2:0, so decoding is not counted):
 - luma PSNR against the lossless frames.
 
 Each setting is ``PRESET;CRF[;x264-params]``; ``default`` is what camvideo uses
-(:func:`camvideo.media.encoder_options` with no preset given). Settings are run in turn,
+(:func:`camvideo.media.files.encoder_options` with no preset given). Settings are run in turn,
 ``--repeat`` times (medians), so noise from other load hits them alike.
 
 Usage::
@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from camvideo.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, encoder_options  # noqa: E402
+from camvideo.media.encoding import (DEFAULT_PRESET, DEFAULT_X264_PARAMS,  # noqa: E402
+                                     encoder_options)
 
 SETTINGS = ["default", "veryfast;20", "superfast;20", "ultrafast;20", "faster;20",
             "superfast;22", "veryfast;20;me=dia:partitions=i8x8,i4x4"]

@@ -7,7 +7,7 @@ the latest-frame policy drops what the model cannot keep up with. Latency runs f
 moment a frame is released (decoded, "captured") to the moment its annotated version
 reaches the outputs (after model, smoothing, colouring, labels; before encoding).
 
-Clips (:mod:`camvideo.synth`, real photos): 30 fps pans, 640x360 and 1280x720, cached in
+Clips (:mod:`camvideo.testing.synth`, real photos): 30 fps pans, 640x360 and 1280x720, cached in
 ``--cache``. Each configuration runs ``--seconds`` (default 10); the first second is left
 out of the figures (warm-up).
 
@@ -35,10 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from camvideo import synth  # noqa: E402
-from camvideo.live import run_live  # noqa: E402
-from camvideo.models import DEFAULT_MODEL, load_model  # noqa: E402
-from camvideo.device import cpu_count  # noqa: E402
+from camvideo.testing import synth  # noqa: E402
+from camvideo.live.session import run_live  # noqa: E402
+from camvideo.options import DEFAULT_MODEL
+from camvideo.model.registry import load_model  # noqa: E402
+from camvideo.model.device import cpu_count  # noqa: E402
 
 SIZES = {"640x360": (640, 360), "1280x720": (1280, 720)}
 STRIDES = (1, 3)

@@ -1,5 +1,5 @@
 """The backbone in fp32 and bf16 on this CPU, each way camvideo can run it, and the batch
-size sweep behind the CPU default (:func:`camvideo.device.default_batch_size`).
+size sweep behind the CPU default (:func:`camvideo.model.device.default_batch_size`).
 
 Default model, 224x384 input, one thread (the pipeline's per-pass setting on 2 cores),
 medians of interleaved rounds in one process. A way that fails on this CPU says why
@@ -18,10 +18,10 @@ from contextlib import nullcontext
 
 import torch
 
-from camvideo.device import cpu_caps
-from camvideo.models import load_model
-from camvideo.rewrite import fold_batchnorm, optimize_model
-from camvideo.trace import TracedBackbone
+from camvideo.model.device import cpu_caps
+from camvideo.model.registry import load_model
+from camvideo.model.rewrite import fold_batchnorm, optimize_model
+from camvideo.model.trace import TracedBackbone
 
 
 def _ctx(dtype: torch.dtype | None):

@@ -7,13 +7,13 @@ machine; ``--repeat N`` repeats the whole set and reports medians.
 Measured (frames per second):
 
 - ``decode``: PyAV decoding to arrays as the pipeline's reader does: I420 on the CPU
-  (:mod:`camvideo.yuv`), RGB on CUDA.
+  (:mod:`camvideo.pixels`), RGB on CUDA.
 - ``transcode``: decode + encode with the pipeline's default encoder settings (libx264,
-  CRF 20, superfast with mb-tree: :func:`camvideo.encoding.encoder_options`), serially in
+  CRF 20, superfast with mb-tree: :func:`camvideo.media.encoding.encoder_options`), serially in
   one thread (x264 runs its own frame threads): the I/O stages' cost per frame.
 - ``model+CAM``: resize/normalise + forward + CAM maps at the pipeline's batch size and
   concurrency (two batches at once on the CPU; the backbone traced and fused as the
-  pipeline runs it, :mod:`camvideo.trace`), on frames already decoded (``engine``:
+  pipeline runs it, :mod:`camvideo.model.trace`), on frames already decoded (``engine``:
   plus smoothing, colouring, blending and labels, in stream order).
 - ``pipeline``: ``camvideo.annotate`` in this process with defaults, the model already
   loaded, and ``pipeline --stride 3``; unless ``--no-rss``, also ``python -m camvideo IN
@@ -24,7 +24,7 @@ Measured (frames per second):
   ``cv2.applyColorMap`` + ``addWeighted`` + label → ``cv2.VideoWriter`` (mp4v) loop,
   torch's default threads, on the first ``--loop-frames`` frames.
 
-The standard clip is 720p30, 20 s, made by :mod:`camvideo.synth` from real photos (pans
+The standard clip is 720p30, 20 s, made by :mod:`camvideo.testing.synth` from real photos (pans
 and zooms), cached in ``--cache``. ``--memory`` instead compares the pipeline's peak RSS
 on a 10-minute 720p clip (the standard clip repeated by stream copy) with a 10-second one.
 
@@ -57,12 +57,14 @@ import av  # noqa: E402
 import torch  # noqa: E402
 
 from camvideo import api  # noqa: E402
-from camvideo.api import Options, build_engine  # noqa: E402
+from camvideo.api import build_engine  # noqa: E402
 from camvideo.cam import cam_maps  # noqa: E402
-from camvideo.device import cpu_count, default_batch_size, resolve_device  # noqa: E402
-from camvideo.media import FileSource, Frame  # noqa: E402
-from camvideo.sink import FileSink  # noqa: E402
-from camvideo.models import DEFAULT_MODEL, load_model  # noqa: E402
+from camvideo.media.files import FileSource  # noqa: E402
+from camvideo.media.frames import Frame  # noqa: E402
+from camvideo.media.sink import FileSink  # noqa: E402
+from camvideo.model.device import cpu_count, default_batch_size, resolve_device  # noqa: E402
+from camvideo.model.registry import load_model  # noqa: E402
+from camvideo.options import DEFAULT_MODEL, Options  # noqa: E402
 from clips import CACHE, repeat_clip, standard_clip  # noqa: E402  (benchmarks/clips.py)
 from loops import bench_gradcam, bench_torchcam  # noqa: E402  (benchmarks/loops.py)
 
@@ -205,7 +207,7 @@ def run_once(args, clip: Path, model, work: Path, with_rss: bool) -> dict:
     def put(name: str, result) -> None:
         r[name], r[name + "_cpu"] = result
 
-    i420 = model.device.type == "cpu"  # what the pipeline decodes to (camvideo.yuv)
+    i420 = model.device.type == "cpu"  # what the pipeline decodes to (camvideo.pixels)
     put("decode", bench_decode(clip, i420))
     put("transcode", bench_transcode(clip, work / "transcode.mp4", i420))
     images = held_frames(clip, 48, i420)

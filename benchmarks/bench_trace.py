@@ -21,11 +21,11 @@ import time
 import torch
 
 from camvideo import api
-from camvideo.device import resolve_precision
-from camvideo.media import FileSource
-from camvideo.models import load_model
-from camvideo.rewrite import optimize_model
-from camvideo.trace import TracedBackbone
+from camvideo.model.device import resolve_precision
+from camvideo.media.files import FileSource
+from camvideo.model.registry import load_model
+from camvideo.model.rewrite import optimize_model
+from camvideo.model.trace import TracedBackbone
 
 from clips import CACHE, standard_clip
 

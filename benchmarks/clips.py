@@ -1,4 +1,4 @@
-"""The benchmarks' standard clips, generated from real photos (:mod:`camvideo.synth`) and
+"""The benchmarks' standard clips, generated from real photos (:mod:`camvideo.testing.synth`) and
 cached: ``bench_speed.py`` and ``bench_encoder.py`` use them."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import av
 
-from camvideo import synth
+from camvideo.testing import synth
 
 CACHE = Path(tempfile.gettempdir()) / "camvideo-bench"
 SEGMENTS = [("pan", "chelsea", "coffee"), ("zoom", "coffee", None),

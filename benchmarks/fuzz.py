@@ -22,9 +22,11 @@ import av
 import numpy as np
 import torch
 
-from camvideo import annotate, synth
+from camvideo import annotate
+from camvideo.testing import synth
 from camvideo.errors import CamVideoError
-from camvideo.models import CamModel, from_modules
+from camvideo.model.cammodel import CamModel
+from camvideo.model.registry import from_modules
 
 
 def tiny_model() -> CamModel:

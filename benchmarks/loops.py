@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from camvideo.models import _load_lite0
+from camvideo.model.registry import _load_lite0
 
 
 def _loop(path: Path, out: Path, limit: int, size: tuple[int, int], mean, std,

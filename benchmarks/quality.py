@@ -1,6 +1,6 @@
 """Quality of temporal smoothing: flicker, label switches and pointing accuracy.
 
-Generates clips from real photos (:mod:`camvideo.synth`: a pan, a zoom, hard cuts), encodes
+Generates clips from real photos (:mod:`camvideo.testing.synth`: a pan, a zoom, hard cuts), encodes
 them with H.264, decodes them back, runs the default model once per clip and then feeds
 the same features to several smoothers:
 
@@ -40,11 +40,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from camvideo import synth  # noqa: E402
-from camvideo.media import FileSource  # noqa: E402
-from camvideo.models import load_model  # noqa: E402
+from camvideo.testing import synth  # noqa: E402
+from camvideo.media.files import FileSource  # noqa: E402
+from camvideo.model.registry import load_model  # noqa: E402
 from camvideo.cam import cam_maps, minmax_normalize  # noqa: E402
-from camvideo.smoothing import DEFAULT_TAU, Smoothed, Smoother  # noqa: E402
+from camvideo.options import DEFAULT_TAU
+from camvideo.smoothing import Smoothed, Smoother  # noqa: E402
 
 TOLERANCE_PX = 15
 BATCH = 8
@@ -230,7 +231,7 @@ def report(tab: str, results: dict[str, dict[str, dict]], args: argparse.Namespa
         f"{size[0]}x{size[1]} at {args.fps:g} fps, encoded (H.264) and decoded back; default "
         f"model efficientnet_lite0 at 224 px. {machine()}, torch {torch.__version__}; "
         f"{seconds:.0f} s in all.\n\n"
-        "Clips (`camvideo.synth`, real photos): **pan (cup)** and **pan (pagoda)**: the "
+        "Clips (`camvideo.testing.synth`, real photos): **pan (cup)** and **pan (pagoda)**: the "
         "`coffee` / `china` photo (half the frame high) slides across a blurred `astronaut` "
         "backdrop with a vertical bob; **zoom (coffee)**: a 1x to 2x zoom on the cup; "
         "**cuts**: four 30-frame shots (cat, cup, pagoda, motorcycle), each slowly zooming, "

@@ -15,7 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"annotate": "api", "Options": "api", "Summary": "api", "load_model": "models"}
+_LAZY = {"annotate": "api", "Options": "options", "Summary": "options",
+         "load_model": "model.registry"}
 __all__ = ["Options", "Summary", "annotate", "load_model", "__version__"]
 
 

@@ -1,13 +1,12 @@
 """Errors a user can cause, and the exit codes the CLI maps them to.
 
-The library raises these; only :mod:`camvideo.cli` turns them into one line on stderr
+The library raises these; only :mod:`camvideo.commands.main` turns them into one line on stderr
 and an exit code. Anything else escaping the library is a bug (exit code ``INTERNAL``).
 """
 from __future__ import annotations
 
 import enum
-
-import av
+import sys
 
 
 class ExitCode(enum.IntEnum):
@@ -67,7 +66,9 @@ class SourceLostError(CamVideoError):
 def first_line(e: BaseException) -> str:
     """A short reason: FFmpeg's own words without errno numbers and repeated file names."""
     reason = getattr(e, "strerror", None)
-    if isinstance(e, (av.FFmpegError, OSError)) and reason:
+    av = sys.modules.get("av")  # an FFmpeg error comes from a loaded PyAV, if any
+    ffmpeg = isinstance(e, av.FFmpegError) if av is not None else False
+    if (ffmpeg or isinstance(e, OSError)) and reason:
         return str(reason)
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

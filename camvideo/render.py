@@ -5,7 +5,7 @@ uint8 copy back per batch); on the CPU they are OpenCV uint8 calls per frame, wh
 about ten times cheaper there than full-resolution float tensors (see benchmarks/README.md,
 "Speed"). Text and rectangles are drawn on the CPU, last.
 
-CPU frames may also be I420 (``(H * 3 // 2, W)`` uint8, :mod:`camvideo.yuv`), as the file
+CPU frames may also be I420 (``(H * 3 // 2, W)`` uint8, :mod:`camvideo.pixels`), as the file
 pipeline decodes them: the heatmap is then blended plane by plane (its colours converted
 once, by the same OpenCV conversion the RGB frames get before encoding) and the output
 stays I420; only the labels' box is drawn in RGB.
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from . import yuv
+from . import pixels
 from .cam import paper_bbox
 from .errors import OptionError
 
@@ -99,7 +99,7 @@ class Renderer:
         self.layout = layout
         self.keep_cams = keep_cams
         self._lut_np = np.ascontiguousarray(self.lut.numpy().reshape(256, 1, 3))
-        self._lut_yuv = yuv.yuv_of_rgb(self.lut.numpy())
+        self._lut_yuv = pixels.yuv_of_rgb(self.lut.numpy())
         self._lut_dev: Tensor | None = None
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -114,7 +114,7 @@ class Renderer:
         Args:
             frames: ``(N, H, W, 3)`` uint8 RGB on the maps' device, or (CPU) a sequence of
                 ``N`` numpy arrays (used as they are, no stacking), each ``(H, W, 3)``
-                uint8 RGB or ``(H * 3 // 2, W)`` uint8 I420 (:mod:`camvideo.yuv`).
+                uint8 RGB or ``(H * 3 // 2, W)`` uint8 I420 (:mod:`camvideo.pixels`).
             maps: ``(N, h, w)`` float in ``[0, 1]``, the maps to draw.
             probs: ``(N, K)`` class probabilities (the labels drawn).
             classes: ``(N,)`` int64 class each map belongs to.
@@ -175,11 +175,11 @@ class Renderer:
         index ``idx``, chroma with the map resized to the chroma planes' size."""
         h, w = _size(img)
         side = self.layout == "side"
-        out = yuv.empty(h, 2 * w if side else w)
+        out = pixels.empty(h, 2 * w if side else w)
         idx_c = cv2.convertScaleAbs(cv2.resize(cam, (w // 2, h // 2),
                                                interpolation=cv2.INTER_LINEAR), alpha=255.0)
         a = self.alpha
-        for src, dst, lut, ix in zip(yuv.planes(img), yuv.planes(out), self._lut_yuv,
+        for src, dst, lut, ix in zip(pixels.planes(img), pixels.planes(out), self._lut_yuv,
                                      (idx, idx_c, idx_c)):
             x0 = src.shape[1] if side else 0
             if side:
@@ -248,11 +248,11 @@ class Renderer:
 
 def _size(img: np.ndarray) -> tuple[int, int]:
     """``(H, W)`` of an RGB (3-D) or I420 (2-D) frame array."""
-    return yuv.size(img, yuv.I420 if img.ndim == 2 else yuv.RGB)
+    return pixels.size(img, pixels.I420 if img.ndim == 2 else pixels.RGB)
 
 
 _BOX_RGB = (0, 255, 0)
-_BOX_YUV = [int(c[0]) for c in yuv.yuv_of_rgb(np.array([_BOX_RGB], np.uint8))]
+_BOX_YUV = [int(c[0]) for c in pixels.yuv_of_rgb(np.array([_BOX_RGB], np.uint8))]
 
 
 def _draw_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:
@@ -262,7 +262,7 @@ def _draw_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:
     if img.ndim == 3:
         cv2.rectangle(img, (x0, y0), (x1, y1), _BOX_RGB, th, cv2.LINE_AA)
         return
-    for plane, value, s in zip(yuv.planes(img), _BOX_YUV, (1, 2, 2)):
+    for plane, value, s in zip(pixels.planes(img), _BOX_YUV, (1, 2, 2)):
         cv2.rectangle(plane, (x0 // s, y0 // s), (x1 // s, y1 // s), value,
                       max(1, th // s), cv2.LINE_AA)
 
@@ -287,8 +287,8 @@ def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int
     if x1 <= x0 or y1 <= y0:  # a frame a few pixels wide or high: no room for labels
         return
     if img.ndim == 2:
-        area = yuv.even_box(x0, y0, x1, y1, h, w)
-        canvas, (ox, oy) = yuv.read_rgb(img, area), area[:2]
+        area = pixels.even_box(x0, y0, x1, y1, h, w)
+        canvas, (ox, oy) = pixels.read_rgb(img, area), area[:2]
     else:
         canvas, ox, oy = img, 0, 0
     roi = canvas[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
@@ -299,4 +299,4 @@ def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int
         cv2.putText(canvas, text, (x0 + pad - ox, y - oy), font, scale, colour, thick,
                     cv2.LINE_AA)
     if img.ndim == 2:
-        yuv.write_rgb(img, area, canvas)
+        pixels.write_rgb(img, area, canvas)

@@ -49,14 +49,13 @@ from torch import Tensor
 from . import motion as mo
 from .cam import cam_maps, minmax_normalize
 from .errors import OptionError
+from .options import DEFAULT_MARGIN, DEFAULT_TAU
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CUT_THRESHOLD", "DEFAULT_HOLD", "DEFAULT_MARGIN", "DEFAULT_TAU",
            "MODES", "Smoothed", "Smoother"]
 
-DEFAULT_TAU = 0.3            #: seconds
-DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over at once
 DEFAULT_HOLD = 1.0           #: seconds a shown class may trail before it gives way
 DEFAULT_CUT_THRESHOLD = 0.3  #: cut score (0..1) above which a frame starts a new shot
 MODES = ("causal", "centered")

@@ -22,8 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from camvideo import synth  # noqa: E402
-from camvideo.synth_clip import Clip, write_clip  # noqa: E402
+from camvideo.testing import synth  # noqa: E402
+from camvideo.testing.clip import Clip, write_clip  # noqa: E402
 
 SIZE = (640, 360)
 FPS = 25

@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import pytest
 
-from camvideo.batch import DONE
+from camvideo.batch.runner import DONE
 from camvideo.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """Shared pytest configuration: markers, a tiny stand-in model, and session-scoped clips
-made by camvideo.synth.
+made by camvideo.testing.synth.
 
 Markers (registered here, not in setup.cfg):
 
@@ -9,7 +9,7 @@ Markers (registered here, not in setup.cfg):
 ``tiny_model`` (or :func:`use_tiny_model`, to slow it down) replaces model loading with a
 tiny random convolution, for tests about media and live handling rather than the network.
 
-Clip fixtures return :class:`camvideo.synth_clip.Clip` objects written once per session
+Clip fixtures return :class:`camvideo.testing.clip.Clip` objects written once per session
 under ``tmp_path_factory``; each is at most 2 s long and 320 px wide so the suite stays
 fast.
 """
@@ -24,9 +24,10 @@ import pytest
 import torch
 
 from batch_tools import GOOD
-from camvideo import synth
-from camvideo.models import CamModel, from_modules
-from camvideo.synth_clip import Clip
+from camvideo.testing import synth
+from camvideo.model.cammodel import CamModel
+from camvideo.model.registry import from_modules
+from camvideo.testing.clip import Clip
 
 #: Start of a ``python -c`` script that runs the CLI in a child process with a tiny
 #: random network in place of the default model (for process-level tests: signals,
@@ -34,18 +35,18 @@ from camvideo.synth_clip import Clip
 TINY_MODEL_CLI_PRELUDE = (
     "import sys, torch\n"
     "import camvideo.api as api\n"
-    "from camvideo.models import from_modules\n"
+    "from camvideo.model.registry import from_modules\n"
     "torch.manual_seed(0)\n"
     "m = from_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 32, stride=32)),"
     " torch.nn.Linear(8, 5), labels=list('abcde'))\n"
     "api.load_model = lambda *a, **k: m\n"
-    "from camvideo.cli import main\n")
+    "from camvideo.commands.main import main\n")
 
 
 class Sleep(torch.nn.Module):
     """Makes a forward pass take ``seconds`` longer (an artificially slow model). It
     refuses to be traced (a traced graph would lose the sleep), so the pipeline runs it
-    eagerly (camvideo.trace falls back)."""
+    eagerly (camvideo.model.trace falls back)."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__()

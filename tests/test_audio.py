@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from camvideo.cli import main
+from camvideo.commands.main import main
 from camvideo.errors import ExitCode
 
 W, H = 160, 96

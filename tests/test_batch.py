@@ -18,12 +18,12 @@ import pytest
 
 from batch_tools import (BAD, FAST, GOOD, after_interrupt, by_rel, check_done, frame_count,
                          interrupt_after_first_output, partials, popen_batch)
-from camvideo.batch import (DONE, FAILED, INTERRUPTED, SKIPPED, clean_stale_partials,
-                            find_videos, plan, run_batch)
+from camvideo.batch.runner import (DONE, FAILED, INTERRUPTED, SKIPPED,
+                                   clean_stale_partials, find_videos, plan, run_batch)
 from camvideo.errors import ExitCode, InputError, ModelError, OptionError
-from camvideo.sink import source_of
-from camvideo import synth
-from camvideo.models import load_model
+from camvideo.media.sink import source_of
+from camvideo.testing import synth
+from camvideo.model.registry import load_model
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,8 @@ def test_stale_partials_removed_live_ones_kept(tmp_path):
 def test_partial_pattern_matches_the_sinks_temporary_names(tmp_path):
     """The sweep knows the sinks' naming: the PID it reads is this process's."""
     from camvideo.api import JsonLinesSink
-    from camvideo.batch_files import _PARTIAL
-    from camvideo.sink import _temp_path
+    from camvideo.batch.files import _PARTIAL
+    from camvideo.media.sink import _temp_path
 
     side = JsonLinesSink(tmp_path / "v.2.jsonl")
     names = [_temp_path(tmp_path / "v.2.mp4").name, side.tmp.name]
@@ -244,7 +244,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tree):
               "not a video encoder"),
              ([str(tree), str(tmp_path / "o"), "--device", "tpu"], ExitCode.USAGE,
               "device")]
-    from camvideo.cli import main
+    from camvideo.commands.main import main
     for args, code, words in cases:
         rc = main(["batch", *args, "-q"])
         err = capsys.readouterr().err
@@ -256,8 +256,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tree):
 
 
 def test_cli_summary_report_and_exit_code(tree, tmp_path, capsys, lite0, monkeypatch):
-    monkeypatch.setattr("camvideo.models.load_model", lambda *a, **k: lite0)
-    from camvideo.cli import main
+    monkeypatch.setattr("camvideo.model.registry.load_model", lambda *a, **k: lite0)
+    from camvideo.commands.main import main
     out, report = tmp_path / "out", tmp_path / "r.json"
     rc = main(["batch", str(tree), str(out), "--json", "--size", "64", "--smooth", "0",
                "--report", str(report), "-q", "--glob", "*.MP4", "--glob", "*.avi"])

@@ -9,7 +9,7 @@ import pytest
 
 from batch_tools import (BAD, FAST, GOOD, after_interrupt, by_rel, check_done, frame_count,
                          interrupt_after_first_output, partials, popen_batch)
-from camvideo.batch import DONE, FAILED, SKIPPED, run_batch
+from camvideo.batch.runner import DONE, FAILED, SKIPPED, run_batch
 from camvideo.errors import ExitCode
 
 
@@ -59,7 +59,7 @@ def test_ray_connection_failure_is_one_line(tree, tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
-    from camvideo.cli import main
+    from camvideo.commands.main import main
     rc = main(["batch", str(tree), str(tmp_path / "out"), "--ray", "auto", "-q"])
     err = capsys.readouterr().err
     assert rc == ExitCode.USAGE and err.count("\n") == 1, err

@@ -7,9 +7,10 @@ import torch
 import torchvision
 from torchcam.methods import CAM
 
-from camvideo import synth
-from camvideo.cam import cam_maps, logits_from_features, minmax_normalize, paper_bbox, peak_xy
-from camvideo.models import from_modules, load_model
+from camvideo.testing import synth
+from camvideo.cam import (cam_maps, logits_from_features, minmax_normalize, paper_bbox,
+                          peak_xy)
+from camvideo.model.registry import from_modules, load_model
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import camvideo
-from camvideo.cli import main
+from camvideo.commands.main import main
 from camvideo.errors import ExitCode
-from camvideo.models import load_model
+from camvideo.model.registry import load_model
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_odd_size_kept(odd_clip, lite0, tmp_path):
 
 
 def test_rotation_metadata_is_applied(lite0, tmp_path):
-    from camvideo import synth
+    from camvideo.testing import synth
     frames, _ = synth.pan_frames("chelsea", (160, 96), 8)
     clip = synth.write_clip(tmp_path / "rot.mp4", frames, fps=10, rotation=90)
     out = tmp_path / "rot_out.mp4"
@@ -153,7 +153,7 @@ def test_json_sidecar_records(pan_clip, lite0, tmp_path):
 
 
 def test_peak_lies_on_the_moving_object(lite0, tmp_path):
-    from camvideo import synth
+    from camvideo.testing import synth
     clip = synth.make_clip("pan", tmp_path / "pan.mp4", size=(640, 360), n=60, fps=30)
     side = tmp_path / "pan.jsonl"
     camvideo.annotate(clip.path, tmp_path / "pan_out.mp4", model=lite0, json=str(side))
@@ -236,7 +236,7 @@ def test_bad_options(pan_clip, tmp_path, capsys, args, code, words):
 def test_bf16_on_this_cpu_runs_or_is_one_line_and_exit_2(pan_clip, tmp_path, capsys):
     """``--precision bf16`` is a working run where oneDNN has bf16 convolutions, and one
     line with exit code 2 where it has not (AVX2-only CPUs), never an internal error."""
-    from camvideo.device import cpu_caps
+    from camvideo.model.device import cpu_caps
 
     out = tmp_path / "o.mp4"
     rc, err = run([pan_clip.path, out, "--precision", "bf16", "-q"], capsys)
@@ -268,7 +268,7 @@ def test_unwritable_output_folder(pan_clip, tmp_path, capsys, monkeypatch):
     ro.mkdir()
     real_access = __import__("os").access
     # root ignores folder permissions, so deny write access the way a read-only mount would
-    monkeypatch.setattr("camvideo.media.os.access",
+    monkeypatch.setattr("camvideo.media.files.os.access",
                         lambda p, mode: False if Path(p) == ro else real_access(p, mode))
     rc, err = run([pan_clip.path, ro / "o.mp4"], capsys)
     assert rc == ExitCode.OUTPUT and "not writable" in err and err.count("\n") == 1
@@ -287,7 +287,7 @@ def test_console_script_runs_offline(pan_clip, tmp_path):
     code = ("import socket, sys\n"
             "def refuse(*a, **k): raise OSError('network access attempted')\n"
             "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
-            "from camvideo.cli import main\n"
+            "from camvideo.commands.main import main\n"
             f"sys.exit(main([{str(pan_clip.path)!r}, {str(out)!r}, '-q']))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
@@ -316,7 +316,7 @@ class SlowTorch(importlib.abc.MetaPathFinder):
             time.sleep(60)
         return None
 sys.meta_path.insert(0, SlowTorch())
-from camvideo.cli import main
+from camvideo.commands.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

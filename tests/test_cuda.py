@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from camvideo import api
-from camvideo.media import FileSource, Frame
-from camvideo.models import from_modules, load_model
-from camvideo.device import resolve_precision
-from camvideo.engine import CamEngine
+from camvideo.media.files import FileSource
+from camvideo.media.frames import Frame
+from camvideo.model.registry import from_modules, load_model
+from camvideo.model.device import resolve_precision
+from camvideo.runtime.engine import CamEngine
 from camvideo.render import Renderer
 from camvideo.smoothing import Smoother
 

@@ -1,9 +1,9 @@
-"""Tests of camvideo.device (CPU capabilities, precision choice, thread split) and
-camvideo.rewrite (batch-norm folding and the oneDNN conv+activation fusion, checked
+"""Tests of camvideo.model.device (CPU capabilities, precision choice, thread split) and
+camvideo.model.rewrite (batch-norm folding and the oneDNN conv+activation fusion, checked
 against the original network).
 
 CPUs differ: every CPU-dependent decision is tested for each CPU class by simulating
-:func:`camvideo.device.cpu_caps` (so an AVX2 regression fails on an AVX-512 machine too);
+:func:`camvideo.model.device.cpu_caps` (so an AVX2 regression fails on an AVX-512 machine too);
 what needs the real feature (oneDNN's bf16 kernels) is skipped, with the reason, where
 the CPU lacks it. ``test_device_and_trace_tests_pass_as_an_avx2_cpu`` reruns this module
 and test_trace.py with oneDNN capped at AVX2.
@@ -20,12 +20,13 @@ import pytest
 import torch
 from torch import nn
 
-from camvideo import device
-from camvideo.device import (CpuCaps, cpu_caps, cpu_has_native_bf16, default_batch_size,
-                             default_infer_workers, pipeline_threads, resolve_precision)
+from camvideo.model import device
+from camvideo.model.device import (CpuCaps, cpu_caps, cpu_has_native_bf16,
+                                   default_batch_size, default_infer_workers,
+                                   pipeline_threads, resolve_precision)
 from camvideo.errors import OptionError
-from camvideo.models import from_modules, load_model
-from camvideo.rewrite import fold_batchnorm, optimize_model
+from camvideo.model.registry import from_modules, load_model
+from camvideo.model.rewrite import fold_batchnorm, optimize_model
 
 #: The CPU classes camvideo's choices distinguish, as cpu_caps() describes them.
 CPU_CLASSES = {
@@ -74,7 +75,7 @@ def test_cpu_caps_honour_onednn_s_isa_cap(cap):
     """``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 leaves no native bf16 (and below
     AVX-512 no bf16 kernels at all), whatever the CPU: a capped AVX512-BF16 machine
     behaves as the lesser class, so bf16 is neither chosen by auto nor run half-way."""
-    code = ("from camvideo.device import cpu_caps; c = cpu_caps(); "
+    code = ("from camvideo.model.device import cpu_caps; c = cpu_caps(); "
             "print(c.bf16_kernels, c.native_bf16, c.name)")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": cap}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -98,7 +99,7 @@ def test_bf16_asked_for_is_run_warned_about_or_refused(cpu_class, caplog):
     """``--precision bf16``: native CPUs run it; CPUs that only convert to bf16 run it
     with a warning; where oneDNN has no bf16 convolutions (AVX2) it is refused with one
     line naming the CPU (torch's reference kernels were ~35x slower than fp32 there)."""
-    with caplog.at_level(logging.WARNING, logger="camvideo.device"):
+    with caplog.at_level(logging.WARNING, logger="camvideo.model.device"):
         if not cpu_class.bf16_kernels:
             with pytest.raises(OptionError, match=r"bf16 needs a CPU .*this one is AVX2.*"
                                                   r"use fp32"):
@@ -212,7 +213,7 @@ def _fusable_net() -> nn.Sequential:
 
 
 def test_conv_act_fusion_keeps_the_function_in_fp32():
-    from camvideo.rewrite import ConvAct, _has_fused_conv
+    from camvideo.model.rewrite import ConvAct, _has_fused_conv
 
     if not _has_fused_conv():
         pytest.skip("torch built without oneDNN")
@@ -227,7 +228,7 @@ def test_conv_act_fusion_keeps_the_function_in_fp32():
 
 @needs_bf16_kernels
 def test_conv_act_fusion_keeps_the_function_in_bf16():
-    from camvideo.rewrite import ConvAct, _has_fused_conv
+    from camvideo.model.rewrite import ConvAct, _has_fused_conv
 
     if not _has_fused_conv():
         pytest.skip("torch built without oneDNN")
@@ -244,7 +245,7 @@ def test_conv_act_in_bf16_without_onednn_bf16_runs_the_plain_convolution(monkeyp
     """Under bf16 autocast on a CPU whose oneDNN has no bf16 (AVX2), the fused module
     computes the plain convolution (torch's own bf16 kernels) instead of failing in
     oneDNN's weight reorder, as it did."""
-    from camvideo.rewrite import ConvAct
+    from camvideo.model.rewrite import ConvAct
 
     monkeypatch.setattr(device, "cpu_caps", lambda: CPU_CLASSES["avx2"])
     torch.manual_seed(0)
@@ -259,7 +260,7 @@ def test_conv_act_in_bf16_without_onednn_bf16_runs_the_plain_convolution(monkeyp
 
 
 def test_default_model_is_fused_on_the_cpu(lite0):
-    from camvideo.rewrite import ConvAct, _has_fused_conv
+    from camvideo.model.rewrite import ConvAct, _has_fused_conv
 
     optimize_model(lite0)
     if _has_fused_conv():
@@ -271,7 +272,7 @@ def test_default_model_is_fused_on_the_cpu(lite0):
 def test_conv_act_weights_are_packed_once_per_input_shape():
     """oneDNN-layout weights are made per input shape and reused: shapes met in turn
     each get their own, and the output stays the plain convolution's."""
-    from camvideo.rewrite import ConvAct, _has_fused_conv, _has_weight_reorder
+    from camvideo.model.rewrite import ConvAct, _has_fused_conv, _has_weight_reorder
 
     if not (_has_fused_conv() and _has_weight_reorder()):
         pytest.skip("torch built without oneDNN")
@@ -296,7 +297,7 @@ def test_conv_act_weights_are_packed_once_per_input_shape():
 def test_conv_act_fusion_keeps_tensorflow_same_padding(hw):
     from timm.layers import Conv2dSame
 
-    from camvideo.rewrite import ConvAct, _has_fused_conv
+    from camvideo.model.rewrite import ConvAct, _has_fused_conv
 
     if not _has_fused_conv():
         pytest.skip("torch built without oneDNN")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import camvideo
-from camvideo.cli import main
-from camvideo.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, encoder_options
+from camvideo.commands.main import main
+from camvideo.media.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, encoder_options
 from camvideo.errors import ExitCode, OptionError
 
 

@@ -19,12 +19,12 @@ import av
 import numpy as np
 import pytest
 
-from camvideo import synth
+from camvideo.testing import synth
 from conftest import TINY_MODEL_CLI_PRELUDE
-from camvideo.cli import main
+from camvideo.commands.main import main
 from camvideo.errors import ExitCode
-from camvideo.media import FileSource
-from camvideo.synth_clip import Clip, write_clip
+from camvideo.media.files import FileSource
+from camvideo.testing.clip import Clip, write_clip
 
 
 def decoded(path: Path) -> list[float]:
@@ -336,7 +336,7 @@ def test_full_disk_leaves_no_partial_file(good_mp4, tmp_path):
 
 
 def test_interrupt_leaves_nothing(good_mp4, tmp_path, tiny_model, monkeypatch, capsys):
-    import camvideo.sink as sink
+    import camvideo.media.sink as sink
     calls = {"n": 0}
     real_write = sink.FileSink.write
 

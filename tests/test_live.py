@@ -25,13 +25,13 @@ import av
 import numpy as np
 import pytest
 
-from camvideo import synth
+from camvideo.testing import synth
 from conftest import TINY_MODEL_CLI_PRELUDE, use_tiny_model
-from camvideo.cli import main
+from camvideo.commands.main import main
 from camvideo.errors import ExitCode
-from camvideo.live import run_live
+from camvideo.live.session import run_live
 from camvideo.render import colormap_lut
-from camvideo.synth_clip import Clip
+from camvideo.testing.clip import Clip
 
 #: Child process: send a clip's frames in a loop as MPEG-TS at real-time pace for
 #: SECONDS, then stay connected but silent for HOLD seconds (a stall), then close.

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from camvideo import synth
-from camvideo.live import run_live
-from camvideo.serve import parse_bind
+from camvideo.testing import synth
+from camvideo.live.session import run_live
+from camvideo.live.preview import parse_bind
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -1,5 +1,5 @@
 """`camvideo live`'s building blocks in-process, without a network stream: source and
-bind parsing, the CLI parser, the latest-frame slot (:class:`camvideo.streams.LiveSource`)
+bind parsing, the CLI parser, the latest-frame slot (:class:`camvideo.media.streams.LiveSource`)
 and its watchdog, opening a stream (interruptible, ``av.open`` faked), the --stats file,
 the preview server's client threads on close, and the window, its keys and the HUD
 (OpenCV's window calls faked).
@@ -18,14 +18,14 @@ import cv2
 import numpy as np
 import pytest
 
-from camvideo import synth
+from camvideo.testing import synth
 from camvideo.errors import OptionError, OutputError, SourceLostError
-from camvideo.live import run_live
-from camvideo.live_cli import build_parser
-from camvideo.liveview import Controls, draw_hud
-from camvideo.serve import PreviewServer, parse_bind
-from camvideo.sources import SourceSpec, open_live, parse_source
-from camvideo.streams import LiveSource
+from camvideo.live.session import run_live
+from camvideo.commands.live import build_parser
+from camvideo.live.window import Controls, draw_hud
+from camvideo.live.preview import PreviewServer, parse_bind
+from camvideo.media.sources import SourceSpec, open_live, parse_source
+from camvideo.media.streams import LiveSource
 
 
 # --------------------------------------------------------------------------- parsing
@@ -174,7 +174,7 @@ def test_ctrl_c_while_opening_a_stream_is_prompt_and_leaks_nothing(monkeypatch):
     Ctrl-C on the thread calling it waits for the open timeout. Faked here by an open that
     blocks in a lock for 10 s: open_live must raise KeyboardInterrupt at once, and close
     the container that the abandoned open returns later."""
-    import camvideo.streams as streams
+    import camvideo.media.streams as streams
 
     entered, release = threading.Event(), threading.Event()
     made: list[_FakeContainer] = []
@@ -222,7 +222,7 @@ def test_stats_that_cannot_be_written_is_an_output_error(tiny_model, tmp_path,
     """The folder goes away during the session: one OutputError, not an internal error."""
     import shutil
 
-    import camvideo.live as live
+    import camvideo.live.session as live
 
     clip = synth.make_clip("pan", tmp_path / "c.mp4", size=(96, 64), n=6, fps=30)
     folder = tmp_path / "stats"
@@ -323,7 +323,7 @@ def test_hud_draws_bottom_left_only():
 def test_window_thread_shows_frames_and_hands_keys_over(monkeypatch, tmp_path):
     """The window thread with OpenCV's window calls faked (no display here): it shows the
     newest frame, passes keys to the controls, and closing the window stops the run."""
-    import camvideo.liveview as lv
+    import camvideo.live.window as lv
 
     shown, keys = [], iter([-1, ord(" "), -1, ord(" "), ord("s")])
     visible = {"v": 1.0}
@@ -359,7 +359,7 @@ def test_window_thread_shows_frames_and_hands_keys_over(monkeypatch, tmp_path):
 
 
 def test_no_display_means_no_window(monkeypatch):
-    import camvideo.liveview as lv
+    import camvideo.live.window as lv
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -11,11 +11,11 @@ import timm
 import torch
 import torchvision
 
-from camvideo import synth
-from camvideo.cli import main
+from camvideo.testing import synth
+from camvideo.commands.main import main
 from camvideo.errors import ClassNameError, ExitCode, ModelError
-from camvideo.models import available_models, from_modules, load_model
-from camvideo.weights import read_labels
+from camvideo.model.registry import available_models, from_modules, load_model
+from camvideo.model.weights import read_labels
 
 CATS = {281, 282, 283, 284, 285}           # tabby, tiger cat, Persian, Siamese, Egyptian
 MUG = {504, 967, 968}                      # coffee mug, espresso, cup

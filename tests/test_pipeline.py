@@ -1,6 +1,6 @@
-"""Tests of camvideo.engine through the pipeline (batching, concurrent forward passes, the
+"""Tests of camvideo.runtime.engine through the pipeline (batching, concurrent forward passes, the
 fast CPU path, --stride) and of the renderer's two colouring paths (the threads and
-queues: tests/test_stream.py; camvideo.device's folding and fusion: tests/test_device.py).
+queues: tests/test_stream.py; camvideo.model.device's folding and fusion: tests/test_device.py).
 
 The fast path must not change the results: batch size 1 in fp32 and batch size 8 in the
 automatic precision (bf16 on CPUs with native bf16) give the same frame count, the same
@@ -18,12 +18,13 @@ import pytest
 import torch
 
 from camvideo import api
-from camvideo.device import resolve_precision
-from camvideo.engine import CamEngine
+from camvideo.model.device import resolve_precision
+from camvideo.runtime.engine import CamEngine
 from camvideo.errors import OptionError
-from camvideo.media import FileSource, Frame
-from camvideo.models import load_model
-from camvideo.pipeline import run_stream
+from camvideo.media.files import FileSource
+from camvideo.media.frames import Frame
+from camvideo.model.registry import load_model
+from camvideo.runtime.pipeline import run_stream
 from camvideo.render import Renderer
 from camvideo.smoothing import Smoother
 
@@ -83,7 +84,7 @@ def test_fast_path_equals_plain_path(pan_clip, lite0, tmp_path):
     assert len(pts) == pan_clip.frames and video_pts(out8) == pts and video_pts(outa) == pts
     assert [r["time"] for r in fast] == [r["time"] for r in plain]
     # batching changes nothing in fp32 beyond float rounding (each batch shape has its
-    # own fused graph, camvideo.trace)
+    # own fused graph, camvideo.model.trace)
     assert max_map_diff(plain, fast32) <= JSON_TOL
     assert [r["class"] for r in plain] == [r["class"] for r in fast32]
     # bf16 (where native): maps within its rounding; measured 0.036 on this clip
@@ -140,7 +141,7 @@ def test_concurrent_inference_needs_cpu_and_stride_1(lite0):
 
 def test_stride_runs_the_network_on_every_nth_frame(pan_clip, lite0, tmp_path):
     engine = api.build_engine(api.Options(stride=3, smooth=0, precision="fp32"), lite0)
-    from camvideo.media import FileSource
+    from camvideo.media.files import FileSource
 
     with FileSource(pan_clip.path) as src:
         frames = list(src)

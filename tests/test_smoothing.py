@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from camvideo import motion as mo
 from camvideo.cam import cam_maps, minmax_normalize, peak_xy
 from camvideo.errors import OptionError
-from camvideo.smoothing import DEFAULT_MARGIN, DEFAULT_TAU, Smoother
+from camvideo.options import DEFAULT_MARGIN, DEFAULT_TAU
+from camvideo.smoothing import Smoother
 
 C, K, GH, GW = 8, 5, 6, 16
 FH, FW = GH * 8, GW * 8

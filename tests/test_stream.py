@@ -1,4 +1,4 @@
-"""Tests of camvideo.pipeline.run_stream: the threads and bounded queues between the
+"""Tests of camvideo.runtime.pipeline.run_stream: the threads and bounded queues between the
 stages, with a stand-in engine whose stages sleep (as torch and PyAV release the GIL):
 overlap, bounded memory, live batches that never wait, concurrent forward passes in
 stream order, errors, ``stop`` and Ctrl-C."""
@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from camvideo.engine import Inferred
-from camvideo.media import Frame
-from camvideo.pipeline import run_stream
+from camvideo.runtime.engine import Inferred
+from camvideo.media.frames import Frame
+from camvideo.runtime.pipeline import run_stream
 
 
 class SleepyEngine:

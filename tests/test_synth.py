@@ -1,4 +1,4 @@
-"""Tests of camvideo.synth and camvideo.synth_clip: write clips, read them back with PyAV,
+"""Tests of camvideo.testing.synth and camvideo.testing.clip: write clips, read them back with PyAV,
 compare with the Clip."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from camvideo import synth
-from camvideo.synth_clip import Clip, write_clip
+from camvideo.testing import synth
+from camvideo.testing.clip import Clip, write_clip
 
 
 @dataclass

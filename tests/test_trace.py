@@ -1,4 +1,4 @@
-"""Tests of camvideo.trace: the backbone as fused TorchScript graphs on the CPU.
+"""Tests of camvideo.model.trace: the backbone as fused TorchScript graphs on the CPU.
 
 The traced network must compute what the eager one does (fp32 within float rounding,
 bf16 within its rounding), pad short batches instead of tracing again, be shared by the
@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from camvideo import api
-from camvideo.device import cpu_caps
-from camvideo.models import CamModel, load_model
-from camvideo.rewrite import optimize_model
-from camvideo.trace import TracedBackbone, traced_backbone
+from camvideo.model.device import cpu_caps
+from camvideo.model.cammodel import CamModel
+from camvideo.model.registry import load_model
+from camvideo.model.rewrite import optimize_model
+from camvideo.model.trace import TracedBackbone, traced_backbone
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +100,13 @@ class _TracesDifferently(nn.Module):
 def test_falls_back_to_the_eager_network(net, says, caplog):
     tb = TracedBackbone(wrap(net), None)
     x = probe(2)
-    with caplog.at_level(logging.INFO, logger="camvideo.trace"), torch.inference_mode():
+    with caplog.at_level(logging.INFO, logger="camvideo.model.trace"), torch.inference_mode():
         out = tb(x)
         again = tb(x)
     assert torch.equal(out, x[:, :1].repeat(1, 4, 1, 1) * 2) and torch.equal(again, out)
     assert tb._graphs[tuple(x.shape)] is None
     assert sum(says in r.getMessage() for r in caplog.records) == 1  # tried once
-    with caplog.at_level(logging.INFO, logger="camvideo.trace"), torch.inference_mode():
+    with caplog.at_level(logging.INFO, logger="camvideo.model.trace"), torch.inference_mode():
         assert torch.equal(tb.per_frame(x), out)                     # frame by frame too
     assert tb._graphs[(1, *x.shape[1:])] is None
 

@@ -1,4 +1,4 @@
-"""Tests of the I420 path (camvideo.yuv): frames kept in YUV 4:2:0 from decoder to encoder.
+"""Tests of the I420 path (camvideo.pixels): frames kept in YUV 4:2:0 from decoder to encoder.
 
 The I420 path must give what the RGB path gives: the same layout as PyAV's, the same
 colours as OpenCV's conversion, the same annotations, pixels within conversion rounding,
@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from camvideo import api, media, synth, yuv
-from camvideo.media import FileSource, Frame
-from camvideo.sink import FileSink
-from camvideo.models import resize_u8
+from camvideo import api, pixels
+from camvideo.media import files as media
+from camvideo.testing import synth
+from camvideo.media.files import FileSource
+from camvideo.media.frames import Frame
+from camvideo.media.sink import FileSink
+from camvideo.pixels import resize_u8
 from camvideo.render import Renderer
-from camvideo.synth_clip import write_clip
+from camvideo.testing.clip import write_clip
 
 
 def photo(h: int, w: int, name: str = "chelsea") -> np.ndarray:
@@ -34,7 +37,7 @@ def averaged_i420(rgb: np.ndarray) -> list[np.ndarray]:
     chroma averaged over each 2×2 block (OpenCV's own RGB → I420 takes the top-left
     pixel's chroma instead)."""
     h, w, _ = rgb.shape
-    y, u, v = (c.reshape(h, w).astype(float) for c in yuv.yuv_of_rgb(rgb.reshape(-1, 3)))
+    y, u, v = (c.reshape(h, w).astype(float) for c in pixels.yuv_of_rgb(rgb.reshape(-1, 3)))
     return [y] + [c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)) for c in (u, v)]
 
 
@@ -55,8 +58,8 @@ def test_planes_are_pyav_planes(h, w):
         rows[:, :pw] = data
         want.append(data)
     img = i420_of(vf)
-    assert img.shape == (h * 3 // 2, w) and yuv.size(img, yuv.I420) == (h, w)
-    for got, exp in zip(yuv.planes(img), want):
+    assert img.shape == (h * 3 // 2, w) and pixels.size(img, pixels.I420) == (h, w)
+    for got, exp in zip(pixels.planes(img), want):
         assert np.array_equal(got, exp)
         assert np.shares_memory(got, img)  # views, not copies
 
@@ -76,19 +79,19 @@ def test_colours_are_bt601_limited_range():
     colours = np.concatenate((np.array([[255, 0, 0], [0, 0, 255], [0, 255, 0], [0, 0, 0],
                                         [255, 255, 255]], np.uint8),
                               rng.integers(0, 256, (32, 3), dtype=np.uint8)))
-    y, u, v = yuv.yuv_of_rgb(colours)
+    y, u, v = pixels.yuv_of_rgb(colours)
     got = np.stack((y, u, v), axis=1).astype(int)
     assert np.abs(got - bt601(colours)).max() <= 1
     assert tuple(got[0]) == (82, 90, 240) and tuple(got[1]) == (41, 240, 110)  # red, blue
     assert tuple(got[3]) == (16, 128, 128) and tuple(got[4]) == (235, 128, 128)
     for c, yy, uu, vv in zip(colours, y, u, v):
         flat = np.ascontiguousarray(np.broadcast_to(c, (4, 6, 3)))
-        py, pu, pv = yuv.planes(yuv.from_rgb(flat))
+        py, pu, pv = pixels.planes(pixels.from_rgb(flat))
         assert (py == yy).all() and (pu == uu).all() and (pv == vv).all()
-        sws = yuv.planes(i420_of(av.VideoFrame.from_ndarray(flat, "rgb24")
+        sws = pixels.planes(i420_of(av.VideoFrame.from_ndarray(flat, "rgb24")
                                  .reformat(format="yuv420p")))
         assert all(abs(int(p[0, 0]) - int(q)) <= 1 for p, q in zip(sws, (yy, uu, vv)))
-        back = yuv.to_rgb(yuv.from_rgb(flat))[0, 0].astype(int)
+        back = pixels.to_rgb(pixels.from_rgb(flat))[0, 0].astype(int)
         assert np.abs(back - c).max() <= 3
 
 
@@ -97,27 +100,27 @@ def test_model_input_from_i420_matches_the_rgb_route(size):
     """The model's small RGB input made from the planes (no full-size RGB picture) is
     the RGB route's (convert, then antialiased resize) within conversion rounding."""
     rgb = photo(720, 1280)
-    img = yuv.from_rgb(rgb)
-    ref = resize_u8(torch.from_numpy(yuv.to_rgb(img))[None].permute(0, 3, 1, 2),
+    img = pixels.from_rgb(rgb)
+    ref = resize_u8(torch.from_numpy(pixels.to_rgb(img))[None].permute(0, 3, 1, 2),
                     size)[0].permute(1, 2, 0).numpy()
-    got = yuv.resize_rgb(img, size)
+    got = pixels.resize_rgb(img, size)
     assert got.shape == (*size, 3) and got.dtype == np.uint8
     d = np.abs(got.astype(int) - ref.astype(int))
     assert d.mean() < 1.5 and np.percentile(d, 99.9) <= 12
 
 
 def test_read_and_write_rgb_touch_only_their_box():
-    img = yuv.from_rgb(photo(90, 160))
+    img = pixels.from_rgb(photo(90, 160))
     keep = img.copy()
-    box = yuv.even_box(11, 7, 60, 33, 90, 160)
+    box = pixels.even_box(11, 7, 60, 33, 90, 160)
     assert box == (10, 6, 60, 34)
-    part = yuv.read_rgb(img, box)
+    part = pixels.read_rgb(img, box)
     assert part.shape == (28, 50, 3)
     part[:] = (255, 0, 0)
-    yuv.write_rgb(img, box, part)
-    y, u, v = yuv.planes(img)
-    ky, ku, kv = yuv.planes(keep)
-    red = [int(c[0]) for c in yuv.yuv_of_rgb(np.array([[255, 0, 0]], np.uint8))]
+    pixels.write_rgb(img, box, part)
+    y, u, v = pixels.planes(img)
+    ky, ku, kv = pixels.planes(keep)
+    red = [int(c[0]) for c in pixels.yuv_of_rgb(np.array([[255, 0, 0]], np.uint8))]
     assert (y[6:34, 10:60] == red[0]).all() and (u[3:17, 5:30] == red[1]).all()
     outside = np.ones(y.shape, bool)
     outside[6:34, 10:60] = False
@@ -140,15 +143,15 @@ def test_i420_render_equals_rgb_render(layout):
     maps = torch.rand(2, 6, 10, generator=g)
     probs = torch.softmax(torch.randn(2, 5, generator=g), 1)
     classes = probs.argmax(1)
-    frames = [yuv.from_rgb(f) for f in rgb]
+    frames = [pixels.from_rgb(f) for f in rgb]
     before = [f.copy() for f in frames]
-    ref, ref_notes = r.render([yuv.to_rgb(f) for f in frames], maps, probs, classes)
+    ref, ref_notes = r.render([pixels.to_rgb(f) for f in frames], maps, probs, classes)
     got, notes = r.render(frames, maps, probs, classes)
     assert all(np.array_equal(a, b) for a, b in zip(frames, before))
     for a, b in zip(got, ref):
         w = 640 if layout == "side" else 320
         assert a.shape == (270, w) and b.shape == (180, w, 3)
-        for i, (p, q) in enumerate(zip(yuv.planes(a), averaged_i420(b))):
+        for i, (p, q) in enumerate(zip(pixels.planes(a), averaged_i420(b))):
             d = np.abs(p - q)
             # luma: rounding; chroma: the map sampled at each block's centre, not averaged,
             # and the box's antialiased edges drawn on each plane
@@ -157,7 +160,7 @@ def test_i420_render_equals_rgb_render(layout):
     assert [(n.cls, n.topk, n.peak, n.bbox) for n in notes] == \
         [(n.cls, n.topk, n.peak, n.bbox) for n in ref_notes]
     if layout == "side":  # the left half is the frame (a box's antialiased edge aside)
-        y_out, y_in = yuv.planes(got[0])[0], yuv.planes(frames[0])[0]
+        y_out, y_in = pixels.planes(got[0])[0], pixels.planes(frames[0])[0]
         assert np.array_equal(y_out[:, :156], y_in[:, :156])
 
 
@@ -172,7 +175,7 @@ def test_file_source_yields_i420_frames_as_decoded(pan_clip):
     with av.open(str(pan_clip.path)) as c:
         decoded = [i420_of(vf) for vf in c.decode(video=0)]
     for f, r, d in zip(frames, rgb_frames, decoded):
-        assert f.fmt == yuv.I420 and r.fmt == yuv.RGB
+        assert f.fmt == pixels.I420 and r.fmt == pixels.RGB
         assert f.size == r.size == (180, 320)
         assert np.array_equal(f.image, d)  # no conversion at all
         assert (f.pts, f.time) == (r.pts, r.time)
@@ -201,7 +204,7 @@ def test_inputs_the_i420_path_cannot_take_stay_rgb(odd_clip, tmp_path):
     clips.append(full)
     for path in clips:
         frames = list(FileSource(path, i420=True))
-        assert frames and all(f.fmt == yuv.RGB and f.image.ndim == 3 for f in frames), path
+        assert frames and all(f.fmt == pixels.RGB and f.image.ndim == 3 for f in frames), path
 
 
 def test_i420_frames_are_encoded_losslessly(tmp_path):
@@ -224,7 +227,7 @@ def test_i420_frames_are_encoded_losslessly(tmp_path):
     assert len(back) == 5
     for a, b in zip(back, frames):
         assert np.array_equal(a, b)
-    assert np.array_equal(back[4], yuv.from_rgb(rgb))  # converted once, as before
+    assert np.array_equal(back[4], pixels.from_rgb(rgb))  # converted once, as before
 
 
 def test_annotate_i420_path_equals_rgb_path(pan_clip, tmp_path, monkeypatch):
@@ -256,7 +259,7 @@ def test_annotate_i420_path_equals_rgb_path(pan_clip, tmp_path, monkeypatch):
 
 def test_frame_rgb_and_size():
     rgb = photo(48, 64)
-    f = Frame(0, yuv.from_rgb(rgb), 0, 0.0, yuv.I420)
+    f = Frame(0, pixels.from_rgb(rgb), 0, 0.0, pixels.I420)
     assert f.size == (48, 64) and f.rgb().shape == (48, 64, 3)
     g = Frame(0, rgb, 0, 0.0)
-    assert g.fmt == yuv.RGB and g.size == (48, 64) and g.rgb() is rgb
+    assert g.fmt == pixels.RGB and g.size == (48, 64) and g.rgb() is rgb

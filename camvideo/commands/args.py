@@ -1,0 +1,164 @@
+"""Argument definitions of every command, kept apart from the program logic (cli.py).
+
+Groups are shared: ``camvideo IN OUT``, ``camvideo live`` and ``camvideo batch`` take the
+same model, render, smoothing and device options, with the same names and defaults as
+:class:`camvideo.api.Options`.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from .. import __version__
+from ..options import Options
+from ..model.device import PRECISIONS
+from ..media.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, X264_PRESETS
+from ..options import DEFAULT_MODEL
+from ..render import COLORMAPS, LAYOUTS
+
+_D = Options()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``camvideo: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _unit(lo: float, hi: float, kind=float):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {lo}..{hi}")
+        return v
+    return parse
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help="model name (`camvideo models` lists them; timm:NAME for timm) "
+                        f"[{DEFAULT_MODEL}]")
+    g.add_argument("--weights", metavar="FILE", help="state_dict or checkpoint file "
+                   "(loaded with weights_only=True)")
+    g.add_argument("--labels", metavar="FILE", help="class names, one per line")
+    g.add_argument("-c", "--class", dest="cls", metavar="NAME|INDEX",
+                   help="show this class's map (default: the top-1 class)")
+    g.add_argument("--size", type=_unit(32, 2048, int), default=_D.size, metavar="S",
+                   help=f"model input short side, aspect ratio kept [{_D.size}]")
+
+
+def add_render_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("render")
+    g.add_argument("-k", "--topk", type=_unit(0, 20, int), default=_D.topk, metavar="K",
+                   help=f"labels drawn [{_D.topk}]")
+    g.add_argument("--colormap", default=_D.colormap, type=str.lower,
+                   choices=sorted(COLORMAPS), metavar="NAME",
+                   help=f"OpenCV colormap: {', '.join(sorted(COLORMAPS))} [{_D.colormap}]")
+    g.add_argument("--alpha", type=_unit(0.0, 1.0), default=_D.alpha,
+                   help=f"heatmap opacity, 0..1 [{_D.alpha}]")
+    g.add_argument("--bbox", action="store_true",
+                   help="draw the paper's box (largest region >= threshold x max)")
+    g.add_argument("--bbox-threshold", type=_unit(0.01, 1.0), default=_D.bbox_threshold,
+                   metavar="T", help=f"box threshold, fraction of the map's max "
+                                     f"[{_D.bbox_threshold}]")
+    g.add_argument("--layout", choices=LAYOUTS, default=_D.layout,
+                   help="heatmap over the frame, or original and overlay side by side")
+
+
+def add_smooth_args(p: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
+    g = p.add_argument_group("temporal smoothing")
+    g.add_argument("--smooth", type=_unit(0.0, 60.0), default=_D.smooth, metavar="SECONDS",
+                   help=f"time constant of the smoothing, 0 = off [{_D.smooth}]")
+    if len(modes) > 1:
+        g.add_argument("--smooth-mode", choices=modes, default=modes[0],
+                       help="causal, or centered (looks a few frames ahead) [causal]")
+    g.add_argument("--switch-margin", type=_unit(0.0, 0.99), default=_D.switch_margin,
+                   metavar="P", help="the shown class changes when another beats it by "
+                                     "this probability, or after it trailed for 1 s "
+                                     f"[{_D.switch_margin}]")
+    g.add_argument("--no-cut-reset", dest="cut_reset", action="store_false",
+                   help="do not reset the smoothing at scene cuts")
+    g.add_argument("--no-motion", dest="motion", action="store_false",
+                   help="do not move the smoothed maps with the image motion")
+
+
+def add_encoder_args(g: argparse._ActionsContainer) -> None:
+    """``--preset`` and ``--x264-params`` (shared with ``camvideo live --output``)."""
+    g.add_argument("--preset", default=None, choices=X264_PRESETS, metavar="NAME",
+                   help=f"x264/x265 preset [{DEFAULT_PRESET}, with x264 options "
+                        f"{DEFAULT_X264_PARAMS}: about veryfast's size and quality at "
+                        f"about half its CPU time]")
+    g.add_argument("--x264-params", metavar="K=V:K=V",
+                   help="extra libx264 options, as ffmpeg's -x264-params [with the "
+                        f"default preset: {DEFAULT_X264_PARAMS}; with --preset: none]")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--codec", default=_D.codec,
+                   help=f"video encoder (h264_nvenc falls back to libx264) [{_D.codec}]")
+    g.add_argument("--crf", type=_unit(0, 63, int), default=_D.crf,
+                   help=f"quality, lower is better [{_D.crf}]")
+    add_encoder_args(g)
+    g.add_argument("--no-audio", dest="audio", action="store_false",
+                   help="drop the audio (default: copied)")
+    g.add_argument("--json", metavar="PATH",
+                   help="JSON Lines sidecar, one record per frame")
+    g.add_argument("--json-cams", action="store_true",
+                   help="also put the rendered map (feature resolution) in the sidecar")
+    g.add_argument("-y", "--overwrite", action="store_true",
+                   help="replace an existing output")
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default=_D.device, metavar="auto|cpu|cuda[:N]",
+                   help="where the network runs; auto = CUDA when present [auto]")
+    g.add_argument("--precision", choices=PRECISIONS, default=_D.precision,
+                   help="autocast precision; auto = fp16 on CUDA, bf16 on CPUs with native "
+                        "bf16 (AVX512-BF16/AMX), else fp32 [auto]")
+    g.add_argument("--batch-size", type=_unit(1, 1024, int), default=None, metavar="N",
+                   help="frames per device batch [4 on CPU, 32 on CUDA]")
+    g.add_argument("--stride", type=_unit(1, 1000, int), default=_D.stride, metavar="N",
+                   help="run the network on every Nth frame; the frames between carry the "
+                        f"last map, moved with the image motion [{_D.stride}]")
+
+
+def add_terminal_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("terminal")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
+
+
+def main_parser() -> Parser:
+    p = Parser(prog="camvideo",
+               description="Overlay the Class Activation Map of a CNN on every frame of a "
+                           "video. Other commands: `camvideo live`, `camvideo batch`, "
+                           "`camvideo models` (each with --help).")
+    p.add_argument("--version", action="version", version=f"camvideo {__version__}")
+    p.add_argument("input", help="input video file")
+    p.add_argument("output", help="output video (.mp4, .mkv, .mov, .webm, .avi)")
+    add_model_args(p)
+    add_render_args(p)
+    add_smooth_args(p, ("causal", "centered"))
+    add_output_args(p)
+    add_device_args(p)
+    add_terminal_args(p)
+    return p
+
+
+def models_parser() -> Parser:
+    p = Parser(prog="camvideo models", description="List the models camvideo can use.")
+    add_terminal_args(p)
+    return p
+
+
+def options_from(ns: argparse.Namespace) -> dict:
+    """The :class:`Options` fields present in a parsed namespace."""
+    names = Options.__dataclass_fields__
+    return {k: v for k, v in vars(ns).items() if k in names}

@@ -1,0 +1,4 @@
+"""The network side: which models exist and how they load (:mod:`.registry`), the
+CAM-ready model (:mod:`.cammodel`), checkpoints and labels (:mod:`.weights`), where and
+in what precision it runs (:mod:`.device`), and how it is made fast for inference
+(:mod:`.rewrite`, :mod:`.trace`)."""

@@ -1,0 +1,122 @@
+"""The CAM-ready model: a backbone producing the last convolutional features, the linear
+layer of a global-average-pooling head, labels and preprocessing (:class:`CamModel`).
+Made by :func:`camvideo.model.registry.load_model` or :func:`camvideo.model.registry.from_modules`."""
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import Tensor, nn
+
+from ..cam import logits_from_features
+from ..pixels import resize_u8
+from ..errors import ClassNameError
+
+__all__ = ["CamModel"]
+
+
+class CamModel(nn.Module):
+    """A classifier split for CAM: ``backbone`` → features, ``fc`` the GAP head's linear layer.
+
+    Attributes:
+        name: registry name.
+        backbone: maps ``(N, 3, H, W)`` normalised input to ``(N, C, h, w)`` features.
+        fc: ``nn.Linear(C, K)``.
+        labels: ``K`` class names.
+        mean, std: RGB normalisation of inputs in ``[0, 1]``.
+        stride: total downsampling of the backbone (input sizes are multiples of it).
+    """
+
+    def __init__(self, name: str, backbone: nn.Module, fc: nn.Linear, labels: list[str],
+                 mean: tuple[float, float, float], std: tuple[float, float, float],
+                 stride: int = 32) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.fc = fc
+        self.labels = list(labels)
+        self.stride = stride
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    @property
+    def weight(self) -> Tensor:
+        """``(K, C)`` linear weight (the CAM weights)."""
+        return self.fc.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """``(K,)`` linear bias."""
+        return self.fc.bias
+
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
+    def input_size(self, frame_h: int, frame_w: int, short_side: int = 224) -> tuple[int, int]:
+        """Model input ``(H, W)`` for a frame: short side ``short_side``, aspect ratio kept,
+        both sides rounded to multiples of :attr:`stride` (a 16:9 frame at 224 gives
+        224×384 and a 7×12 map)."""
+        s = self.stride
+        scale = short_side / min(frame_h, frame_w)
+        h = max(s, int(round(frame_h * scale / s)) * s)
+        w = max(s, int(round(frame_w * scale / s)) * s)
+        return h, w
+
+    def preprocess(self, frames: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Resize and normalise a batch of frames.
+
+        Args:
+            frames: ``(N, H, W, 3)`` uint8 RGB, on the model's device.
+            size: ``(H', W')`` model input size (see :meth:`input_size`).
+
+        Returns:
+            ``(x, frames01)``: ``x`` ``(N, 3, H', W')`` normalised input (channels_last),
+            ``frames01`` ``(N, 3, H', W')`` float32 RGB in ``[0, 1]``.
+        """
+        x = frames.permute(0, 3, 1, 2)  # a channels_last view, no copy
+        if tuple(x.shape[-2:]) == tuple(size):
+            x = x.float().div_(255.0)
+        elif x.device.type == "cpu" and x.dtype == torch.uint8:
+            x = resize_u8(x, size).float().div_(255.0)
+        else:
+            x = x.float().div_(255.0)
+            x = nn.functional.interpolate(x, size=size, mode="bilinear",
+                                          align_corners=False, antialias=True)
+            x = x.clamp_(0.0, 1.0)
+        norm = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return norm, x
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` ``(N, 3, H, W)`` normalised → ``(features (N, C, h, w), logits (N, K))``."""
+        features = self.backbone(x)
+        logits = logits_from_features(features, self.fc.weight, self.fc.bias)
+        return features, logits
+
+    def class_index(self, spec: str | int) -> int:
+        """Resolve ``--class``: an index, or a label matched case-insensitively.
+
+        Raises:
+            ClassNameError: unknown index or name (the message lists close matches), or a
+                name several classes share (ImageNet's ``Cardigan`` corgi and ``cardigan``
+                sweater: the message lists their indexes).
+        """
+        k = len(self.labels)
+        text = str(spec).strip()
+        if text.lstrip("-").isdigit():
+            idx = int(text)
+            if not 0 <= idx < k:
+                raise ClassNameError(f"class index {idx} is out of range 0..{k - 1}")
+            return idx
+        lowered = [lab.lower() for lab in self.labels]
+        same = [i for i, lab in enumerate(lowered) if lab == text.lower()]
+        if len(same) > 1:
+            raise ClassNameError(f"class {text!r} is ambiguous for model {self.name}: "
+                                 f"classes {', '.join(map(str, same))}; give the index")
+        if same:
+            return same[0]
+        close = difflib.get_close_matches(text.lower(), lowered, n=5, cutoff=0.6)
+        close += [lab for lab in lowered if text.lower() in lab and lab not in close][:5]
+        hint = f"; close matches: {', '.join(close[:5])}" if close else ""
+        raise ClassNameError(f"unknown class {text!r} for model {self.name}{hint}")

@@ -1,0 +1,117 @@
+"""Reading weights and label files safely.
+
+Weights are loaded with ``torch.load(weights_only=True)``: a pickle that would run code
+is refused with a clear message rather than executed. DenseNet checkpoints with the old
+key names (``denselayer1.norm.1.weight``, as in torchvision's own downloads) are renamed
+the way torchvision renames them (:func:`rename_legacy_keys`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelError
+
+
+# Places365 ``categories_places365.txt``: ``/a/apartment_building/outdoor 8`` -> the name
+# without its leading one-letter folder (``apartment_building/outdoor``).
+_PLACES_PREFIX = re.compile(r"^/[^/]/")
+
+# torchvision.models.densenet._load_state_dict: '.'s are no longer allowed in module names,
+# but old _DenseLayer checkpoints have 'norm.1', 'relu.1', 'conv.1', 'norm.2', ... (its
+# pattern, plus num_batches_tracked, which a re-saved old checkpoint may hold)
+_LEGACY_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """One class name per line, UTF-8 (blank lines ignored). Places365-style lines
+    (``/a/apartment_building/outdoor 8``) give the name without the leading letter folder
+    and the index (``apartment_building/outdoor``), so every class keeps its own name."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ModelError(f"cannot read labels file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ModelError(f"labels file {path} is not UTF-8 text (byte "
+                         f"0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+                         ) from None
+    labels = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            line = _PLACES_PREFIX.sub("", line.split()[0]).lstrip("/")
+        labels.append(line)
+    if not labels:
+        raise ModelError(f"labels file {path} is empty")
+    return labels
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load a state_dict or a checkpoint holding one, safely (``weights_only=True``).
+
+    Accepts ``{'state_dict': ...}``, ``{'model': ...}``, ``{'model_state_dict': ...}`` and
+    strips a ``module.`` prefix (DataParallel checkpoints such as Places365's); old DenseNet
+    key names are renamed (:func:`rename_legacy_keys`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Unsupported global" in str(e):  # a pickle of objects, not of tensors
+            raise ModelError(f"refusing to load {path}: it is not a plain weights file "
+                             "(it would run code when unpickled; loaded with "
+                             "weights_only=True)") from None
+        if "Weights only load failed" in first:  # torch's advice line; not the reason
+            raise ModelError(f"cannot load weights {path}: not a PyTorch weights file") \
+                from None
+        raise ModelError(f"cannot load weights {path}: {first}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ModelError(f"{path} holds no state_dict of tensors")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return rename_legacy_keys(obj)
+
+
+def rename_legacy_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``sd`` with old DenseNet key names (``...denselayer1.norm.1.weight``, as in
+    torchvision's DenseNet downloads) renamed to today's (``...denselayer1.norm1.weight``),
+    as ``torchvision.models.densenet`` does when it loads them; other keys unchanged, order
+    kept (:func:`classes_in` reads the last 2-D weight)."""
+    out = {}
+    for key, value in sd.items():
+        m = _LEGACY_DENSENET_KEY.match(key)
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
+
+
+def apply_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[0] if str(e) else "mismatch"
+        missing = [line.strip() for line in str(e).splitlines()[1:2]]
+        raise ModelError(f"weights {source} do not fit the model: {detail} "
+                         f"{' '.join(missing)}".strip()[:300]) from None
+
+
+def classes_in(sd: dict[str, Tensor]) -> int | None:
+    """Number of classes of the last 2-D weight in a state_dict (the linear head)."""
+    for key in reversed(list(sd)):
+        if key.endswith("weight") and sd[key].ndim == 2:
+            return int(sd[key].shape[0])
+    return None

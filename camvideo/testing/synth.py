@@ -1,0 +1,285 @@
+"""Synthetic test and benchmark clips made from real photos.
+
+The photos come from scikit-image (``skimage.data``) and scikit-learn
+(``sklearn.datasets.load_sample_image``), both *test extras*: they are imported lazily
+and a missing one raises :class:`ImportError` with the extra to install.
+
+Three kinds of motion are generated, each with the ground-truth box of the photo's main
+ImageNet object in every output frame (:data:`OBJECT_BOXES` mapped through the exact
+placement): :func:`pan_frames` (the photo slides across a background), :func:`zoom_frames`
+(a slow zoom on the object) and :func:`cut_frames` (hard cuts between photos).
+Frames are rendered on access (:class:`FrameSequence`), so a long 1080p benchmark clip
+does not have to fit in memory. :func:`make_clip` generates one of these and writes it
+with :func:`camvideo.testing.clip.write_clip`, which encodes frames with PyAV and returns a
+:class:`camvideo.testing.clip.Clip` recording what was written (both are importable from
+here too, as ``synth.write_clip`` and ``synth.Clip``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .clip import Box, Clip, write_clip
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "china", "flower")
+
+#: Hand-checked box of the main ImageNet object of each photo at its native resolution
+#: (drawn on the photo and inspected; edges good to about 3 px). ``astronaut`` has none:
+#: a person is not an ImageNet class.
+OBJECT_BOXES: dict[str, Box] = {
+    "chelsea": (0, 0, 398, 300),       # tabby cat: ears to chest, whiskers; fills the photo
+    "coffee": (76, 17, 479, 390),      # espresso cup + saucer + spoon
+    "rocket": (306, 126, 338, 402),    # Falcon 9 (ImageNet "missile"/"projectile")
+    "motorcycle": (92, 75, 686, 450),  # Yamaha motorcycle, mirror to tyres
+    "china": (60, 28, 372, 395),       # pagoda (Summer Palace tower)
+    "flower": (168, 85, 447, 358),     # the front dahlia ("daisy"-like)
+}
+
+_SKLEARN = {"china": "china.jpg", "flower": "flower.jpg"}
+
+
+def load_photo(name: str) -> np.ndarray:
+    """Load a bundled photo.
+
+    Args:
+        name: one of :data:`PHOTOS`.
+
+    Returns:
+        ``(H, W, 3) uint8`` RGB image in [0, 255], at native resolution.
+
+    Raises:
+        KeyError: unknown name.
+        ImportError: scikit-image / scikit-learn (test extras) not installed.
+    """
+    if name not in PHOTOS:
+        raise KeyError(f"unknown photo {name!r}; choose from {', '.join(PHOTOS)}")
+    pkg = "scikit-learn" if name in _SKLEARN else "scikit-image"
+    try:
+        if name in _SKLEARN:
+            from sklearn.datasets import load_sample_image
+            img = load_sample_image(_SKLEARN[name])
+        else:
+            import skimage.data
+            img = (skimage.data.stereo_motorcycle()[0] if name == "motorcycle"
+                   else getattr(skimage.data, name)())
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"photo {name!r} comes from {pkg}, a test extra that is not "
+                          f"installed: pip install {pkg}") from e
+    return np.ascontiguousarray(img[..., :3], dtype=np.uint8)
+
+
+def _photo_and_box(photo: str | np.ndarray, box: Box | None) -> tuple[np.ndarray, Box]:
+    """The photo's pixels and its object box (given, known, or the whole photo)."""
+    if isinstance(photo, str):
+        box = box or OBJECT_BOXES.get(photo)
+        photo = load_photo(photo)
+    h, w = photo.shape[:2]
+    return photo, box or (0, 0, w, h)
+
+
+class FrameSequence(Sequence[np.ndarray]):
+    """Frames rendered on access: ``len()``, indexing and iteration, constant memory.
+
+    Each item is an ``(H, W, 3) uint8`` RGB frame; ``list(seq)`` materialises them all.
+    """
+
+    def __init__(self, n: int, render: Callable[[int], np.ndarray]) -> None:
+        self._n, self._render = n, render
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return self._render(i % self._n)
+
+
+def _background(size: tuple[int, int], spec: str | np.ndarray | None) -> np.ndarray:
+    """``(H, W, 3) uint8`` backdrop: a blue-grey gradient, or a blurred, darkened photo."""
+    w, h = size
+    if spec is None:
+        ys = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+        xs = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
+        top, bottom = np.array([96, 104, 118], np.float32), np.array([34, 36, 42], np.float32)
+        img = top + (bottom - top) * ys + 18.0 * (xs - 0.5)
+        return np.clip(img, 0, 255).astype(np.uint8)
+    img = load_photo(spec) if isinstance(spec, str) else spec
+    img = _warp(img, _cover_matrix(img.shape[1], img.shape[0], size, 1.0, None), size)
+    img = cv2.GaussianBlur(img, (0, 0), sigmaX=max(2.0, 0.03 * w))
+    return (img.astype(np.float32) * 0.45).astype(np.uint8)
+
+
+def _map_box(box: Box, m: np.ndarray, size: tuple[int, int]) -> Box | None:
+    """Map a photo box through the 2x3 scale+shift ``m`` and clip it to the frame."""
+    x0, y0 = m[0, 0] * box[0] + m[0, 2], m[1, 1] * box[1] + m[1, 2]
+    x1, y1 = m[0, 0] * box[2] + m[0, 2], m[1, 1] * box[3] + m[1, 2]
+    out = (max(0, round(x0)), max(0, round(y0)), min(size[0], round(x1)), min(size[1], round(y1)))
+    return out if out[2] > out[0] and out[3] > out[1] else None
+
+
+def _cover_matrix(w: int, h: int, size: tuple[int, int], zoom: float,
+                  centre: tuple[float, float] | None) -> np.ndarray:
+    """Scale+shift showing a ``w x h`` photo so it covers ``size``, zoomed on ``centre``."""
+    s = max(size[0] / w, size[1] / h) * zoom
+    half_w, half_h = size[0] / (2 * s), size[1] / (2 * s)
+    cx, cy = centre or (w / 2, h / 2)
+    cx, cy = min(max(cx, half_w), w - half_w), min(max(cy, half_h), h - half_h)
+    return np.array([[s, 0.0, size[0] / 2 - s * cx], [0.0, s, size[1] / 2 - s * cy]])
+
+
+def _warp(photo: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Render ``photo`` through ``m`` (pre-shrinking with area filtering to avoid aliasing)."""
+    s = m[0, 0]
+    if s < 0.9:
+        h, w = photo.shape[:2]
+        photo = cv2.resize(photo, (max(1, round(w * s)), max(1, round(h * s))),
+                           interpolation=cv2.INTER_AREA)
+        m = m.copy()
+        m[0, 0] *= w / photo.shape[1]
+        m[1, 1] *= h / photo.shape[0]
+    return cv2.warpAffine(photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _ease(n: int) -> np.ndarray:
+    """``n`` smoothly eased (cosine) fractions from 0 to 1."""
+    t = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    return 0.5 - 0.5 * np.cos(np.pi * t)
+
+
+def pan_frames(photo: str | np.ndarray = "chelsea", size: tuple[int, int] = (320, 180),
+               n: int = 48, *, scale: float = 0.6, background: str | np.ndarray | None = None,
+               box: Box | None = None) -> tuple[FrameSequence, list[Box | None]]:
+    """The photo slides left to right (with a gentle vertical bob) across a backdrop.
+
+    Args:
+        photo: photo name (its :data:`OBJECT_BOXES` entry is the object) or an
+            ``(h, w, 3) uint8`` RGB array.
+        size: output ``(W, H)``.
+        n: number of frames.
+        scale: height of the placed photo as a fraction of the frame height (0, 1].
+        background: ``None`` for a blue-grey gradient, a photo name or an RGB array for a
+            blurred, darkened copy of it.
+        box: object box in the photo's pixels; default its :data:`OBJECT_BOXES` entry, or
+            the whole photo.
+
+    Returns:
+        ``(frames, boxes)``: ``n`` frames ``(H, W, 3) uint8`` and the object box of each,
+        exact up to rounding to whole pixels (the photo is placed at integer offsets).
+    """
+    photo, box = _photo_and_box(photo, box)
+    w, h = size
+    ph = max(1, min(h, round(h * scale)))
+    pw = max(1, min(w, round(photo.shape[1] * ph / photo.shape[0])))
+    small = cv2.resize(photo, (pw, ph), interpolation=cv2.INTER_AREA)
+    bg = _background(size, background)
+    t = _ease(n)
+    xs = np.round(t * (w - pw)).astype(int)
+    bob = (h - ph) / 2
+    ys = np.round(bob + 0.5 * bob * np.sin(2 * np.pi * np.linspace(0, 1, n))).astype(int)
+    m0 = np.array([[pw / photo.shape[1], 0.0, 0.0], [0.0, ph / photo.shape[0], 0.0]])
+    boxes = []
+    for x, y in zip(xs, ys):
+        m = m0.copy()
+        m[:, 2] = (x, y)
+        boxes.append(_map_box(box, m, size))
+
+    def render(i: int) -> np.ndarray:
+        frame = bg.copy()
+        frame[ys[i]:ys[i] + ph, xs[i]:xs[i] + pw] = small
+        return frame
+
+    return FrameSequence(n, render), boxes
+
+
+def zoom_frames(photo: str | np.ndarray = "chelsea", size: tuple[int, int] = (320, 180),
+                n: int = 48, *, zoom: tuple[float, float] = (1.0, 1.6),
+                box: Box | None = None) -> tuple[FrameSequence, list[Box | None]]:
+    """A slow, eased zoom from ``zoom[0]`` to ``zoom[1]`` centred on the object.
+
+    Zoom 1 is the whole photo scaled to cover the frame (cropped to its aspect ratio);
+    pass ``zoom=(2.0, 1.0)`` to zoom out. The view stays inside the photo.
+
+    Args:
+        photo: photo name or ``(h, w, 3) uint8`` RGB array.
+        size: output ``(W, H)``.
+        n: number of frames.
+        zoom: start and end magnification, each >= 1.
+        box: object box in the photo's pixels (default as in :func:`pan_frames`).
+
+    Returns:
+        ``(frames, boxes)``: ``n`` frames ``(H, W, 3) uint8`` and the object box of each,
+        clipped to the frame (``None`` if the object is entirely outside it).
+    """
+    photo, box = _photo_and_box(photo, box)
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    zs = zoom[0] + (zoom[1] - zoom[0]) * _ease(n)
+    mats = [_cover_matrix(photo.shape[1], photo.shape[0], size, float(z), centre) for z in zs]
+    return (FrameSequence(n, lambda i: _warp(photo, mats[i], size)),
+            [_map_box(box, m, size) for m in mats])
+
+
+def cut_frames(photos: Sequence[str | np.ndarray] = ("chelsea", "coffee", "china"),
+               size: tuple[int, int] = (320, 180), n_per_shot: int | Sequence[int] = 16,
+               *, drift: float = 0.08) -> tuple[FrameSequence, list[Box | None], list[int]]:
+    """Hard cuts between photos; each shot drifts (zooms in by ``drift``) a little.
+
+    Args:
+        photos: one photo (name or RGB array) per shot.
+        size: output ``(W, H)``.
+        n_per_shot: frames in every shot, or one count per shot.
+        drift: relative zoom over each shot (0 = still shots).
+
+    Returns:
+        ``(frames, boxes, cuts)``: the frames ``(H, W, 3) uint8``, the object box of each
+        (the whole frame for an array without a known box), and the indices of the frames
+        that start a new shot (always beginning with 0).
+    """
+    counts = [n_per_shot] * len(photos) if isinstance(n_per_shot, int) else list(n_per_shot)
+    if len(counts) != len(photos) or min(counts, default=0) < 1:
+        raise ValueError("need one positive frame count per photo")
+    shots = [zoom_frames(p, size, k, zoom=(1.0, 1.0 + drift)) for p, k in zip(photos, counts)]
+    cuts = [int(c) for c in np.cumsum([0, *counts[:-1]])]
+
+    def render(i: int) -> np.ndarray:
+        k = int(np.searchsorted(cuts, i, side="right")) - 1
+        return shots[k][0][i - cuts[k]]
+
+    boxes = [b for _, shot_boxes in shots for b in shot_boxes]
+    return FrameSequence(sum(counts), render), boxes, cuts
+
+
+def make_clip(kind: str, path: str | Path, *, size: tuple[int, int] = (320, 180),
+              n: int = 48, photo: str | np.ndarray | None = None,
+              **write_kw) -> Clip:
+    """Generate and write a ready-made clip.
+
+    Args:
+        kind: ``"pan"`` (the cat slides across a gradient), ``"zoom"`` (slow zoom on the
+            cat) or ``"cuts"`` (chelsea, coffee, china shots with hard cuts).
+        path: output file (extension picks the container, see :func:`write_clip`).
+        size: output ``(W, H)``; small by default so tests stay fast.
+        n: number of frames.
+        photo: photo for ``pan``/``zoom`` (default ``"chelsea"``).
+        **write_kw: passed to :func:`write_clip` (``fps``, ``times``, ``audio``, ...).
+
+    Returns:
+        The :class:`Clip`, with per-frame object boxes and cut indices.
+    """
+    cuts = None
+    if kind == "pan":
+        frames, boxes = pan_frames(photo if photo is not None else "chelsea", size, n)
+    elif kind == "zoom":
+        frames, boxes = zoom_frames(photo if photo is not None else "chelsea", size, n)
+    elif kind == "cuts":
+        names = ("chelsea", "coffee", "china")
+        counts = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
+        frames, boxes, cuts = cut_frames(names, size, counts)
+    else:
+        raise ValueError(f"unknown clip kind {kind!r}; choose pan, zoom or cuts")
+    return write_clip(path, frames, boxes=boxes, cuts=cuts, **write_kw)

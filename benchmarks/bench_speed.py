@@ -57,7 +57,7 @@ import av  # noqa: E402
 import torch  # noqa: E402
 
 from camvideo import api  # noqa: E402
-from camvideo.api import build_engine  # noqa: E402
+from camvideo.runtime.engine import build_engine  # noqa: E402
 from camvideo.cam import cam_maps  # noqa: E402
 from camvideo.media.files import FileSource  # noqa: E402
 from camvideo.media.frames import Frame  # noqa: E402

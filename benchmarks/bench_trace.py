@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from camvideo.options import Options
+from camvideo.runtime.engine import build_engine
 from camvideo import api
 from camvideo.model.device import resolve_precision
 from camvideo.media.files import FileSource
@@ -65,11 +67,11 @@ def engine(rounds: int) -> None:
     with FileSource(clip, i420=True) as src:
         frames = list(itertools.islice(src, 240))
     model = load_model()
-    api.build_engine(api.Options(stride=3), model).process(frames[:4])  # trace once
+    build_engine(Options(stride=3), model).process(frames[:4])  # trace once
     times: dict[bool, list[float]] = {}
     for _ in range(rounds):
         for trace in (False, True):
-            eng = api.build_engine(api.Options(stride=3), model, trace=trace)
+            eng = build_engine(Options(stride=3), model, trace=trace)
             t = time.perf_counter()
             done = sum(len(eng.finish(eng.infer(frames[i:i + 4])))
                        for i in range(0, len(frames), 4)) + len(eng.flush())

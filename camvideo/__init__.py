@@ -3,8 +3,12 @@
 Public API::
 
     import camvideo
+    with camvideo.stream("in.mp4", smooth=0.3) as results:   # one FrameResult per frame
+        for r in results:
+            print(r.time, r.label, r.score, r.map.shape)
     camvideo.annotate("in.mp4", "out.mp4", smooth=0.3, bbox=True, json="out.jsonl")
     model = camvideo.load_model("resnet50", weights="resnet50.pth")
+    opts = camvideo.Options(size=320, smooth=0)               # validated, immutable
 
 The names are imported on first use, so ``import camvideo`` stays light.
 """
@@ -15,9 +19,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"annotate": "api", "Options": "options", "Summary": "options",
-         "load_model": "model.registry"}
-__all__ = ["Options", "Summary", "annotate", "load_model", "__version__"]
+_LAZY = {"stream": "api", "annotate": "api", "Options": "options", "Summary": "options",
+         "FrameResult": "options", "Stream": "runtime.stream", "load_model": "model.registry"}
+__all__ = ["FrameResult", "Options", "Stream", "Summary", "annotate", "load_model", "stream",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:

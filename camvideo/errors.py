@@ -30,9 +30,18 @@ class CamVideoError(Exception):
 
 
 class OptionError(CamVideoError, ValueError):
-    """An option value is out of range or unknown."""
+    """An option value is out of range or unknown.
+
+    ``option`` names the :class:`camvideo.options.Options` field (or parameter) at fault,
+    when there is one; the message then starts with that name, which the command line
+    shows as its flag (``size must be ...`` → ``--size must be ...``).
+    """
 
     exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class InputError(CamVideoError):

@@ -1,33 +1,63 @@
-"""Every setting of a run, as one object (:class:`Options`), with the defaults every
-front-end shares, and what a run returns (:class:`Summary`).
+"""Every setting of a run as one validated object (:class:`Options`), with the defaults
+every front-end shares, and the types a run returns: one :class:`FrameResult` per frame
+from :func:`camvideo.stream`, a :class:`Summary` from :func:`camvideo.annotate`.
 
 This module imports nothing heavy (no torch, OpenCV or PyAV): the command line reads its
-defaults from here.
+defaults from here before it loads anything else.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import OptionError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_TAU = 0.3            #: smoothing time constant, seconds
 DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over at once
+LAYOUTS = ("overlay", "side")
+SMOOTH_MODES = ("causal", "centered")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_TAU", "LAYOUTS", "PRECISIONS",
+           "SMOOTH_MODES", "FrameResult", "Options", "Summary"]
 
 
-@dataclass
+def colormaps() -> dict[str, int]:
+    """OpenCV's colormaps by lower-case name (``jet``, ``turbo``, ...): their ids."""
+    import cv2  # only here: the rest of this module stays light
+
+    return {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
+            for name in dir(cv2) if name.startswith("COLORMAP_")}
+
+
+def _check(ok: bool, option: str, message: str) -> None:
+    if not ok:
+        raise OptionError(f"{option} {message}", option=option)
+
+
+@dataclass(frozen=True)
 class Options:
-    """Every option of ``camvideo IN OUT`` (the CLI's flags, same names).
+    """Every setting of a run, validated when made (the command line's flags have the same
+    names, with dashes). Immutable: :meth:`replace` makes a changed, re-validated copy.
 
-    Model: ``model``, ``weights``, ``labels``, ``cls`` (``--class``: name or index; None =
-    top-1), ``size`` (input short side). Render: ``topk``, ``colormap``, ``alpha``, ``bbox``,
-    ``bbox_threshold``, ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off),
-    ``smooth_mode``, ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``,
-    ``crf``, ``preset`` (None: x264 superfast with mb-tree, see :mod:`camvideo.media.encoding`),
-    ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device: ``device``,
-    ``precision``, ``batch_size`` (None = automatic), ``stride`` (run the network on every
-    Nth frame, carrying the maps between with the image motion).
+    Model: ``model`` (registry name; a loaded model is a separate parameter of
+    :func:`camvideo.stream` and :func:`camvideo.annotate`), ``weights``, ``labels``,
+    ``cls`` (``--class``: name or index; None = top-1), ``size`` (input short side).
+    Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold``, ``layout``.
+    Smoothing: ``smooth`` (time constant, seconds; 0 = off), ``smooth_mode``,
+    ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``, ``crf``, ``preset``
+    (None: x264 superfast with mb-tree, see :mod:`camvideo.media.encoding`),
+    ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
+    ``device``, ``precision``, ``batch_size`` (None = automatic), ``stride`` (run the
+    network on every Nth frame, carrying the maps between with the image motion).
+
+    Raises:
+        OptionError: a value out of range; its ``option`` names the field.
     """
 
     model: str = DEFAULT_MODEL
@@ -59,34 +89,57 @@ class Options:
     batch_size: int | None = None
     stride: int = 1
 
+    def __post_init__(self) -> None:
+        _check(isinstance(self.model, str) and bool(self.model), "model",
+               f"must be a model name (a loaded model is the `model` parameter), "
+               f"got {self.model!r}")
+        _check(32 <= self.size <= 2048, "size", f"must be in 32..2048, got {self.size}")
+        _check(0 <= self.topk <= 1000, "topk", f"must be in 0..1000, got {self.topk}")
+        _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in 0..1, got {self.alpha}")
+        _check(0.0 < self.bbox_threshold <= 1.0, "bbox_threshold",
+               f"must be in (0, 1], got {self.bbox_threshold}")
+        _check(self.layout in LAYOUTS, "layout",
+               f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        _check(self.smooth >= 0, "smooth", f"must be ≥ 0 seconds, got {self.smooth}")
+        _check(self.smooth_mode in SMOOTH_MODES, "smooth_mode",
+               f"must be one of {', '.join(SMOOTH_MODES)}, got {self.smooth_mode!r}")
+        _check(0.0 <= self.switch_margin < 1.0, "switch_margin",
+               f"must be in [0, 1), got {self.switch_margin}")
+        _check(0 <= self.crf <= 63, "crf", f"must be in 0..63, got {self.crf}")
+        _check(self.precision in PRECISIONS, "precision",
+               f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check(self.batch_size is None or 1 <= self.batch_size <= 1024, "batch_size",
+               f"must be in 1..1024, got {self.batch_size}")
+        _check(1 <= self.stride <= 1000, "stride", f"must be in 1..1000, got {self.stride}")
+        _check(not self.json_cams or bool(self.json), "json_cams",
+               "needs json, the sidecar's path")
+
     @classmethod
-    def from_kwargs(klass, **kwargs: object) -> "Options":
-        """Build from keyword options, refusing unknown names with a clear message."""
-        names = {f.name for f in dataclasses.fields(klass)}
-        unknown = sorted(set(kwargs) - names)
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> "Options":
+        """A copy with ``changes`` applied (validated; unknown names are refused)."""
+        unknown = sorted(set(changes) - set(self.names()))
         if unknown:
             raise OptionError(f"unknown option(s): {', '.join(unknown)}")
-        return klass(**kwargs)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes) if changes else self
 
-    def validate(self) -> None:
-        """Range checks that need no model (the rest happen where the value is used)."""
-        if not 32 <= self.size <= 2048:
-            raise OptionError(f"--size must be in 32..2048, got {self.size}")
-        if not 0 <= self.crf <= 63:
-            raise OptionError(f"--crf must be in 0..63, got {self.crf}")
-        if self.batch_size is not None and not 1 <= self.batch_size <= 1024:
-            raise OptionError(f"--batch-size must be in 1..1024, got {self.batch_size}")
-        if not 1 <= self.stride <= 1000:
-            raise OptionError(f"--stride must be in 1..1000, got {self.stride}")
-        if self.smooth < 0:
-            raise OptionError(f"--smooth must be ≥ 0 seconds, got {self.smooth}")
-        if self.json_cams and not self.json:
-            raise OptionError("--json-cams needs --json PATH")
+    @classmethod
+    def of(klass, options: "Options | None" = None, **overrides: Any) -> "Options":
+        """``options`` (default: the defaults) with ``overrides`` applied: how
+        :func:`camvideo.stream` and :func:`camvideo.annotate` take their settings."""
+        if options is not None and not isinstance(options, Options):
+            raise OptionError(f"options must be an Options object, got "
+                              f"{type(options).__name__}")
+        return (options or klass()).replace(**overrides)
 
 
 @dataclass
 class Summary:
-    """What a run did."""
+    """What :func:`camvideo.annotate` did: ``frames`` written to ``output`` in
+    ``seconds``, ``skipped`` undecodable input frames, the ``json`` sidecar if any."""
 
     output: str
     frames: int
@@ -98,3 +151,86 @@ class Summary:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class FrameResult:
+    """One frame's result from :func:`camvideo.stream`, in stream order.
+
+    Numbers are numpy (``np.float32``) unless the stream was asked for ``tensors=True``:
+    then ``probs``, ``map`` and :meth:`map_for` are torch tensors on the model's device.
+
+    Attributes:
+        index: 0-based position of the frame in the stream.
+        time: presentation time, seconds.
+        pts: presentation timestamp in the source's time base (None for sources without
+            one).
+        cls: the class whose map is drawn (the smoothed top-1 with hysteresis, or the
+            ``cls`` option).
+        label: its name.
+        score: its smoothed probability, in ``[0, 1]``.
+        topk: the ``topk`` most probable classes ``[(index, label, probability), ...]``.
+        probs: ``(K,)`` float32 class probabilities, as smoothed.
+        map: ``(h, w)`` float32 in ``[0, 1]``: the map that is drawn, at feature
+            resolution (normalised against a range smoothed over time).
+        peak: ``(x, y)`` of the map's maximum in output-frame pixels.
+        bbox: the paper's box ``(x0, y0, x1, y1)`` in output-frame pixels (with the
+            ``bbox`` option), else None.
+        cut: the frame starts a new shot (or the stream): the smoothing restarted here.
+        image: the annotated frame when the stream renders (``render=True``), as the
+            pipeline holds it: ``(H, W', 3)`` uint8 RGB, or ``(H * 3 // 2, W')`` uint8
+            I420 when ``fmt`` is I420 (see :meth:`annotated`); else None.
+        fmt: the pixel format of ``image`` (:data:`camvideo.pixels.RGB` or ``I420``).
+        rgb: the source frame as ``(H, W, 3)`` uint8 RGB when asked (``frames=True``).
+    """
+
+    index: int
+    time: float
+    pts: int | None
+    cls: int
+    label: str
+    score: float
+    topk: list[tuple[int, str, float]]
+    probs: Any
+    map: Any
+    peak: tuple[int, int]
+    bbox: tuple[int, int, int, int] | None
+    cut: bool = False
+    image: "np.ndarray | None" = None
+    fmt: str = "rgb24"
+    rgb: "np.ndarray | None" = None
+    _raw_maps: Callable[[Sequence[int]], Any] | None = field(default=None, repr=False)
+
+    def map_for(self, classes: int | Sequence[int], normalize: bool = True) -> Any:
+        """The map of any class (or classes) from the same smoothed features as the drawn
+        map: one matrix product, no forward pass.
+
+        Args:
+            classes: a class index, or a sequence of them.
+            normalize: min-max normalise each map to ``[0, 1]`` on this frame (the drawn
+                ``map`` uses a range smoothed over time instead); False: raw CAM values
+                (class-weighted sums of the features, the logit's contributions).
+
+        Returns:
+            ``(h, w)`` float32 for one class, ``(n, h, w)`` for a sequence; numpy, or a
+            tensor on the model's device for a ``tensors=True`` stream.
+        """
+        if self._raw_maps is None:
+            raise ValueError("this result carries no features (made outside a stream)")
+        one = isinstance(classes, (int,)) or getattr(classes, "ndim", 1) == 0
+        return self._raw_maps([int(classes)] if one else [int(c) for c in classes],
+                              normalize, one)
+
+    def annotated(self) -> "np.ndarray":
+        """The annotated frame as ``(H, W', 3)`` uint8 RGB (converted when held as I420).
+
+        Raises:
+            ValueError: the stream did not render (``render=False``).
+        """
+        if self.image is None:
+            raise ValueError("the stream did not render: pass render=True")
+        if self.fmt == "rgb24":
+            return self.image
+        from .pixels import to_rgb
+
+        return to_rgb(self.image)

@@ -13,7 +13,7 @@ stays I420; only the labels' box is drawn in RGB.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
@@ -25,12 +25,11 @@ from torch.nn import functional as F
 from . import pixels
 from .cam import paper_bbox
 from .errors import OptionError
+from .options import LAYOUTS, colormaps
 
 log = logging.getLogger(__name__)
 
-COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
-             for name in dir(cv2) if name.startswith("COLORMAP_")}
-LAYOUTS = ("overlay", "side")
+COLORMAPS = colormaps()
 
 
 def colormap_lut(name: str) -> Tensor:
@@ -50,10 +49,9 @@ def colormap_lut(name: str) -> Tensor:
 
 @dataclass
 class Annotation:
-    """What was drawn on one output frame (the JSON sidecar's record).
+    """What is (or would be) drawn on one output frame.
 
-    ``peak`` is ``(x, y)`` and ``bbox`` ``(x0, y0, x1, y1)`` in output-frame pixels;
-    ``cam`` the rendered map at feature resolution, values in ``[0, 1]`` (when asked).
+    ``peak`` is ``(x, y)`` and ``bbox`` ``(x0, y0, x1, y1)`` in output-frame pixels.
     """
 
     cls: int
@@ -62,7 +60,6 @@ class Annotation:
     topk: list[tuple[int, str, float]]
     peak: tuple[int, int]
     bbox: tuple[int, int, int, int] | None
-    cam: list[list[float]] | None = field(default=None)
 
 
 class Renderer:
@@ -76,12 +73,14 @@ class Renderer:
         bbox: draw the paper's box.
         bbox_threshold: box threshold as a fraction of the map's maximum, in ``(0, 1]``.
         layout: ``overlay`` (heatmap over the frame) or ``side`` (original | overlay).
-        keep_cams: put the rendered map in each :class:`Annotation`.
+
+    :meth:`render` draws a batch; :meth:`describe` gives the same annotations (peak, box,
+    labels) without drawing.
     """
 
     def __init__(self, labels: list[str], *, colormap: str = "jet", alpha: float = 0.5,
                  topk: int = 3, bbox: bool = False, bbox_threshold: float = 0.2,
-                 layout: str = "overlay", keep_cams: bool = False) -> None:
+                 layout: str = "overlay") -> None:
         if not 0.0 <= alpha <= 1.0:
             raise OptionError(f"alpha must be in [0, 1], got {alpha}")
         if topk < 0 or topk > len(labels):
@@ -97,7 +96,6 @@ class Renderer:
         self.bbox = bbox
         self.bbox_threshold = bbox_threshold
         self.layout = layout
-        self.keep_cams = keep_cams
         self._lut_np = np.ascontiguousarray(self.lut.numpy().reshape(256, 1, 3))
         self._lut_yuv = pixels.yuv_of_rgb(self.lut.numpy())
         self._lut_dev: Tensor | None = None
@@ -139,6 +137,49 @@ class Renderer:
             h, w = frames.shape[1], frames.shape[2]
         return self._annotate(images, peaks, small, maps, probs, classes, h, w)
 
+    @torch.inference_mode()
+    def describe(self, maps: Tensor, probs: Tensor, classes: Tensor,
+                 size: tuple[int, int]) -> list[Annotation]:
+        """The :class:`Annotation` of each frame of a batch, as :meth:`render` gives them,
+        without drawing: the same peaks (the map upsampled to the frame, as drawn) and
+        boxes.
+
+        Args:
+            maps, probs, classes: as for :meth:`render`.
+            size: ``(H, W)`` of the input frames.
+        """
+        h, w = size
+        n = int(maps.shape[0])
+        if maps.device.type == "cpu":
+            cams = maps.float().numpy()
+            peaks = []
+            for cam in cams:
+                up = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+                _, _, _, (px, py) = cv2.minMaxLoc(up)
+                peaks.append(py * w + px)
+            small = self._small_cpu(cams, h, w)
+        else:
+            up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
+                               align_corners=False)[:, 0].clamp_(0.0, 1.0)
+            peaks = up.reshape(n, -1).argmax(dim=1).cpu().tolist()
+            small = self._small_torch(maps, h, w)
+        return self._annotate(None, peaks, small, maps, probs, classes, h, w)[1]
+
+    def _small_cpu(self, cams: np.ndarray, h: int, w: int) -> np.ndarray | None:
+        """The maps at about 180 px for the box (None without ``bbox``)."""
+        if not self.bbox:
+            return None
+        scale = max(1, min(h, w) // 180)
+        size = (w // scale, h // scale)
+        return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in cams])
+
+    def _small_torch(self, maps: Tensor, h: int, w: int) -> np.ndarray | None:
+        if not self.bbox:
+            return None
+        scale = max(1, min(h, w) // 180)
+        return F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
+                             mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+
     def _colour_cpu(self, frames: Sequence[np.ndarray],
                     maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
         h, w = _size(frames[0])
@@ -162,13 +203,7 @@ class Renderer:
             else:
                 res = cv2.addWeighted(img, 1.0 - a, colours, a, 0.0)
             out.append(res)
-        small = None
-        if self.bbox:
-            scale = max(1, min(h, w) // 180)
-            size = (w // scale, h // scale)
-            small = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR)
-                              for c in cams])
-        return out, peaks, small
+        return out, peaks, self._small_cpu(cams, h, w)
 
     def _blend_i420(self, img: np.ndarray, cam: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Blend over an I420 frame plane by plane: luma with the full-resolution colour
@@ -202,28 +237,23 @@ class Renderer:
         if self.layout == "side":
             blended = torch.cat((frames, blended), dim=2)
         peaks = up.reshape(n, -1).argmax(dim=1)
-        small = None
-        if self.bbox:
-            scale = max(1, min(h, w) // 180)
-            small = F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
-                                  mode="bilinear", align_corners=False)[:, 0]
+        small = self._small_torch(maps, h, w)
         # one copy back per batch (plus the few scalars below)
         images = list(blended.cpu().numpy())
-        return images, peaks.cpu().tolist(), (small.cpu().numpy() if small is not None
-                                              else None)
+        return images, peaks.cpu().tolist(), small
 
-    def _annotate(self, images: list[np.ndarray], peaks: list[int], small: np.ndarray | None,
-                  maps: Tensor, probs: Tensor, classes: Tensor, h: int,
-                  w: int) -> tuple[list[np.ndarray], list[Annotation]]:
-        """Top-k labels, boxes and the :class:`Annotation` records (CPU, text last)."""
+    def _annotate(self, images: list[np.ndarray] | None, peaks: list[int],
+                  small: np.ndarray | None, maps: Tensor, probs: Tensor, classes: Tensor,
+                  h: int, w: int) -> tuple[list[np.ndarray] | None, list[Annotation]]:
+        """Top-k labels, boxes and the :class:`Annotation` records (CPU, text last); drawn
+        on ``images`` unless that is None."""
         top_p, top_i = probs.float().topk(max(self.topk, 1), dim=1)
         cls_p = probs.float().gather(1, classes.view(-1, 1).to(probs.device))[:, 0]
         top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
         cls_list, cls_p = classes.cpu().tolist(), cls_p.cpu().tolist()
-        cams = maps.float().cpu().numpy() if self.keep_cams else None
         x_off = w if self.layout == "side" else 0
         notes = []
-        for i, img in enumerate(images):
+        for i in range(len(peaks)):
             box = None
             if small is not None:
                 b = paper_bbox(small[i], self.bbox_threshold)
@@ -236,12 +266,12 @@ class Renderer:
                     for p, j in zip(top_p[i][:self.topk], top_i[i][:self.topk])]
             c = int(cls_list[i])
             note = Annotation(cls=c, label=self.labels[c], score=float(cls_p[i]), topk=topk,
-                              peak=(peaks[i] % w + x_off, peaks[i] // w), bbox=box,
-                              cam=cams[i].round(4).tolist() if cams is not None else None)
-            if box is not None:
-                _draw_box(img, box)
-            if self.topk:
-                _draw_labels(img, topk, c, x_off)
+                              peak=(peaks[i] % w + x_off, peaks[i] // w), bbox=box)
+            if images is not None:
+                if box is not None:
+                    _draw_box(images[i], box)
+                if self.topk:
+                    _draw_labels(images[i], topk, c, x_off)
             notes.append(note)
         return images, notes
 

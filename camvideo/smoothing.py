@@ -39,7 +39,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -49,16 +49,50 @@ from torch import Tensor
 from . import motion as mo
 from .cam import cam_maps, minmax_normalize
 from .errors import OptionError
-from .options import DEFAULT_MARGIN, DEFAULT_TAU
+from .options import DEFAULT_MARGIN, DEFAULT_TAU, SMOOTH_MODES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CUT_THRESHOLD", "DEFAULT_HOLD", "DEFAULT_MARGIN", "DEFAULT_TAU",
-           "MODES", "Smoothed", "Smoother"]
+           "MODES", "FrameMaps", "Smoothed", "Smoother"]
 
 DEFAULT_HOLD = 1.0           #: seconds a shown class may trail before it gives way
 DEFAULT_CUT_THRESHOLD = 0.3  #: cut score (0..1) above which a frame starts a new shot
-MODES = ("causal", "centered")
+MODES = SMOOTH_MODES
+
+
+class FrameMaps:
+    """Raw CAM maps of any classes for one output frame, from the same smoothed features
+    its drawn map comes from: the causal feature state, and in centered mode the
+    anti-causal average of the look-ahead frames too (maps are linear in the features and
+    so is warping, so averaging maps equals averaging features, at ``n / C`` of the cost).
+
+    Call it with ``(n,)`` int64 classes; returns ``(n, h, w)`` float32 maps (unnormalised,
+    on the features' device). It keeps references to the features it needs.
+    """
+
+    __slots__ = ("_weight", "_feat", "_window", "_alpha")
+
+    def __init__(self, weight: Tensor, feat: Tensor,
+                 window: list[tuple[Tensor, float, tuple[Tensor, Tensor] | None]] | None = None,
+                 alpha: Callable[[float], float] | None = None) -> None:
+        self._weight, self._feat = weight, feat      # (K, C), (1, C, h, w)
+        self._window, self._alpha = window, alpha    # [(feat, time, bwd warp)], alpha(dt)
+
+    def __call__(self, classes: Tensor) -> Tensor:
+        w = self._weight.index_select(0, classes.to(self._weight.device)).float()  # (n, C)
+        raw = torch.einsum("nc,chw->nhw", w, self._feat[0].float())
+        if self._window is None:
+            return raw
+        win = self._window
+        maps = torch.einsum("nc,lchw->lnhw", w,
+                            torch.cat([f for f, _, _ in win]).float())   # (L+1, n, h, w)
+        acc = maps[-1:]
+        for i in range(len(win) - 2, -1, -1):
+            acc = Smoother._blend(acc, maps[i:i + 1],
+                                  self._alpha(win[i + 1][1] - win[i][1]),  # type: ignore[misc]
+                                  win[i + 1][2])
+        return 0.5 * (raw + acc[0])
 
 
 @dataclass
@@ -71,12 +105,14 @@ class Smoothed:
         probs: ``(M, K)`` float32 smoothed class probabilities.
         cut: ``M`` flags: the frame started a new shot (or the stream) and the state was
             reset there.
+        frame_maps: ``M`` :class:`FrameMaps`: any class's raw map of each frame.
     """
 
     maps: Tensor
     classes: Tensor
     probs: Tensor
     cut: list[bool] = field(default_factory=list)
+    frame_maps: list[FrameMaps] = field(default_factory=list)
 
 
 @dataclass
@@ -274,7 +310,8 @@ class Smoother:
         maps = minmax_normalize(cam_maps(features.float(), self.weight, classes).float())
         cut = [i == 0 and not self._started for i in range(n)]
         self._started = self._started or n > 0
-        return Smoothed(maps, classes, probs, cut)
+        return Smoothed(maps, classes, probs, cut,
+                        [FrameMaps(self.weight, features[i:i + 1]) for i in range(n)])
 
     def _empty(self) -> Smoothed:
         dev, k = self.weight.device, self.weight.shape[0]
@@ -327,7 +364,7 @@ class Smoother:
 
     def _centered(self, fr: _Frame) -> _Frame:
         """Average ``fr``'s causal probabilities with anti-causal ones over its look-ahead
-        (the frames still pending, up to the next cut); the map follows in :meth:`_map`."""
+        (the frames still pending, up to the next cut); the map follows in :meth:`_frame_maps`."""
         fr.window = [fr]
         for nxt in self._pending:
             if nxt.cut:
@@ -339,30 +376,22 @@ class Smoother:
         fr.s_prob = 0.5 * (fr.s_prob + a_prob)
         return fr
 
-    def _map(self, fr: _Frame, cls: Tensor) -> Tensor:
-        """``(1, h, w)`` raw CAM of class ``cls`` for an output frame. Centered: the mean
-        of the causal state's map and the anti-causal average of the look-ahead frames'
-        maps (CAM is linear and so is warping, so averaging one class's maps equals
-        averaging the features, at ``1 / C`` of the cost)."""
-        raw = cam_maps(fr.s_feat, self.weight, cls.view(1))
-        if fr.window is None:
-            return raw
-        win = fr.window
-        maps = cam_maps(torch.cat([f.feat for f in win]), self.weight,
-                        cls.view(1).expand(len(win)))[:, None]          # (L+1, 1, h, w)
-        acc = maps[-1:]
-        for i in range(len(win) - 2, -1, -1):
-            acc = self._blend(acc, maps[i:i + 1], self._alpha(win[i + 1].time - win[i].time),
-                              win[i + 1].bwd)
-        fr.window = None
-        return 0.5 * (raw + acc[:, 0])
+    def _frame_maps(self, fr: _Frame) -> FrameMaps:
+        """The :class:`FrameMaps` of an output frame: its causal state's maps, and in
+        centered mode their mean with the anti-causal average of the look-ahead frames'
+        maps (the window is handed over and dropped from the frame)."""
+        window = None
+        if fr.window is not None:
+            window = [(f.feat, f.time, f.bwd) for f in fr.window]
+            fr.window = None
+        return FrameMaps(self.weight, fr.s_feat, window, self._alpha)  # type: ignore[arg-type]
 
     def _emit(self, ready: list[_Frame]) -> Smoothed:
         """Class hysteresis and the smoothed normalisation range, in output order (all on
         the device: no synchronisation per frame)."""
         if not ready:
             return self._empty()
-        maps, classes = [], []
+        maps, classes, frame_maps = [], [], []
         for fr in ready:
             p = fr.s_prob
             best = p.argmax()
@@ -380,7 +409,9 @@ class Smoother:
                         | (self._stale >= self.switch_hold - 1e-6))
                 cls = torch.where(take, best, self._cls)
                 self._stale = torch.where(take, 0.0, self._stale)
-            raw = self._map(fr, cls).float()                                # (1, h, w)
+            fm = self._frame_maps(fr)
+            frame_maps.append(fm)
+            raw = fm(cls.view(1)).float()                                   # (1, h, w)
             lo, hi = raw.amin(dim=(1, 2)), raw.amax(dim=(1, 2))
             if not restart:
                 a = self._alpha(fr.time - self._out_time)
@@ -391,4 +422,5 @@ class Smoother:
             maps.append(minmax_normalize(raw, lo, hi))
             classes.append(cls)
         return Smoothed(torch.cat(maps), torch.stack(classes).long(),
-                        torch.stack([fr.s_prob for fr in ready]), [fr.cut for fr in ready])
+                        torch.stack([fr.s_prob for fr in ready]), [fr.cut for fr in ready],
+                        frame_maps)

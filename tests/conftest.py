@@ -108,6 +108,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="CUDA not available"))
 
 
+@pytest.fixture(scope="session")
+def lite0() -> CamModel:
+    """The default model (EfficientNet-Lite0, bundled ImageNet weights), loaded once for
+    the session. Engines fold and fuse it in place on first use (camvideo.model.rewrite);
+    a test that needs it untouched loads its own."""
+    from camvideo.model.registry import load_model
+
+    return load_model()
+
+
 @pytest.fixture
 def tiny_model(monkeypatch: pytest.MonkeyPatch) -> CamModel:
     """The default model is a tiny random network here (see :func:`use_tiny_model`)."""

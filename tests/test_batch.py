@@ -26,11 +26,6 @@ from camvideo.testing import synth
 from camvideo.model.registry import load_model
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_model()
-
-
 # --------------------------------------------------------------------------- pieces
 
 def test_find_videos_patterns_hidden_links(tree, tmp_path):

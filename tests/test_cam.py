@@ -13,11 +13,6 @@ from camvideo.cam import (cam_maps, logits_from_features, minmax_normalize, pape
 from camvideo.model.registry import from_modules, load_model
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_model()
-
-
 def _frames(names=("chelsea", "coffee"), size=(288, 224)) -> torch.Tensor:
     import cv2
     return torch.from_numpy(np.stack([cv2.resize(synth.load_photo(n), size) for n in names]))

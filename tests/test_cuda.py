@@ -32,7 +32,7 @@ def tiny_model():
 
 def engine_for(model, device: str, precision=None, stride: int = 1) -> CamEngine:
     model = copy.deepcopy(model).to(device)
-    return CamEngine(model, Renderer(model.labels, keep_cams=True, topk=2),
+    return CamEngine(model, Renderer(model.labels, topk=2),
                      Smoother(model.weight.detach().float(), tau=0.0), short_side=64,
                      precision=precision, stride=stride)
 
@@ -64,8 +64,8 @@ def test_cuda_engine_matches_cpu_engine():
     for c, g, h in zip(cpu, gpu, half):
         assert g.frame is c.frame and g.image.shape == c.image.shape
         # the CPU resizes as uint8, the GPU in float: inputs differ by < 1/255
-        assert np.abs(np.array(g.note.cam) - np.array(c.note.cam)).max() <= 0.02
-        assert np.abs(np.array(h.note.cam) - np.array(c.note.cam)).max() <= 0.05
+        assert np.abs(g.map - c.map).max() <= 0.02
+        assert np.abs(h.map - c.map).max() <= 0.05
         d = np.abs(g.image.astype(int) - c.image.astype(int))
         assert np.percentile(d, 99) <= 6  # OpenCV vs tensor colouring, input rounding
 

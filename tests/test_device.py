@@ -20,6 +20,8 @@ import pytest
 import torch
 from torch import nn
 
+from camvideo.options import Options
+from camvideo.runtime.engine import build_engine
 from camvideo.model import device
 from camvideo.model.device import (CpuCaps, cpu_caps, cpu_has_native_bf16,
                                    default_batch_size, default_infer_workers,
@@ -42,7 +44,8 @@ needs_bf16_kernels = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def lite0():
+def fresh_lite0():
+    """A default model of its own, not yet folded (the session's is, once used)."""
     return load_model()
 
 
@@ -124,15 +127,13 @@ def test_threads_and_batches_are_the_same_on_every_cpu_class(cpu_class):
 
 
 def test_the_engine_s_precision_follows_the_cpu_class(cpu_class):
-    from camvideo import api
-
     model = from_modules(nn.Sequential(nn.Conv2d(3, 4, 8, stride=8)), nn.Linear(4, 3),
                          stride=8)
-    engine = api.build_engine(api.Options(device="cpu"), model)
+    engine = build_engine(Options(device="cpu"), model)
     assert engine.precision == (torch.bfloat16 if cpu_class.native_bf16 else None)
     if not cpu_class.bf16_kernels:
         with pytest.raises(OptionError, match="bf16 needs"):
-            api.build_engine(api.Options(device="cpu", precision="bf16"), model)
+            build_engine(Options(device="cpu", precision="bf16"), model)
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,7 +188,8 @@ def test_optimize_model_refuses_a_fold_that_changes_the_features():
     assert model.backbone is before  # kept: folding was checked and refused
 
 
-def test_optimize_model_folds_the_default_model_once(lite0):
+def test_optimize_model_folds_the_default_model_once(fresh_lite0):
+    lite0 = fresh_lite0
     x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         ref = lite0.backbone(x)

@@ -199,16 +199,16 @@ def test_a_full_disk_under_the_sidecar_is_one_line_and_leaves_nothing(
         good_mp4, tmp_path, capsys, tiny_model, monkeypatch):
     """The JSON sidecar's writes fail with ENOSPC (it writes to /dev/full): a clear
     output error, and neither the video nor the sidecar nor a temp file is left."""
-    import camvideo.api as api
+    from camvideo.runtime.sinks import JsonLinesSink
 
-    real = api.JsonLinesSink.__init__
+    real = JsonLinesSink.__init__
 
-    def on_full_disk(self, path):
-        real(self, path)
+    def on_full_disk(self, path, cams=False):
+        real(self, path, cams)
         self._fh.close()
         self._fh = open("/dev/full", "w", buffering=1)  # every line: No space left
 
-    monkeypatch.setattr(api.JsonLinesSink, "__init__", on_full_disk)
+    monkeypatch.setattr(JsonLinesSink, "__init__", on_full_disk)
     out, side = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     rc, err = run_cli([good_mp4.path, out, "--json", side], capsys)
     assert_refused(rc, err, ExitCode.OUTPUT, f"cannot write {side}: No space left", out)

@@ -1,5 +1,5 @@
 """`camvideo live` end to end: real network streams over loopback, a slow model, lost and
-stalled sources, shutdown (the --serve page in a real browser: test_live_serve.py).
+stalled sources, shutdown (the --serve page in a real browser: test_live_preview.py).
 
 Streams are MPEG-TS (H.264, zerolatency) sent by PyAV at real-time pace from a child
 process (`SENDER`) over UDP, or by a TCP server thread here (`ts_server`) that closes the

@@ -1,246 +1,216 @@
-"""Tests of camvideo.runtime.engine through the pipeline (batching, concurrent forward passes, the
-fast CPU path, --stride) and of the renderer's two colouring paths (the threads and
-queues: tests/test_stream.py; camvideo.model.device's folding and fusion: tests/test_device.py).
-
-The fast path must not change the results: batch size 1 in fp32 and batch size 8 in the
-automatic precision (bf16 on CPUs with native bf16) give the same frame count, the same
-timestamps and the same maps (within float rounding in fp32, bf16 rounding otherwise).
-"""
+"""Tests of camvideo.runtime.pipeline.run_stream: the threads and bounded queues between the
+stages, with a stand-in engine whose stages sleep (as torch and PyAV release the GIL):
+overlap, bounded memory, live batches that never wait, concurrent forward passes in
+stream order, errors, ``stop`` and Ctrl-C."""
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
+import signal
+import threading
+import time
 
-import av
 import numpy as np
 import pytest
-import torch
 
-from camvideo import api
-from camvideo.model.device import resolve_precision
-from camvideo.runtime.engine import CamEngine
-from camvideo.errors import OptionError
-from camvideo.media.files import FileSource
+from camvideo.runtime.engine import Inferred
 from camvideo.media.frames import Frame
-from camvideo.model.registry import load_model
 from camvideo.runtime.pipeline import run_stream
-from camvideo.render import Renderer
-from camvideo.smoothing import Smoother
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_model()
+class SleepyEngine:
+    """A stand-in engine whose stages sleep (releasing the GIL, like torch and PyAV)."""
+
+    def __init__(self, infer_s: float = 0.0, finish_s: float = 0.0,
+                 fail_at: int | None = None, infer_workers: int = 1) -> None:
+        self.infer_s, self.finish_s, self.fail_at = infer_s, finish_s, fail_at
+        self.infer_workers = infer_workers
+        self.batches: list[int] = []
+        self.alive = 0  # frames inside the pipeline right now
+        self.peak_alive = 0
+        self.running = self.peak_running = 0  # infer calls at once
+        self._lock = threading.Lock()
+
+    def infer(self, frames):
+        with self._lock:
+            self.batches.append(len(frames))
+            k = len(self.batches)
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+        try:
+            if self.fail_at is not None and k > self.fail_at:
+                raise RuntimeError("engine failed")
+            # uneven batch times: a later batch often finishes before an earlier one
+            time.sleep(self.infer_s * (1.5 if k % 2 else 0.5))
+            return Inferred(list(frames), [], None)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def infer_flush(self):
+        return Inferred([], [], None)
+
+    def finish(self, batch):
+        time.sleep(self.finish_s)
+        return list(batch.frames)
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+def frames_of(n: int, sleep: float = 0.0, engine: SleepyEngine | None = None):
+    img = np.zeros((8, 8, 3), np.uint8)
+    for i in range(n):
+        if sleep:
+            time.sleep(sleep)
+        if engine is not None:
+            with engine._lock:
+                engine.alive += 1
+                engine.peak_alive = max(engine.peak_alive, engine.alive)
+        yield Frame(i, img, i, i / 30)
 
 
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def test_stages_overlap():
+    n, bs, step = 40, 4, 0.02
+    engine = SleepyEngine(infer_s=bs * step, finish_s=bs * step)
+    got = []
+
+    def consume(f):
+        time.sleep(step)
+        got.append(f.index)
+
+    t = time.monotonic()
+    assert run_stream(frames_of(n, sleep=step), engine, consume, batch_size=bs) == n
+    elapsed = time.monotonic() - t
+    serial = 4 * n * step  # read + infer + finish + write, one after the other
+    assert got == list(range(n))
+    assert elapsed < 0.6 * serial, (elapsed, serial)
 
 
-def video_pts(path: Path) -> list[int]:
-    with av.open(str(path)) as c:
-        return sorted(int(f.pts) for f in c.decode(video=0))
+def test_memory_stays_bounded_however_long_the_stream():
+    bs = 4
+    engine = SleepyEngine()
+
+    def consume(f):
+        with engine._lock:
+            engine.alive -= 1
+        time.sleep(0.0005)  # the slowest stage: everything before it backs up
+
+    n = run_stream(frames_of(2000, engine=engine), engine, consume, batch_size=bs)
+    assert n == 2000
+    # queues: 2 batches in, 2 batches between device and render, 2 batches out, plus the
+    # batch each thread holds
+    assert engine.peak_alive <= 10 * bs, engine.peak_alive
 
 
-def annotate(clip, tmp_path: Path, tag: str, model, **kw) -> tuple[Path, list[dict]]:
-    out, side = tmp_path / f"{tag}.mp4", tmp_path / f"{tag}.jsonl"
-    api.annotate(clip.path, out, model=model, json=str(side), json_cams=True,
-                 overwrite=True, **kw)
-    return out, records(side)
+def test_live_never_waits_for_a_batch_to_fill():
+    first_out = threading.Event()
+    engine = SleepyEngine()
+
+    def source():
+        img = np.zeros((8, 8, 3), np.uint8)
+        yield Frame(0, img, 0, 0.0)
+        # a camera that sends the next frame only once the first has been shown
+        assert first_out.wait(5), "the first frame waited for a full batch"
+        for i in range(1, 5):
+            yield Frame(i, img, i, i / 30)
+
+    t = time.monotonic()
+    n = run_stream(source(), engine, lambda f: first_out.set(), batch_size=8, live=True)
+    assert n == 5 and time.monotonic() - t < 4
+    assert engine.batches[0] == 1
 
 
-#: maps equal up to float rounding, as the JSON's 4 decimals show them: one unit of the last
-#: decimal apart at most (fp32; the traced network of files and the eager one of
-#: ``--stride``, or two batch shapes, sum in different orders)
-JSON_TOL = 1.5e-4
+def test_concurrent_inference_overlaps_and_keeps_stream_order():
+    n, bs = 64, 4
+    engine = SleepyEngine(infer_s=0.02, infer_workers=2)
+    got = []
+    t = time.monotonic()
+    assert run_stream(frames_of(n), engine, lambda f: got.append(f.index),
+                      batch_size=bs) == n
+    elapsed = time.monotonic() - t
+    assert got == list(range(n))
+    assert engine.peak_running == 2
+    assert elapsed < 0.75 * (n // bs) * 0.02, elapsed  # serial: 16 batches x 20 ms
+    # live: one batch at a time (latency first)
+    live = SleepyEngine(infer_workers=2)
+    assert run_stream(frames_of(20), live, lambda f: None, batch_size=4, live=True) == 20
+    assert live.peak_running == 1
 
 
-def max_map_diff(a: list[dict], b: list[dict]) -> float:
-    return max(float(np.abs(np.array(p["cam"]) - np.array(q["cam"])).max())
-               for p, q in zip(a, b))
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("where", ["source", "engine", "consume"])
+def test_first_error_is_raised_and_threads_stop(where, workers):
+    engine = SleepyEngine(fail_at=2 if where == "engine" else None, infer_workers=workers)
+
+    def source():
+        for f in frames_of(100):
+            if where == "source" and f.index == 10:
+                raise ValueError("source failed")
+            yield f
+
+    def consume(f):
+        if where == "consume" and f.index == 5:
+            raise KeyError("consume failed")
+
+    before = threading.active_count()
+    stop = threading.Event()  # shared by many streams (a batch job's files)
+    with pytest.raises((ValueError, RuntimeError, KeyError)) as e:
+        run_stream(source(), engine, consume, batch_size=4, stop=stop)
+    assert where in str(e.value)
+    time.sleep(0.3)
+    assert threading.active_count() <= before
+    # one stream's failure does not stop the others
+    assert not stop.is_set()
+    assert run_stream(frames_of(30), SleepyEngine(infer_workers=workers), lambda f: None,
+                      batch_size=4, stop=stop) == 30
 
 
-# ---------------------------------------------------------------------------------------
-# the fast path equals the plain path
+def test_a_failure_sets_stop_for_a_live_source():
+    """A live source blocks until ``stop`` is set: a failing stage must set it."""
+    stop = threading.Event()
+
+    def camera():
+        yield from frames_of(3)
+        assert stop.wait(5), "the source was left waiting"
+
+    def consume(f):
+        raise KeyError("consume failed")
+
+    with pytest.raises(KeyError):
+        run_stream(camera(), SleepyEngine(), consume, batch_size=1, live=True, stop=stop)
+    assert stop.is_set()
 
 
-def test_fast_path_equals_plain_path(pan_clip, lite0, tmp_path):
-    out1, plain = annotate(pan_clip, tmp_path, "plain", lite0, batch_size=1,
-                           precision="fp32")
-    out8, fast32 = annotate(pan_clip, tmp_path, "fast32", lite0, batch_size=8,
-                            precision="fp32")
-    outa, fast = annotate(pan_clip, tmp_path, "fast", lite0, batch_size=8,
-                          precision="auto")
-    assert len(plain) == len(fast32) == len(fast) == pan_clip.frames
-    pts = video_pts(out1)
-    assert len(pts) == pan_clip.frames and video_pts(out8) == pts and video_pts(outa) == pts
-    assert [r["time"] for r in fast] == [r["time"] for r in plain]
-    # batching changes nothing in fp32 beyond float rounding (each batch shape has its
-    # own fused graph, camvideo.model.trace)
-    assert max_map_diff(plain, fast32) <= JSON_TOL
-    assert [r["class"] for r in plain] == [r["class"] for r in fast32]
-    # bf16 (where native): maps within its rounding; measured 0.036 on this clip
-    tol = 0.1 if resolve_precision("auto", torch.device("cpu")) is not None else JSON_TOL
-    assert max_map_diff(plain, fast) <= tol
-    assert max(abs(p["score"] - q["score"]) for p, q in zip(plain, fast)) <= tol
+def test_ctrl_c_while_draining_returns_once_no_stage_runs():
+    """A KeyboardInterrupt landing while ``run_stream`` waits for the last frames to be
+    written is raised only once no stage runs any more: the caller then deletes the
+    half-written output, and nothing may still be writing into it."""
+    consumed = []
+
+    def consume(f):
+        time.sleep(0.1)
+        consumed.append(f.index)
+
+    # a real SIGINT to the main thread (Ctrl-C), which interrupts a blocking wait; all
+    # 12 frames are read and handed on by then: the main thread is waiting for the drain
+    timer = threading.Timer(0.5, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(frames_of(12), SleepyEngine(), consume, batch_size=4)
+    timer.cancel()
+    n = len(consumed)
+    running = [t.name for t in threading.enumerate() if t.name.startswith("camvideo-")]
+    time.sleep(0.5)
+    assert n < 12 and len(consumed) == n and running == []
 
 
-def test_concurrent_inference_equals_one_at_a_time(pan_clip, lite0):
-    """Two forward passes at once (the CPU default) give the same frames, maps and
-    scores, in the same order, as one at a time."""
-    def run(workers: int) -> list:
-        opts = api.Options()
-        base = api.build_engine(opts, lite0)
-        engine = CamEngine(base.model, base.renderer, base.smoother,
-                           precision=base.precision, infer_workers=workers)
-        assert engine.infer_workers == workers
-        out: list = []
-        run_stream(FileSource(pan_clip.path), engine, out.append, batch_size=4)
-        return out
+def test_stop_event_ends_early_and_consumes_what_was_read():
+    stop = threading.Event()
+    got = []
 
-    one, two = run(1), run(2)
-    assert [r.frame.pts for r in two] == [r.frame.pts for r in one] == \
-        sorted(r.frame.pts for r in one)
-    assert len(one) == pan_clip.frames
-    for a, b in zip(one, two):
-        assert (a.note.cls, a.note.topk) == (b.note.cls, b.note.topk)
-        assert np.array_equal(a.image, b.image)
+    def consume(f):
+        got.append(f.index)
+        if f.index == 10:
+            stop.set()
 
-
-def test_a_loaded_model_runs_on_its_own_device(lite0, monkeypatch):
-    """``annotate(..., model=load_model())`` on a GPU machine: "auto" would pick CUDA
-    (and fp16), but the model is on the CPU; it runs there, with the CPU's precision.
-    Asking for another device than the model's is refused."""
-    monkeypatch.setattr(api, "resolve_device", lambda spec: torch.device("cuda"))
-    engine = api.build_engine(api.Options(), lite0)
-    assert engine.device.type == "cpu" and engine.precision != torch.float16
-    with pytest.raises(OptionError, match="model given is on cpu"):
-        api.build_engine(api.Options(device="cuda"), lite0)
-
-
-def test_concurrent_inference_needs_cpu_and_stride_1(lite0):
-    base = api.build_engine(api.Options(), lite0)
-    assert base.infer_workers == 2  # the CPU default
-    with pytest.raises(OptionError, match="stride 1"):
-        CamEngine(base.model, base.renderer, base.smoother, stride=2, infer_workers=2)
-    strided = CamEngine(base.model, base.renderer, base.smoother, stride=3)
-    assert strided.infer_workers == 1
-
-
-# ---------------------------------------------------------------------------------------
-# --stride
-
-
-def test_stride_runs_the_network_on_every_nth_frame(pan_clip, lite0, tmp_path):
-    engine = api.build_engine(api.Options(stride=3, smooth=0, precision="fp32"), lite0)
-    from camvideo.media.files import FileSource
-
-    with FileSource(pan_clip.path) as src:
-        frames = list(src)
-    out = []
-    for i in range(0, len(frames), 8):
-        out += engine.process(frames[i:i + 8])
-    out += engine.flush()
-    assert len(out) == len(frames)
-    assert engine.network_frames == math.ceil(len(frames) / 3)
-    # the frames between carry the last labels
-    for k in range(0, len(out) - 2, 3):
-        assert out[k + 1].note.topk == out[k].note.topk == out[k + 2].note.topk
-
-
-def test_stride_output_matches_on_key_frames_and_moves_with_the_image(pan_clip, lite0,
-                                                                      tmp_path):
-    o1, every = annotate(pan_clip, tmp_path, "s1", lite0, smooth=0, precision="fp32")
-    o3, third = annotate(pan_clip, tmp_path, "s3", lite0, smooth=0, precision="fp32",
-                         stride=3, batch_size=5)
-    _, still = annotate(pan_clip, tmp_path, "s3n", lite0, smooth=0, precision="fp32",
-                        stride=3, motion=False)
-    assert video_pts(o3) == video_pts(o1) and len(third) == len(every)
-    assert max_map_diff(every[::3], third[::3]) <= JSON_TOL  # key frames: the network's
-
-    def err(a, b):
-        return float(np.mean([np.abs(np.array(p["cam"]) - np.array(q["cam"])).mean()
-                              for p, q in zip(a, b)]))
-
-    # the carried maps moved with the image are closer to the true ones than unmoved ones
-    assert err(every, third) < err(every, still)
-
-
-def test_stride_runs_the_network_on_scene_cuts(cuts_clip, lite0, tmp_path):
-    _, every = annotate(cuts_clip, tmp_path, "c1", lite0, smooth=0, precision="fp32")
-    _, fifth = annotate(cuts_clip, tmp_path, "c5", lite0, smooth=0, precision="fp32",
-                        stride=5)
-    for cut in cuts_clip.cuts:  # 0, 16, 32: not multiples of 5 except 0
-        assert max_map_diff([every[cut]], [fifth[cut]]) <= JSON_TOL
-        assert every[cut]["class"] == fifth[cut]["class"]
-
-
-def test_stride_and_smoother_share_one_motion_estimate_per_frame(pan_clip, lite0, tmp_path,
-                                                                 monkeypatch):
-    """With ``--stride`` and smoothing on, the carry and the smoother both need each
-    frame's motion: it is estimated once per frame, not once for each."""
-    from camvideo import motion
-
-    pairs = []
-    estimate = motion.MotionEstimator.estimate
-
-    def counted(self, prev, cur, grid):
-        pairs.append((prev.tobytes(), cur.tobytes()))
-        return estimate(self, prev, cur, grid)
-
-    monkeypatch.setattr(motion.MotionEstimator, "estimate", counted)
-    _, smoothed = annotate(pan_clip, tmp_path, "ss", lite0, precision="fp32", stride=3,
-                           batch_size=5)
-    assert len(smoothed) == pan_clip.frames
-    assert len(pairs) == pan_clip.frames - 1          # one per frame after the first
-    assert len(set(pairs)) == len(pairs)              # each pair of frames once
-
-
-def test_stride_is_validated():
-    with pytest.raises(OptionError):
-        api.Options(stride=0).validate()
-
-
-# ---------------------------------------------------------------------------------------
-# rendering: the CPU (OpenCV) path equals the tensor path used on GPUs
-
-
-@pytest.mark.parametrize("layout", ["overlay", "side"])
-def test_cpu_render_equals_tensor_render(layout):
-    labels = [f"class {i}" for i in range(5)]
-    r = Renderer(labels, topk=2, bbox=True, layout=layout)
-    g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, 256, (3, 90, 160, 3), dtype=torch.uint8, generator=g)
-    maps = torch.rand(3, 6, 10, generator=g)
-    probs = torch.softmax(torch.randn(3, 5, generator=g), 1)
-    classes = probs.argmax(1)
-    before = frames.clone()
-    cpu_imgs, cpu_notes = r.render(list(frames.numpy()), maps, probs, classes)
-    assert torch.equal(frames, before)  # drawn on copies
-    t_imgs, t_peaks, t_small = r._colour_torch(frames, maps)
-    ref_imgs, ref_notes = r._annotate(t_imgs, t_peaks, t_small, maps, probs, classes, 90, 160)
-    for a, b in zip(cpu_imgs, ref_imgs):
-        assert a.shape == b.shape == (90, 320 if layout == "side" else 160, 3)
-        d = np.abs(a.astype(int) - b.astype(int))
-        assert d.max() <= 3 and (d > 1).mean() < 1e-3
-    for a, b in zip(cpu_notes, ref_notes):
-        assert a.bbox == b.bbox and a.topk == b.topk and a.cls == b.cls
-        assert abs(a.peak[0] - b.peak[0]) <= 1 and abs(a.peak[1] - b.peak[1]) <= 1
-    if layout == "side":  # the left half is the frame (a box's antialiased edge aside)
-        assert (cpu_imgs[0][:, :158] == frames[0].numpy()[:, :158]).all()
-
-
-def test_engine_does_not_modify_the_input_frames(lite0):
-    engine = CamEngine(lite0, Renderer(lite0.labels), Smoother(lite0.weight.detach()))
-    img = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
-    keep = img.copy()
-    out = engine.process([Frame(0, img, 0, 0.0)])
-    assert (img == keep).all() and out[0].image is not img
+    n = run_stream(frames_of(1000, sleep=0.002), SleepyEngine(), consume, batch_size=4,
+                   stop=stop)
+    assert n == len(got) and 11 <= n < 1000
+    assert got == list(range(n))

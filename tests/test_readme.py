@@ -40,3 +40,23 @@ def test_main_job_command_runs_on_the_sample(tmp_path):
     with av.open(str(sample)) as a, av.open(str(out)) as b:
         assert b.streams.video[0].frames == a.streams.video[0].frames
         assert len(b.streams.audio) == len(a.streams.audio) == 1
+
+
+def test_the_stream_example_runs(lite0, monkeypatch):
+    """The README's first Python example, on the bundled sample: the mean map of a clip
+    and the times a class is on screen."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)[0]
+    sample = ROOT / "samples" / "cat_and_mug.mp4"
+    assert code.count('"clip.mp4"') == 2
+    monkeypatch.setattr("camvideo.api.load_model", lambda *a, **k: lite0)
+    scope: dict = {}
+    exec(code.replace('"clip.mp4"', repr(str(sample))), scope)  # noqa: S102
+    with av.open(str(sample)) as c:
+        frames = c.streams.video[0].frames
+    assert len(scope["maps"]) == frames
+    assert scope["mean_map"].shape == scope["maps"][0].shape
+    assert 0 < float(scope["mean_map"].max()) <= 1
+    # the sample shows the cat, then the espresso cup from 2.2 s on
+    assert scope["on_screen"] and min(scope["on_screen"]) >= 2.0

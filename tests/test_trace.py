@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from camvideo.options import Options
+from camvideo.runtime.engine import build_engine
 from camvideo import api
 from camvideo.model.device import cpu_caps
 from camvideo.model.cammodel import CamModel
@@ -22,8 +24,9 @@ from camvideo.model.trace import TracedBackbone, traced_backbone
 
 
 @pytest.fixture(scope="module")
-def lite0() -> CamModel:
-    return optimize_model(load_model())
+def lite0(lite0: CamModel) -> CamModel:
+    """The session's default model, folded and fused (as every engine makes it)."""
+    return optimize_model(lite0)
 
 
 def probe(n: int, seed: int = 0) -> torch.Tensor:
@@ -120,11 +123,11 @@ def test_one_traced_backbone_per_model_and_precision(lite0):
 
 
 def test_engines_run_whole_batches_only_where_batches_are_equal(lite0):
-    opts = api.Options()
-    files = api.build_engine(opts, lite0)
+    opts = Options()
+    files = build_engine(opts, lite0)
     assert files._traced is not None and not files._per_frame
-    live = api.build_engine(opts, lite0, equal_batches=False)
-    strided = api.build_engine(api.Options(stride=3), lite0)
+    live = build_engine(opts, lite0, equal_batches=False)
+    strided = build_engine(Options(stride=3), lite0)
     assert live._per_frame and strided._per_frame
     assert live._traced is strided._traced is files._traced            # shared by all
-    assert api.build_engine(opts, lite0, trace=False)._traced is None
+    assert build_engine(opts, lite0, trace=False)._traced is None

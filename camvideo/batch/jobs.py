@@ -11,10 +11,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .files import DONE, FAILED, INTERRUPTED, SKIPPED, Job, Record
 from ..errors import CamVideoError, ExitCode, ModelError, OutputError, first_line
+from ..options import Options
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +81,23 @@ class BatchSummary:
 
 # --------------------------------------------------------------------------- one file
 
-def process_job(job: Job, model: object, options: dict, *,
+def process_job(job: Job, model: Any, options: Options, *,
                 stop: threading.Event | None = None,
                 progress: Callable[[int, int], None] | None = None) -> Record:
-    """Annotate one file; any error becomes a failed :class:`Record` (never raised), except
-    :class:`~camvideo.errors.ModelError` (the model is unusable for every file) and
-    ``KeyboardInterrupt`` when ``stop`` is not set (a real Ctrl-C)."""
+    """Annotate one file with ``options`` (its own output and sidecar) and ``model`` (a
+    loaded one, shared by every file, or a name); any error becomes a failed
+    :class:`Record` (never raised), except :class:`~camvideo.errors.ModelError` (the model
+    is unusable for every file) and ``KeyboardInterrupt`` when ``stop`` is not set (a
+    real Ctrl-C)."""
     from ..api import annotate
 
     t0 = time.monotonic()
     base = Record(str(job.input), str(job.output), FAILED)
     try:
-        s = annotate(job.input, job.output, progress=progress, stop=stop,
-                     **{**options, "model": model, "overwrite": True,
-                        "json": str(job.json) if job.json else None})
+        s = annotate(job.input, job.output,
+                     options.replace(overwrite=True,
+                                     json=str(job.json) if job.json else None),
+                     model=model, progress=progress, stop=stop)
     except ModelError:
         raise
     except CamVideoError as e:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelError, OptionError, first_line
 
 if TYPE_CHECKING:
+    from ..options import Options
     from .files import Job
     from .jobs import Tracker
 
@@ -47,8 +48,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise OptionError("--ray needs Ray, an optional extra: "
-                          "pip install 'camvideo[ray]'") from None
+        raise OptionError("ray needs Ray, an optional extra: "
+                          "pip install 'camvideo[ray]'", option="ray") from None
     return ray
 
 
@@ -70,14 +71,13 @@ def _record(job: "Job", status: str, reason: str, **extra: Any) -> dict:
             "reason": reason, "frames": 0, "seconds": 0.0, **extra}
 
 
-def _task(job: "Job", options: dict, device: str, flag: Any) -> dict:
+def _task(job: "Job", opts: "Options", device: str, flag: Any) -> dict:
     """Body of one Ray task (runs on a worker): annotate ``job``, return its record."""
     import ray
 
-    from ..options import Options
-    from .jobs import process_job
-    from .files import remove_own_partials
     from ..model.registry import load_model
+    from .files import remove_own_partials
+    from .jobs import process_job
 
     if ray.get(flag.is_set.remote()):
         return _record(job, "interrupted", "interrupted")
@@ -94,8 +94,6 @@ def _task(job: "Job", options: dict, device: str, flag: Any) -> dict:
 
     if device == "auto":
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-    opts = Options.from_kwargs(**{k: v for k, v in options.items() if k != "model"},
-                               model=options.get("model") or Options.model)
     key = (opts.model, opts.weights, opts.labels, device)
     watcher = threading.Thread(target=watch, name="camvideo-stop-watch", daemon=True)
     watcher.start()
@@ -104,8 +102,7 @@ def _task(job: "Job", options: dict, device: str, flag: Any) -> dict:
         if model is None:
             model = _MODELS[key] = load_model(opts.model, opts.weights, opts.labels,
                                               device=device)
-        options = {**options, "model": model, "device": device}
-        return process_job(job, model, options, stop=stop).as_dict()
+        return process_job(job, model, opts.replace(device=device), stop=stop).as_dict()
     except ModelError as e:
         return _record(job, "failed", str(e), fatal=True)
     except KeyboardInterrupt:
@@ -125,14 +122,15 @@ def _task(job: "Job", options: dict, device: str, flag: Any) -> dict:
 def _resources(ray: Any, device: str, gpus: float, cpus: float) -> tuple[dict, str, int]:
     """Task resources, the device tasks use, and how many tasks fit in the cluster."""
     if not 0 < gpus <= 8:
-        raise OptionError(f"--ray-gpus must be in (0, 8], got {gpus}")
+        raise OptionError(f"ray_gpus must be in (0, 8], got {gpus}", option="ray_gpus")
     if not 0 < cpus <= 256:
-        raise OptionError(f"--ray-cpus must be in (0, 256], got {cpus}")
+        raise OptionError(f"ray_cpus must be in (0, 256], got {cpus}", option="ray_cpus")
     res = ray.cluster_resources()
     have_gpu = res.get("GPU", 0) > 0
     dev = (device or "auto").lower()
     if dev.startswith("cuda") and not have_gpu:
-        raise OptionError("--device cuda asked for, but the Ray cluster has no GPU")
+        raise OptionError("device cuda asked for, but the Ray cluster has no GPU",
+                          option="device")
     if dev != "cpu" and have_gpu:
         # Ray sets CUDA_VISIBLE_DEVICES per task: the task's GPU is always cuda:0.
         slots = min(res["GPU"] / gpus, res.get("CPU", 1) / cpus)
@@ -140,7 +138,7 @@ def _resources(ray: Any, device: str, gpus: float, cpus: float) -> tuple[dict, s
     return {"num_cpus": cpus}, "cpu", max(1, int(res.get("CPU", 1) / cpus))
 
 
-def run_ray(todo: list["Job"], options: dict, tracker: "Tracker", *,
+def run_ray(todo: list["Job"], opts: "Options", tracker: "Tracker", *,
             address: str | None, gpus: float, cpus: float,
             stop: threading.Event) -> None:
     """Run ``todo`` as Ray tasks, feeding ``tracker`` as they finish.
@@ -150,12 +148,8 @@ def run_ray(todo: list["Job"], options: dict, tracker: "Tracker", *,
     process; a Ray it started is shut down at the end.
     """
     from .files import Record
-    from ..model.cammodel import CamModel
 
     ray = import_ray()
-    model = options.get("model")
-    if isinstance(model, CamModel):  # a loaded model does not travel; workers reload it
-        options = {**options, "model": model.name}
     started = False
     if not ray.is_initialized():
         log.info("connecting to Ray%s", f" at {address}" if address else "")
@@ -167,8 +161,7 @@ def run_ray(todo: list["Job"], options: dict, tracker: "Tracker", *,
                               f"{first_line(e)}") from None
         started = True
     try:
-        resources, device, slots = _resources(ray, str(options.get("device", "auto")),
-                                              gpus, cpus)
+        resources, device, slots = _resources(ray, opts.device, gpus, cpus)
         log.info("Ray: %d tasks, each %s, %d at once", len(todo), resources, slots)
         remote = ray.remote(_task).options(max_retries=1, **resources)
         flag = ray.remote(num_cpus=0)(StopFlag).remote()
@@ -178,7 +171,7 @@ def run_ray(todo: list["Job"], options: dict, tracker: "Tracker", *,
         def submit() -> None:
             while queued and len(inflight) < 2 * slots:
                 job = queued.pop(0)
-                inflight[remote.remote(job, options, device, flag)] = job
+                inflight[remote.remote(job, opts, device, flag)] = job
 
         def gather(refs: list) -> None:
             for ref in refs:

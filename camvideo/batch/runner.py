@@ -33,13 +33,14 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .files import (DEFAULT_GLOBS, DONE, FAILED, INTERRUPTED, OUTPUT_EXTS, SKIPPED,
                     Job, Record, clean_stale_partials, find_videos, is_complete, plan)
 from .jobs import BatchProgress, BatchSummary, Tracker, process_job
 from ..errors import InputError, OptionError, OutputError, first_line
 from ..media.sink import check_writable
+from ..options import Options
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,24 @@ __all__ = ["DEFAULT_GLOBS", "OUTPUT_EXTS", "DONE", "SKIPPED", "FAILED", "INTERRU
 
 # --------------------------------------------------------------------------- the batch
 
-def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
+              options: Options | None = None, *, model: Any = None,
               patterns: Sequence[str] | None = None, ext: str = ".mp4",
               json: bool = False, force: bool = False, jobs: int = 2,
               ray: bool = False, ray_address: str | None = None, ray_gpus: float = 1.0,
               ray_cpus: float = 1.0, report: str | os.PathLike | None = None,
               progress: Callable[[BatchProgress], None] | None = None,
-              stop: threading.Event | None = None, **options: object) -> BatchSummary:
+              stop: threading.Event | None = None, **overrides: Any) -> BatchSummary:
     """Annotate every video under ``in_dir`` into the mirrored tree under ``out_dir``.
 
     Args:
         in_dir: folder searched recursively.
         out_dir: output root (created); must not be ``in_dir`` (it may lie inside it: it
             is then left out of the search).
+        options, **overrides: the per-file :class:`~camvideo.options.Options` (not
+            ``json``/``overwrite``: see ``json`` and ``force``).
+        model: a loaded :class:`~camvideo.model.cammodel.CamModel` shared by every file
+            (on Ray only its name is used: each worker loads its own), or a name.
         patterns: ``--glob`` patterns (default :data:`DEFAULT_GLOBS`).
         ext: output extension (:data:`OUTPUT_EXTS`).
         json: write a ``NAME.jsonl`` sidecar beside each output.
@@ -75,9 +81,6 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         report: write the JSON report there (also when interrupted).
         progress: called with a :class:`BatchProgress` as files start, advance and end.
         stop: set it to stop: files in progress are aborted and recorded as interrupted.
-        **options: :class:`camvideo.api.Options` (not ``json``/``overwrite``); ``model``
-            may be a loaded :class:`~camvideo.model.cammodel.CamModel` (on Ray, only its name is
-            used: each worker loads its own).
 
     Returns:
         A :class:`BatchSummary` (records sorted by input path).
@@ -93,8 +96,13 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     src, dst = Path(in_dir).absolute(), Path(out_dir).absolute()
     ext = _check_ext(ext)
     if jobs < 1:
-        raise OptionError(f"--jobs must be ≥ 1, got {jobs}")
-    options = _validate_options(options, json, ext)
+        raise OptionError(f"jobs must be ≥ 1, got {jobs}", option="jobs")
+    if isinstance(model, str):
+        overrides = {**overrides, "model": model}
+        model = None
+    opts = _validate_options(Options.of(options, **overrides), ext)
+    if model is not None:  # a loaded model: its name is what Ray workers load
+        opts = opts.replace(model=model.name)
     if report is not None:
         check_writable(Path(report), "--report")
     if not src.is_dir():
@@ -128,10 +136,10 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     try:
         if todo and ray:
             from .ray_backend import run_ray
-            run_ray(todo, options, tracker, address=ray_address, gpus=ray_gpus,
+            run_ray(todo, opts, tracker, address=ray_address, gpus=ray_gpus,
                     cpus=ray_cpus, stop=stop)
         elif todo:
-            _run_local(todo, options, tracker, jobs, stop)
+            _run_local(todo, opts, model, tracker, jobs, stop)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -152,48 +160,41 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 def _check_ext(ext: str) -> str:
     e = ext if ext.startswith(".") else f".{ext}"
     if e.lower() not in OUTPUT_EXTS:
-        raise OptionError(f"--ext must be one of {', '.join(OUTPUT_EXTS)}, got {ext!r}")
+        raise OptionError(f"ext must be one of {', '.join(OUTPUT_EXTS)}, got {ext!r}",
+                          option="ext")
     return e.lower()
 
 
-def _validate_options(options: dict, sidecar: bool, ext: str) -> dict:
+def _validate_options(opts: Options, ext: str) -> Options:
     """Check the per-file options once, before any file (what every file would refuse
     alike: an encoder the container cannot hold, an unknown device); returns them with
     ``weights``/``labels`` as absolute paths (for Ray workers)."""
     from ..media.encoding import check_preset
     from ..media.sink import check_video_codec
     from ..model.device import parse_device
-    from ..options import Options
 
-    for name in ("json", "overwrite", "progress", "stop"):
-        if name in options:
-            raise OptionError(f"option {name!r} is not for batch jobs (see run_batch)")
-    plain = {k: v for k, v in options.items() if k != "model" or isinstance(v, str)}
-    opts = Options.from_kwargs(**plain, json="x" if sidecar else None)
-    opts.validate()
+    if opts.json or opts.overwrite:
+        raise OptionError("json and overwrite are not batch options (see run_batch's "
+                          "json and force)", option="json" if opts.json else "overwrite")
     check_preset(opts.codec, opts.preset)
     check_video_codec(opts.codec, ext)
     parse_device(opts.device)
-    return {**options, **{k: str(Path(options[k]).absolute()) for k in ("weights", "labels")
-                          if options.get(k)}}
+    return opts.replace(**{k: str(Path(getattr(opts, k)).absolute())
+                           for k in ("weights", "labels") if getattr(opts, k)})
 
 
-def _run_local(todo: list[Job], options: dict, tracker: Tracker, jobs: int,
+def _run_local(todo: list[Job], opts: Options, model: Any, tracker: Tracker, jobs: int,
                stop: threading.Event) -> None:
     """Threads sharing one model; the first ModelError stops the batch and is raised."""
     from ..model.cammodel import CamModel
     from ..model.device import resolve_device
     from ..model.registry import load_model
-    from ..options import Options
 
-    model = options.get("model")
     if not isinstance(model, CamModel):
-        opts = Options.from_kwargs(**{k: v for k, v in options.items() if k != "model"})
-        model = load_model(model or opts.model, opts.weights, opts.labels,
+        model = load_model(opts.model, opts.weights, opts.labels,
                            device=resolve_device(opts.device))  # once, for every file
-    if options.get("cls") is not None:
-        model.class_index(options["cls"])  # an unknown class is fatal, not per file
-    options = {**options, "model": model}
+    if opts.cls is not None:
+        model.class_index(opts.cls)  # an unknown class is fatal, not per file
     pending: queue.SimpleQueue[Job] = queue.SimpleQueue()
     for job in todo:
         pending.put(job)
@@ -221,7 +222,7 @@ def _run_local(todo: list[Job], options: dict, tracker: Tracker, jobs: int,
                 return
             tracker.started(job)
             try:
-                rec = process_job(job, model, options, stop=stop,
+                rec = process_job(job, model, opts, stop=stop,
                                   progress=lambda done, total, j=job: tracker.frame(j, done))
             except BaseException as e:  # noqa: BLE001 - ModelError: stop everything
                 fatal.append(e)

@@ -1,8 +1,8 @@
-"""Argument definitions of every command, kept apart from the program logic (cli.py).
+"""Argument definitions of every command, kept apart from the program logic (main.py).
 
 Groups are shared: ``camvideo IN OUT``, ``camvideo live`` and ``camvideo batch`` take the
 same model, render, smoothing and device options, with the same names and defaults as
-:class:`camvideo.api.Options`.
+:class:`camvideo.options.Options`.
 """
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ import argparse
 from typing import NoReturn
 
 from .. import __version__
-from ..options import Options
-from ..model.device import PRECISIONS
 from ..media.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, X264_PRESETS
-from ..options import DEFAULT_MODEL
-from ..render import COLORMAPS, LAYOUTS
+from ..options import DEFAULT_MODEL, LAYOUTS, PRECISIONS, Options, colormaps
 
 _D = Options()
 
@@ -57,8 +54,9 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-k", "--topk", type=_unit(0, 20, int), default=_D.topk, metavar="K",
                    help=f"labels drawn [{_D.topk}]")
     g.add_argument("--colormap", default=_D.colormap, type=str.lower,
-                   choices=sorted(COLORMAPS), metavar="NAME",
-                   help=f"OpenCV colormap: {', '.join(sorted(COLORMAPS))} [{_D.colormap}]")
+                   choices=sorted(colormaps()), metavar="NAME",
+                   help=f"OpenCV colormap: {', '.join(sorted(colormaps()))} "
+                        f"[{_D.colormap}]")
     g.add_argument("--alpha", type=_unit(0.0, 1.0), default=_D.alpha,
                    help=f"heatmap opacity, 0..1 [{_D.alpha}]")
     g.add_argument("--bbox", action="store_true",
@@ -158,7 +156,13 @@ def models_parser() -> Parser:
     return p
 
 
-def options_from(ns: argparse.Namespace) -> dict:
-    """The :class:`Options` fields present in a parsed namespace."""
-    names = Options.__dataclass_fields__
-    return {k: v for k, v in vars(ns).items() if k in names}
+def options_from(ns: argparse.Namespace) -> Options:
+    """The :class:`Options` of a parsed namespace (fields it lacks keep their defaults)."""
+    names = set(Options.names())
+    return Options(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Option name → its flag (``batch_size`` → ``--batch-size``), for messages."""
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions
+            if a.option_strings}

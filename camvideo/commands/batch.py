@@ -109,18 +109,18 @@ def _print_summary(s: BatchSummary) -> None:
 def run_cli(argv: Sequence[str]) -> int:
     """Run ``camvideo batch``; returns the exit code (0, or PARTIAL when any failed)."""
     ns = build_parser().parse_args(argv)
-    from .main import _setup_logging
+    from .terminal import setup_logging
 
-    _setup_logging(ns.verbose)
-    options = {k: v for k, v in cliargs.options_from(ns).items()
-               if k not in ("json", "overwrite")}  # batch flags of the same names
+    setup_logging(ns.verbose)
+    # --json and -f/--force are the batch's own flags (json: a bool here)
+    options = cliargs.options_from(ns).replace(json=None, overwrite=False)
     bars = _Bars(not ns.quiet and sys.stderr.isatty())
     try:
         summary = run_batch(ns.in_dir, ns.out_dir, patterns=ns.patterns, ext=ns.ext,
                             json=ns.json, force=ns.force, jobs=ns.jobs,
                             ray=ns.ray is not None, ray_address=ns.ray or None,
                             ray_gpus=ns.ray_gpus, ray_cpus=ns.ray_cpus, report=ns.report,
-                            progress=bars, **options)
+                            progress=bars, options=options)
     finally:
         bars.close()
     _print_summary(summary)

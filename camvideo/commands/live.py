@@ -88,11 +88,11 @@ def _parse_options(items: Sequence[str]) -> dict[str, str]:
 
 def run_cli(argv: Sequence[str]) -> int:
     """``camvideo live ...``: parse, run, exit code (errors are raised to cli.main)."""
-    from .main import _setup_logging
+    from .terminal import setup_logging
     from ..live.session import run_live
 
     ns = build_parser().parse_args(list(argv))
-    _setup_logging(ns.verbose)
+    setup_logging(ns.verbose)
     quiet = ns.quiet
 
     def notify(msg: str) -> None:
@@ -103,5 +103,5 @@ def run_cli(argv: Sequence[str]) -> int:
              duration=ns.duration, hud=ns.hud, realtime=ns.realtime, timeout=ns.timeout,
              open_timeout=ns.open_timeout, source_options=_parse_options(ns.source_option),
              snapshot_dir=ns.snapshot_dir, stats=ns.stats, notify=notify,
-             **cliargs.options_from(ns))
+             options=cliargs.options_from(ns))
     return ExitCode.OK

@@ -18,16 +18,6 @@ _INTERRUPTED = 130  #: ExitCode.INTERRUPTED, known before camvideo.errors is imp
 _INTERRUPTED_LINE = "camvideo: interrupted; nothing was left half written"
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("camvideo: %(message)s"))
-    root = logging.getLogger("camvideo")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 def _sigterm_as_interrupt() -> None:
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -37,34 +27,18 @@ def _sigterm_as_interrupt() -> None:
         pass
 
 
-def _progress_bar(quiet: bool, unit: str = "frame") -> tuple[Callable[[int, int], None],
-                                                              Callable[[], None]]:
-    """A tqdm bar on a terminal (frames, fps, ETA); nothing when quiet or piped."""
-    if quiet or not sys.stderr.isatty():
-        return (lambda done, total: None), (lambda: None)
-    from tqdm import tqdm
-
-    bar = tqdm(unit=unit, dynamic_ncols=True, file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        if total and bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-
-    return update, bar.close
-
-
 def run_main(argv: Sequence[str]) -> int:
     from . import args as cliargs
+    from . import terminal
     from ..errors import ExitCode
 
     ns = cliargs.main_parser().parse_args(argv)
-    _setup_logging(ns.verbose)
+    terminal.setup_logging(ns.verbose)
     from ..api import annotate
 
-    update, close = _progress_bar(ns.quiet)
+    update, close = terminal.progress_bar(ns.quiet)
     try:
-        summary = annotate(ns.input, ns.output, progress=update, **cliargs.options_from(ns))
+        summary = annotate(ns.input, ns.output, cliargs.options_from(ns), progress=update)
     finally:
         close()
     log.info("%s: %d frames in %.1f s (%.1f fps)", summary.output, summary.frames,
@@ -98,6 +72,22 @@ def _subcommand(name: str) -> Callable[[Sequence[str]], int]:
     return getattr(importlib.import_module(module), func)
 
 
+def _as_flags(e: BaseException) -> str:
+    """The error's line, naming the option at fault by its flag (the library names it by
+    its :class:`~camvideo.options.Options` field: ``batch_size`` → ``--batch-size``)."""
+    text = str(e)
+    option = getattr(e, "option", None)
+    if not option or not text.startswith(option):
+        return text
+    from . import args, batch, live
+
+    flags: dict[str, str] = {}
+    for parser in (args.main_parser(), live.build_parser(), batch.build_parser()):
+        flags.update(args.flags_of(parser))
+    flag = flags.get(option)
+    return flag + text[len(option):] if flag else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``camvideo``: returns the process exit code (see ExitCode)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,7 +107,7 @@ def _main(argv: list[str]) -> int:
             return int(_subcommand(argv[0])(argv[1:]))
         return int(run_main(argv))
     except CamVideoError as e:
-        print(f"camvideo: error: {e}", file=sys.stderr)
+        print(f"camvideo: error: {_as_flags(e)}", file=sys.stderr)
         return int(e.exit_code)
     except KeyboardInterrupt:
         print(_INTERRUPTED_LINE, file=sys.stderr)

@@ -24,6 +24,7 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,9 +66,9 @@ def parse_bind(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     try:
         num = int(port)
     except ValueError:
-        raise OptionError(f"--serve wants [HOST:]PORT, got {text!r}") from None
+        raise OptionError(f"serve wants [HOST:]PORT, got {text!r}", option="serve") from None
     if not 0 <= num <= 65535:
-        raise OptionError(f"--serve port must be in 0..65535, got {num}")
+        raise OptionError(f"serve port must be in 0..65535, got {num}", option="serve")
     return host, num
 
 
@@ -215,6 +216,13 @@ class PreviewServer:
             self._image = image
             self._seq += 1
             self._cond.notify_all()
+
+    def write(self, result: Any) -> None:
+        """The :class:`~camvideo.runtime.sinks.Sink` side: publish a rendered result."""
+        self.publish(result.annotated())
+
+    def abort(self) -> None:
+        self.close()
 
     def wait_jpeg(self, after: int, timeout: float) -> tuple[bytes | None, int]:
         """The newest frame as JPEG once it is newer than ``after`` (None on timeout or

@@ -79,7 +79,7 @@ class Controls:
         self.notify = notify
         self.paused = False
         self.pick = 0          # 0: automatic (or --class); i: the i-th top class
-        self.last_note: Any = None  #: the newest frame's Annotation (set by the writer)
+        self.last_note: Any = None  #: the newest frame's result (its ``topk``)
 
     def key(self, key: int, shown: np.ndarray | None) -> None:
         """Act on a key code from ``cv2.waitKey`` (-1: none)."""
@@ -145,12 +145,18 @@ class WindowThread(threading.Thread):
             self._image = image
             self._cond.notify()
 
+    def write(self, result: Any) -> None:
+        """The :class:`~camvideo.runtime.sinks.Sink` side: show a rendered result."""
+        self.show(result.annotated())
+
     def close(self) -> None:
         self._halt.set()
         with self._cond:
             self._cond.notify()
         if self.is_alive():
             self.join(2.0)
+
+    abort = close
 
     def run(self) -> None:
         try:

@@ -50,5 +50,5 @@ def check_preset(codec: str, preset: str | None) -> None:
         OptionError: naming the option (``preset``) and the known presets.
     """
     if preset is not None and codec in ("libx264", "libx265") and preset not in X264_PRESETS:
-        raise OptionError(f"--preset must be one of {', '.join(X264_PRESETS)}; "
-                          f"got {preset!r}")
+        raise OptionError(f"preset must be one of {', '.join(X264_PRESETS)}; "
+                          f"got {preset!r}", option="preset")

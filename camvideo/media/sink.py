@@ -44,18 +44,18 @@ def _choose_codec(codec: str, fmt: str, suffix: str,
     try:
         found = av.codec.Codec(codec, "w")
     except (av.FFmpegError, ValueError):
-        raise OptionError(f"unknown video encoder {codec!r}") from None
+        raise OptionError(f"unknown video encoder {codec!r}", option="codec") from None
     if found.type != "video":
-        raise OptionError(f"--codec {codec} is an {found.type} encoder, not a video "
-                          "encoder")
+        raise OptionError(f"codec {codec} is an {found.type} encoder, not a video "
+                          "encoder", option="codec")
     if found.name in supported:
         return found.name, default
     if found.name == DEFAULT_CODEC:
         log.info("%s output cannot hold %s video; encoding with %s", suffix, codec,
                  default)
         return default, default
-    raise OptionError(f"--codec {codec}: {suffix} files cannot hold its video; use "
-                      f"--codec {default} or another container")
+    raise OptionError(f"codec {codec}: {suffix} files cannot hold its video; use "
+                      f"{default} or another container", option="codec")
 
 
 def check_video_codec(codec: str, ext: str) -> str:

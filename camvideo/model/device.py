@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import OptionError
+from ..options import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def parse_device(spec: str) -> torch.device | None:
@@ -46,9 +46,11 @@ def parse_device(spec: str) -> torch.device | None:
     try:
         dev = torch.device(spec)
     except RuntimeError:
-        raise OptionError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+        raise OptionError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N",
+                          option="device") from None
     if dev.type not in ("cpu", "cuda"):
-        raise OptionError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+        raise OptionError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N",
+                          option="device")
     return dev
 
 
@@ -63,9 +65,11 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError("--device cuda asked for, but no CUDA GPU is available")
+            raise OptionError("device cuda asked for, but no CUDA GPU is available",
+                              option="device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise OptionError(f"no GPU {dev.index}: {torch.cuda.device_count()} present")
+            raise OptionError(f"no GPU {dev.index}: {torch.cuda.device_count()} present",
+                              option="device")
     return dev
 
 
@@ -155,7 +159,8 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
             bf16 convolutions (:attr:`CpuCaps.bf16_kernels`).
     """
     if spec not in PRECISIONS:
-        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}",
+                          option="precision")
     if spec == "auto":
         if device.type == "cuda":
             return torch.float16
@@ -163,14 +168,14 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
     if spec == "fp32":
         return None
     if spec == "fp16" and device.type == "cpu":
-        raise OptionError("fp16 is for CUDA; on the CPU use bf16 or fp32")
+        raise OptionError("fp16 is for CUDA; on the CPU use bf16 or fp32", option="precision")
     if spec == "bf16" and device.type == "cpu":
         caps = cpu_caps()
         if not caps.bf16_kernels:
             raise OptionError(
                 f"bf16 needs a CPU whose oneDNN runs bf16 (AVX-512 or AVX-NE-CONVERT); "
                 f"this one is {caps.name}, where bf16 is ~35x slower than fp32: "
-                f"use fp32 (or auto)")
+                f"use fp32 (or auto)", option="precision")
         if not caps.native_bf16:
             log.warning("this CPU (%s) has no native bf16 (AVX512-BF16/AMX): bf16 is "
                         "emulated and likely slower than fp32", caps.name)

@@ -32,30 +32,38 @@ from torch import Tensor
 
 from .. import motion as mo
 from .. import pixels
-from ..cam import logits_from_features
-from ..model.device import default_infer_workers, pipeline_threads
+from ..cam import logits_from_features, minmax_normalize
+from ..model.device import (default_infer_workers, parse_device, pipeline_threads,
+                            resolve_precision)
 from ..model.rewrite import optimize_model
 from ..model.trace import traced_backbone
 from ..errors import OptionError
 from ..media.frames import Frame
 from ..model.cammodel import CamModel
 from ..pixels import resize_u8
-from ..render import Annotation, Renderer
-from ..smoothing import DEFAULT_CUT_THRESHOLD, Smoother
+from ..options import FrameResult, Options
+from ..render import Renderer
+from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Rendered:
-    """One output frame: the source frame's timing, the image, what was drawn.
+class _MapReader:
+    """A :class:`FrameResult`'s ``map_for``: any classes' maps from its frame's smoothed
+    features (:class:`~camvideo.smoothing.FrameMaps`), numpy or device tensors."""
 
-    ``image`` is ``(H, W', 3)`` uint8 RGB, or I420 (a 2-D array, :mod:`camvideo.pixels`)
-    when the source frame was I420."""
+    __slots__ = ("_maps", "_tensors")
 
-    frame: Frame
-    image: np.ndarray
-    note: Annotation
+    def __init__(self, maps: FrameMaps, tensors: bool) -> None:
+        self._maps, self._tensors = maps, tensors
+
+    def __call__(self, classes: Sequence[int], normalize: bool, one: bool) -> Any:
+        with torch.inference_mode():
+            raw = self._maps(torch.tensor(classes, dtype=torch.long)).float()
+            if normalize:
+                raw = minmax_normalize(raw)
+            out: Any = raw if self._tensors else raw.cpu().numpy()
+        return out[0] if one else out
 
 
 @dataclass
@@ -114,13 +122,18 @@ class CamEngine:
             ``equal_batches``, else frame by frame through the batch-1 graph.
         equal_batches: all batches but the last have the same size (files; not live
             streams, whose batches take what has arrived).
+        draw: render the annotated frames (else only describe them: peaks, boxes,
+            labels).
+        keep_rgb: give each result its source frame as RGB.
+        tensors: results' probabilities and maps stay torch tensors on the device.
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,
                  short_side: int = 224, precision: torch.dtype | None = None,
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
                  infer_workers: int | None = None, trace: bool = False,
-                 equal_batches: bool = True) -> None:
+                 equal_batches: bool = True, draw: bool = True, keep_rgb: bool = False,
+                 tensors: bool = False) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
@@ -132,6 +145,7 @@ class CamEngine:
         self.precision = precision
         self.stride = int(stride)
         self.device = model.device
+        self.draw, self.keep_rgb, self.tensors = bool(draw), bool(keep_rgb), bool(tensors)
         if infer_workers is None:
             infer_workers = default_infer_workers(self.device, self.stride)
         if infer_workers > 1 and (self.device.type != "cpu" or self.stride != 1):
@@ -160,12 +174,12 @@ class CamEngine:
         self._pin_next = 0
 
     # ------------------------------------------------------------------ public API
-    def process(self, frames: list[Frame]) -> list[Rendered]:
+    def process(self, frames: list[Frame]) -> list[FrameResult]:
         """Run one batch; returns the frames that are ready (a centered smoother holds a
         few back until :meth:`flush`)."""
         return self.finish(self.infer(frames))
 
-    def flush(self) -> list[Rendered]:
+    def flush(self) -> list[FrameResult]:
         """Frames still held by the smoother at the end of the stream."""
         return self.finish(self.infer_flush())
 
@@ -200,9 +214,10 @@ class CamEngine:
         return Inferred([], [], end=True)
 
     @torch.inference_mode()
-    def finish(self, batch: Inferred) -> list[Rendered]:
-        """Smooth and render a batch from :meth:`infer` (one thread, batches in order:
-        the smoother is stateful). Returns the frames that are ready."""
+    def finish(self, batch: Inferred) -> list[FrameResult]:
+        """Smooth and render (or only describe) a batch from :meth:`infer` (one thread,
+        batches in order: the smoother is stateful). Returns the results of the frames
+        that are ready."""
         if batch.end:
             smoothed = self.smoother.flush()
         elif len(batch) == 0:
@@ -216,13 +231,33 @@ class CamEngine:
         if m == 0:
             return []
         ready = [self._pending.popleft() for _ in range(m)]
-        if self.device.type == "cuda":
-            images: Any = torch.stack([t for _, t in ready])  # type: ignore[misc]
+        out: list[np.ndarray] | list[None]
+        if self.draw:
+            if self.device.type == "cuda":
+                images: Any = torch.stack([t for _, t in ready])  # type: ignore[misc]
+            else:
+                images = [img for _, img in ready]
+            out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
+                                              smoothed.classes)
         else:
-            images = [img for _, img in ready]
-        out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
-                                          smoothed.classes)
-        return [Rendered(f, img, note) for (f, _), img, note in zip(ready, out, notes)]
+            notes = self.renderer.describe(smoothed.maps, smoothed.probs, smoothed.classes,
+                                           ready[0][0].size)
+            out = [None] * m
+        if self.tensors:
+            maps, probs = smoothed.maps, smoothed.probs
+        else:  # one copy per batch
+            maps, probs = smoothed.maps.float().cpu().numpy(), \
+                smoothed.probs.float().cpu().numpy()
+        cuts = smoothed.cut or [False] * m
+        fms = smoothed.frame_maps or [None] * m
+        return [FrameResult(
+            index=f.index, time=f.time, pts=f.pts, cls=n.cls, label=n.label, score=n.score,
+            topk=n.topk, probs=probs[i], map=maps[i], peak=n.peak, bbox=n.bbox,
+            cut=bool(cuts[i]), image=img,
+            fmt=pixels.I420 if img is not None and img.ndim == 2 else pixels.RGB,
+            rgb=f.rgb() if self.keep_rgb else None,
+            _raw_maps=_MapReader(fms[i], self.tensors) if fms[i] is not None else None)
+            for i, ((f, _), img, n) in enumerate(zip(ready, out, notes))]
 
     # ------------------------------------------------------------------ internals
     def _preprocess_cpu(self, frames: list[Frame]) -> tuple[Tensor, Tensor]:
@@ -336,3 +371,34 @@ class CamEngine:
             out_f.append(f)
             out_l.append(lg)
         return torch.cat(out_f), torch.cat(out_l), cues
+
+
+def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = None,
+                 trace: bool = True, equal_batches: bool = True, draw: bool = True,
+                 keep_rgb: bool = False, tensors: bool = False) -> CamEngine:
+    """The :class:`CamEngine` for ``opts`` around a loaded ``model``: renderer, smoother,
+    precision; ``infer_workers``, ``trace``, ``equal_batches``, ``draw``, ``keep_rgb`` and
+    ``tensors`` as :class:`CamEngine`'s (workers None: its default, 2 on the CPU; live
+    streams want 1 worker and batches of any size).
+
+    The model runs on its own device: ``opts.device`` ``auto`` follows it, another device
+    is an :class:`OptionError` (load the model there).
+    """
+    device, wanted = model.device, parse_device(opts.device)
+    if wanted is not None and (wanted.type != device.type or (
+            wanted.index is not None and wanted.index != (device.index or 0))):
+        raise OptionError(f"device {opts.device!r} asked for, but the model given is on "
+                          f"{device}; load it there (load_model(..., device=...))",
+                          option="device")
+    precision = resolve_precision(opts.precision, device)
+    fixed = model.class_index(opts.cls) if opts.cls is not None else None
+    renderer = Renderer(model.labels, colormap=opts.colormap, alpha=opts.alpha,
+                        topk=opts.topk, bbox=opts.bbox, bbox_threshold=opts.bbox_threshold,
+                        layout=opts.layout)
+    smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
+                        switch_margin=opts.switch_margin, motion=opts.motion,
+                        cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
+    return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
+                     stride=opts.stride, infer_workers=infer_workers, trace=trace,
+                     equal_batches=equal_batches, draw=draw, keep_rgb=keep_rgb,
+                     tensors=tensors)

@@ -32,7 +32,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
-from .engine import CamEngine, Rendered
+from ..options import FrameResult
+from .engine import CamEngine
 from ..errors import OptionError
 from ..media.frames import Frame
 
@@ -102,9 +103,9 @@ def _join_all(threads: Iterable[_Worker], halt: threading.Event,
 
 
 def run_stream(frames: Iterable[Frame], engine: CamEngine,
-               consume: Callable[[Rendered], None], *, batch_size: int,
+               consume: Callable[[FrameResult], None], *, batch_size: int,
                live: bool = False, stop: threading.Event | None = None,
-               queue_batches: int = 2) -> int:
+               halt: threading.Event | None = None, queue_batches: int = 2) -> int:
     """Drive ``frames`` through ``engine`` into ``consume`` with overlapping stages.
 
     Args:
@@ -117,6 +118,10 @@ def run_stream(frames: Iterable[Frame], engine: CamEngine,
             source may block until ``stop`` is set, so a stage's failure sets ``stop``
             too (otherwise ``stop`` is only read: one event may serve many streams).
         stop: set it to stop early (what was read so far is still rendered and consumed).
+        halt: set it to stop every stage at once (what is in flight is dropped; the
+            forward pass in progress finishes): the stages' own failure path, also
+            the caller's (:class:`camvideo.runtime.stream.Stream` when its consumer
+            leaves). Set by a stage's failure too.
         queue_batches: depth of each queue, in batches.
 
     Returns:
@@ -129,7 +134,7 @@ def run_stream(frames: Iterable[Frame], engine: CamEngine,
     if batch_size < 1:
         raise OptionError(f"batch size must be ≥ 1, got {batch_size}")
     stop = stop or threading.Event()
-    halt = threading.Event()  # internal: a stage failed
+    halt = halt if halt is not None else threading.Event()  # a stage failed, or the caller
     errors: list[BaseException] = []
     depth = max(2, batch_size * queue_batches)
     q_in: queue.Queue = queue.Queue(maxsize=depth)

@@ -24,11 +24,6 @@ from camvideo.errors import ExitCode
 from camvideo.model.registry import load_model
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_model()
-
-
 def probe(path: Path) -> dict:
     """Frame count, size, rate, per-frame times and audio duration of a file."""
     with av.open(str(path)) as c:
@@ -222,7 +217,7 @@ def test_output_rules(pan_clip, tmp_path, capsys):
     (["--model", "resnet5"], ExitCode.MODEL, "close matches: resnet50"),
     (["--class", "tabby kat"], ExitCode.MODEL, "close matches: tabby"),
     (["--device", "tpu"], ExitCode.USAGE, "unknown device"),
-    (["--json-cams"], ExitCode.USAGE, "--json-cams needs --json"),
+    (["--json-cams"], ExitCode.USAGE, "--json-cams needs json"),
     (["--codec", "nosuchcodec"], ExitCode.USAGE, "unknown video encoder"),
 ])
 def test_bad_options(pan_clip, tmp_path, capsys, args, code, words):

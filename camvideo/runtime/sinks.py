@@ -1,0 +1,152 @@
+"""Where results go: one small protocol, :class:`Sink` (``write`` a result, ``close``,
+``abort``), implemented by the video file (:class:`VideoFileSink`), the JSON Lines sidecar
+(:class:`JsonLinesSink`), and ``camvideo live``'s window and browser preview
+(:mod:`camvideo.live.window`, :mod:`camvideo.live.preview`).
+
+Front-ends are a :class:`~camvideo.runtime.stream.Stream` and a list of sinks::
+
+    with stream as s:
+        for result in s:
+            for sink in sinks:
+                sink.write(result)
+    for sink in sinks:
+        sink.close()          # or sink.abort() on any failure: nothing half written
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+
+from .. import pixels
+from ..errors import OutputError
+from ..media.frames import VideoInfo
+from ..media.sink import FileSink
+from ..options import FrameResult
+
+__all__ = ["JsonLinesSink", "Sink", "VideoFileSink", "json_record"]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Takes a stream's results in order; :meth:`close` finishes (a file is renamed into
+    place), :meth:`abort` discards what was written. Both may be called more than once,
+    and :meth:`abort` after :meth:`close` (a later output failed)."""
+
+    def write(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class VideoFileSink:
+    """The annotated frames (``result.image``: a stream made with ``render=True``) encoded
+    to a file with the source's timing, and its audio (:class:`camvideo.media.sink.
+    FileSink`); the encoder opens on the first result, at its size.
+
+    Args:
+        output: the video file (container from its extension).
+        info: the source's :class:`~camvideo.media.frames.VideoInfo` (time base, rate).
+        codec, crf, preset, x264_params: encoder settings (see FileSink).
+        audio_from: the file whose audio is copied (None: no audio).
+        comment: the container's comment tag.
+    """
+
+    def __init__(self, output: str | os.PathLike, info: VideoInfo, *, codec: str = "libx264",
+                 crf: int = 20, preset: str | None = None, x264_params: str | None = None,
+                 audio_from: str | None = None, comment: str | None = None) -> None:
+        self.output = Path(output)
+        self._info = info
+        self._settings = dict(codec=codec, crf=crf, preset=preset, x264_params=x264_params,
+                              audio_from=audio_from, comment=comment)
+        self._file: FileSink | None = None
+        self._closed = False
+
+    @property
+    def frames(self) -> int:
+        """Frames written so far."""
+        return self._file.frames if self._file is not None else 0
+
+    def write(self, result: FrameResult) -> None:
+        if result.image is None:
+            raise ValueError("VideoFileSink needs rendered results (stream(render=True))")
+        if self._file is None:
+            h, w = pixels.size(result.image, result.fmt)
+            self._file = FileSink(self.output, self._info, (w, h), **self._settings)
+        self._file.write(result.image, result.pts if result.pts is not None else
+                         result.index, result.time)
+
+    def close(self) -> None:
+        """Finish the file (nothing is written when no result came)."""
+        if self._file is not None and not self._closed:
+            self._file.close()
+        self._closed = True
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.abort()
+            if self._closed:  # placed, then a later output failed: no half result
+                self.output.unlink(missing_ok=True)
+        self._closed = True
+
+
+def json_record(r: FrameResult, cams: bool = False) -> dict:
+    """The sidecar's record of one result (README, "sidecar"); ``cams``: with the drawn
+    map at feature resolution, rounded to 4 decimals."""
+    rec = {"frame": r.index, "time": round(r.time, 6), "class": r.cls, "label": r.label,
+           "score": round(r.score, 6), "topk": [[i, lab, round(p, 6)] for i, lab, p in r.topk],
+           "peak": list(r.peak), "bbox": list(r.bbox) if r.bbox else None}
+    if cams:
+        m = r.map.float().cpu().numpy() if hasattr(r.map, "cpu") else r.map  # a tensor
+        rec["cam"] = m.round(4).tolist()
+    return rec
+
+
+class JsonLinesSink:
+    """JSON Lines sidecar, one object per result (:func:`json_record`), written to a temp
+    file and renamed into place on :meth:`close` (:meth:`abort` removes it, also after
+    :meth:`close`).
+
+    Raises:
+        OutputError: the file cannot be written (folder, permissions, disk full).
+    """
+
+    def __init__(self, path: str | os.PathLike, cams: bool = False) -> None:
+        self.path = Path(path)
+        self.cams = cams
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._placed = False
+        try:
+            self._fh: IO[str] = open(self.tmp, "w", encoding="utf-8")
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> OutputError:
+        return OutputError(f"cannot write {self.path}: {e.strerror or e}")
+
+    def write(self, result: FrameResult) -> None:
+        try:
+            self._fh.write(json.dumps(json_record(result, self.cams)) + "\n")
+        except OSError as e:
+            raise self._error(e) from None
+
+    def close(self) -> None:
+        if self._placed:
+            return
+        try:
+            self._fh.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise self._error(e) from None
+        self._placed = True
+
+    def abort(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a full disk again: the file goes anyway
+        self.tmp.unlink(missing_ok=True)
+        if self._placed:  # closed, then the video failed: no sidecar without its video
+            self.path.unlink(missing_ok=True)

@@ -130,12 +130,12 @@ FAMILIES: tuple[Family, ...] = (
                ("inception_v3", 299, "inception_v3_google-0cc3c7bd.pth"),),
            min_side=75, aux_prefixes=("AuxLogits.",)),
     Family("squeezenet", "image", "torchvision",
-           "1x1 conv + ReLU before the pooling: the class maps themselves", ("squeezenet",), (
+           "class maps before the pooling (1x1 conv + ReLU)", ("squeezenet",), (
                ("squeezenet1_0", 224, "squeezenet1_0-b66bff10.pth"),
                ("squeezenet1_1", 224, "squeezenet1_1-b8a52dc0.pth")),
            min_side=21, head_key="classifier.1.weight"),
     Family("convnext", "image", "torchvision",
-           "pool + LayerNorm + linear: per-frame normalised features", ("convnext_",), (
+           "pool + LayerNorm + linear; per-frame normalised features", ("convnext_",), (
                ("convnext_tiny", 224, "convnext_tiny-983f1562.pth"),
                ("convnext_small", 224, "convnext_small-0c510722.pth"),
                ("convnext_base", 224, "convnext_base-6075fbad.pth"),

@@ -79,7 +79,8 @@ def test_unknown_model_suggests_close_names():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121",
-                                  "regnet_y_400mf", "efficientnet_b0", "timm:resnet18"])
+                                  "regnet_y_400mf", "efficientnet_b0", "timm:resnet18",
+                                  "timm:regnetx_002"])
 def test_other_families_split_exactly(tmp_path, name):
     if name.startswith("timm:"):
         net = timm.create_model(name[5:], pretrained=False, num_classes=7)

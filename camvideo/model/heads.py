@@ -238,8 +238,9 @@ class _TimmFeatures(nn.Module):
 
 def split_timm(model: nn.Module, name: str, mean: Triple, std: Triple) -> Split:
     """Split a timm classifier: global average pooling + linear (``global_pool`` and the
-    classifier on the model, e.g. ResNet, EfficientNet), or a pool → norm → linear head
-    (``head.global_pool``, ``head.norm``, ``head.fc``, e.g. ConvNeXt's
+    classifier on the model, e.g. ResNet, EfficientNet; or a ``head`` module with
+    ``global_pool`` and ``fc``, timm's ``ClassifierHead``, e.g. RegNet), or a pool → norm →
+    linear head (``head.global_pool``, ``head.norm``, ``head.fc``, e.g. ConvNeXt's
     ``NormMlpClassifierHead``) without a hidden layer.
 
     Raises:
@@ -251,14 +252,16 @@ def split_timm(model: nn.Module, name: str, mean: Triple, std: Triple) -> Split:
     fc = model.get_classifier() if hasattr(model, "get_classifier") else None
     head = getattr(model, "head", None)
     body = _TimmFeatures(model)
-    if head is not None and hasattr(head, "global_pool") and hasattr(head, "norm"):
+    if isinstance(head, nn.Module) and hasattr(head, "global_pool") and hasattr(head, "fc"):
+        # timm's ClassifierHead (no norm) or NormMlpClassifierHead
         pool_type = getattr(head.global_pool, "pool_type", None)
         if pool_type not in ("avg", "fast"):
             raise ModelError(f"{unsupported} (its pooling is {pool_type or 'none'!r})")
         pre = getattr(head, "pre_logits", None)
         if pre is not None and not isinstance(pre, nn.Identity):
             raise ModelError(f"{unsupported}: it has a hidden layer after the pooling")
-        backbone, linear = norm_linear_head(body, head.norm, head.fc, name)
+        backbone, linear = norm_linear_head(body, getattr(head, "norm", nn.Identity()),
+                                            head.fc, name)
         return Split(model, backbone, linear, mean, std, mean, std,
                      "pool + LayerNorm + linear; per-frame normalised features"
                      if backbone is not body else "pool + linear")

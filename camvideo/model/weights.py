@@ -109,8 +109,23 @@ def apply_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str) -> No
                          f"{' '.join(missing)}".strip()[:300]) from None
 
 
-def classes_in(sd: dict[str, Tensor]) -> int | None:
-    """Number of classes of the last 2-D weight in a state_dict (the linear head)."""
+def drop_keys(sd: dict[str, Tensor],
+              prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], int]:
+    """``(sd without the keys starting with one of prefixes, how many were left out)``:
+    the auxiliary heads of GoogLeNet (``aux1.``, ``aux2.``) and Inception v3
+    (``AuxLogits.``), which torchvision saves and inference does not use."""
+    if not prefixes:
+        return sd, 0
+    kept = {k: v for k, v in sd.items() if not k.startswith(prefixes)}
+    return kept, len(sd) - len(kept)
+
+
+def classes_in(sd: dict[str, Tensor], key: str | None = None) -> int | None:
+    """Number of classes: the first dimension of ``sd[key]`` when given and present
+    (SqueezeNet's ``classifier.1.weight``, a ``(K, C, 1, 1)`` convolution), else of the
+    last 2-D weight in the state_dict (the linear head)."""
+    if key is not None and key in sd and sd[key].ndim >= 1:
+        return int(sd[key].shape[0])
     for key in reversed(list(sd)):
         if key.endswith("weight") and sd[key].ndim == 2:
             return int(sd[key].shape[0])

@@ -23,16 +23,15 @@ LAYOUTS = ("overlay", "side")
 SMOOTH_MODES = ("causal", "centered")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
-__all__ = ["DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_TAU", "LAYOUTS", "PRECISIONS",
-           "SMOOTH_MODES", "FrameResult", "Options", "Summary"]
+__all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_TAU", "LAYOUTS",
+           "PRECISIONS", "SMOOTH_MODES", "FrameResult", "Options", "Summary"]
 
 
-def colormaps() -> dict[str, int]:
-    """OpenCV's colormaps by lower-case name (``jet``, ``turbo``, ...): their ids."""
-    import cv2  # only here: the rest of this module stays light
-
-    return {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
-            for name in dir(cv2) if name.startswith("COLORMAP_")}
+#: OpenCV's colormaps (``cv2.COLORMAP_<NAME>``), by lower-case name: listed here so that
+#: ``--help`` needs no OpenCV (tests/test_render.py checks the list against cv2's).
+COLORMAPS = ("autumn", "bone", "cividis", "cool", "deepgreen", "hot", "hsv", "inferno",
+             "jet", "magma", "ocean", "parula", "pink", "plasma", "rainbow", "spring",
+             "summer", "turbo", "twilight", "twilight_shifted", "viridis", "winter")
 
 
 def _check(ok: bool, option: str, message: str) -> None:

@@ -16,10 +16,13 @@ renderer would have encoded.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-from torch import Tensor, nn
+
+if TYPE_CHECKING:  # torch is imported where it is used: decoding and encoding need none
+    from torch import Tensor
 
 RGB = "rgb24"       #: ``(H, W, 3)`` uint8 RGB
 I420 = "yuv420p"    #: ``(H * 3 // 2, W)`` uint8 I420
@@ -29,8 +32,10 @@ def resize_u8(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Antialiased bilinear resize of ``(N, 3, H, W)`` uint8 CPU frames (a channels_last
     view is fine), as uint8: ~20x cheaper than making a full-resolution float copy first;
     differs from the float resize by < 1/255 (benchmarks/README.md, "Speed")."""
-    return nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
-                                     antialias=True)
+    from torch.nn import functional
+
+    return functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                  antialias=True)
 
 
 def size(image: np.ndarray, fmt: str) -> tuple[int, int]:
@@ -84,6 +89,8 @@ def resize_rgb(image: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
     uint8 resize as RGB frames (:func:`camvideo.pixels.resize_u8`), then converted.
     ~0.9 ms for 720p → 224×384, against ~1.15 ms for converting to RGB and resizing.
     """
+    import torch
+
     y, u, v = planes(image)
     oh, ow = out_size
     if 2 * oh <= y.shape[0] and 2 * ow <= y.shape[1]:

@@ -25,11 +25,13 @@ from torch.nn import functional as F
 from . import pixels
 from .cam import paper_bbox
 from .errors import OptionError
-from .options import LAYOUTS, colormaps
+from .options import COLORMAPS as COLORMAP_NAMES
+from .options import LAYOUTS
 
 log = logging.getLogger(__name__)
 
-COLORMAPS = colormaps()
+COLORMAPS = {name: getattr(cv2, f"COLORMAP_{name.upper()}") for name in COLORMAP_NAMES
+             if hasattr(cv2, f"COLORMAP_{name.upper()}")}
 
 
 def colormap_lut(name: str) -> Tensor:

@@ -316,11 +316,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("args", [["in.mp4", "out.mp4"], ["live", "0"], ["models"],
-                                  ["batch", "in", "out"]])
-def test_ctrl_c_while_importing_is_one_line_and_130(args):
-    """Ctrl-C during start-up (torch being imported) is handled like any other: one line
-    and exit code 130, no traceback."""
+@pytest.mark.parametrize("command", ["main", "live", "batch"])
+def test_ctrl_c_while_importing_is_one_line_and_130(command, pan_clip, tmp_path):
+    """Ctrl-C during start-up (torch being imported, after the input was checked) is
+    handled like any other: one line and exit code 130, no traceback."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(pan_clip.path.read_bytes())
+    args = {"main": [str(pan_clip.path), str(tmp_path / "out.mp4")],
+            "live": ["live", str(pan_clip.path), "--window", "off", "-o",
+                     str(tmp_path / "rec.mp4")],
+            "batch": ["batch", str(folder), str(tmp_path / "out")]}[command]
     proc = subprocess.Popen([sys.executable, "-c", SLOW_TORCH_IMPORT, *args],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -337,3 +343,30 @@ def test_ctrl_c_while_importing_is_one_line_and_130(args):
     assert rc == ExitCode.INTERRUPTED, err
     assert "Traceback" not in err and err.strip().splitlines() == [
         "camvideo: interrupted; nothing was left half written"], err
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--help"], ExitCode.OK),
+    (["models"], ExitCode.OK),
+    (["live", "--help"], ExitCode.OK),
+    (["batch", "--help"], ExitCode.OK),
+    (["missing.mp4", "out.mp4"], ExitCode.INPUT),
+    (["SAMPLE", "out.mp4", "--size", "10"], ExitCode.USAGE),
+    (["SAMPLE", "out.mp4", "--colormap", "nope"], ExitCode.USAGE),
+    (["SAMPLE", "no/such/folder/out.mp4"], ExitCode.OUTPUT),
+    (["SAMPLE", "out.xyz"], ExitCode.OUTPUT),
+    (["live", "missing.mp4"], ExitCode.INPUT),
+    (["batch", "missing", "out"], ExitCode.INPUT),
+])
+def test_answered_without_importing_torch(args, code, pan_clip, tmp_path):
+    """Help, the model list, bad options and bad inputs or outputs are answered before
+    torch is imported (it takes seconds): checked in a child process."""
+    args = [str(pan_clip.path) if a == "SAMPLE" else a for a in args]
+    script = ("import sys\nfrom camvideo.commands.main import main\nrc = main(sys.argv[1:])\n"
+              "print('torch' in sys.modules, rc)\n")
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    torch_loaded, rc = proc.stdout.strip().splitlines()[-1].split()
+    assert (torch_loaded, int(rc)) == ("False", code), proc.stderr
+    if code != ExitCode.OK:
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -97,16 +97,17 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
     ext = _check_ext(ext)
     if jobs < 1:
         raise OptionError(f"jobs must be ≥ 1, got {jobs}", option="jobs")
-    if isinstance(model, str):
-        overrides = {**overrides, "model": model}
-        model = None
-    opts = _validate_options(Options.of(options, **overrides), ext)
-    if model is not None:  # a loaded model: its name is what Ray workers load
-        opts = opts.replace(model=model.name)
     if report is not None:
         check_writable(Path(report), "--report")
     if not src.is_dir():
         raise InputError(f"input folder not found: {in_dir}")
+    if isinstance(model, str):
+        overrides = {**overrides, "model": model}
+        model = None
+    # torch (the device) from here: the folder was checked first
+    opts = _validate_options(Options.of(options, **overrides), ext)
+    if model is not None:  # a loaded model: its name is what Ray workers load
+        opts = opts.replace(model=model.name)
     if dst.resolve() == src.resolve():
         raise OptionError("OUT_DIR must not be IN_DIR (outputs mirror the inputs' names)")
     try:

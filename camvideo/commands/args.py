@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..media.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, X264_PRESETS
-from ..options import DEFAULT_MODEL, LAYOUTS, PRECISIONS, Options, colormaps
+from ..options import COLORMAPS, DEFAULT_MODEL, LAYOUTS, PRECISIONS, Options
 
 _D = Options()
 
@@ -54,9 +54,8 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-k", "--topk", type=_unit(0, 20, int), default=_D.topk, metavar="K",
                    help=f"labels drawn [{_D.topk}]")
     g.add_argument("--colormap", default=_D.colormap, type=str.lower,
-                   choices=sorted(colormaps()), metavar="NAME",
-                   help=f"OpenCV colormap: {', '.join(sorted(colormaps()))} "
-                        f"[{_D.colormap}]")
+                   choices=COLORMAPS, metavar="NAME",
+                   help=f"OpenCV colormap: {', '.join(COLORMAPS)} [{_D.colormap}]")
     g.add_argument("--alpha", type=_unit(0.0, 1.0), default=_D.alpha,
                    help=f"heatmap opacity, 0..1 [{_D.alpha}]")
     g.add_argument("--bbox", action="store_true",

@@ -1,9 +1,10 @@
 """Command line: argument parsing, terminal output and exit codes only; calls the API.
 
-This module imports only the standard library: everything else (argument definitions,
-which import the API and torch; PyAV) is imported inside :func:`main`, so that Ctrl-C
-during those seconds of start-up is handled like any other (one line, exit code 130),
-not a traceback.
+This module imports only the standard library: everything else is imported inside
+:func:`main`, so that Ctrl-C during start-up is handled like any other (one line, exit
+code 130), not a traceback. ``--help``, ``camvideo models``, bad options and bad inputs
+or outputs are answered before torch is imported (it takes seconds); the model loads
+last.
 """
 from __future__ import annotations
 
@@ -34,11 +35,18 @@ def run_main(argv: Sequence[str]) -> int:
 
     ns = cliargs.main_parser().parse_args(argv)
     terminal.setup_logging(ns.verbose)
+    options = cliargs.options_from(ns)
+    # the input and output are checked before torch and the model load (seconds)
+    from ..media.files import FileSource
+    from ..media.sink import check_output_path
+
+    FileSource(ns.input).close()
+    check_output_path(ns.output, [ns.input], options.overwrite)
     from ..api import annotate
 
     update, close = terminal.progress_bar(ns.quiet)
     try:
-        summary = annotate(ns.input, ns.output, cliargs.options_from(ns), progress=update)
+        summary = annotate(ns.input, ns.output, options, progress=update)
     finally:
         close()
     log.info("%s: %d frames in %.1f s (%.1f fps)", summary.output, summary.frames,
@@ -51,7 +59,7 @@ def run_models(argv: Sequence[str]) -> int:
     from ..errors import ExitCode
 
     cliargs.models_parser().parse_args(argv)
-    from ..model.registry import describe_models
+    from ..model.families import describe_models  # the table: no torch
 
     rows = describe_models()
     width = max(len(n) for n, _ in rows)

@@ -107,7 +107,6 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
         camvideo.errors.OutputError: the recording or ``stats`` cannot be written.
         camvideo.errors.CamVideoError: bad options, output or model.
     """
-    from ..api import stream as open_stream
     from ..media.frames import VideoInfo
     from ..media.sink import check_output_path, check_writable
     from ..runtime.sinks import VideoFileSink
@@ -151,6 +150,8 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
         src.start()  # a camera or stream is drained (newest frame kept) while the model loads
     viewer = recording = None
     try:
+        from ..api import stream as open_stream  # torch: only once the source is open
+
         frames = open_stream(src, model, opts, render=True, duration=duration, stop=stop)
         engine = frames.engine
         if server is not None:

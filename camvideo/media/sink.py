@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import pixels
 from .audio import AudioRemuxer
-from .encoding import DEFAULT_CODEC, encoder_options
+from .encoding import DEFAULT_CODEC, encoder_options, settings_for
 from ..errors import OptionError, OutputError, first_line
 from .frames import VideoInfo
 
@@ -119,6 +119,12 @@ def source_of(output: str | os.PathLike) -> str | None:
     return tag[len(_SOURCE_TAG):] if tag.startswith(_SOURCE_TAG) else None
 
 
+#: Encoders that failed to open in this process (NVENC without a GPU, or a data-centre
+#: GPU without NVENC): later files go straight to the fallback instead of creating and
+#: destroying a CUDA context each time.
+_UNAVAILABLE: set[str] = set()
+
+
 def _temp_path(out: Path) -> Path:
     return out.with_name(f".{out.stem}.{os.getpid()}.{threading.get_ident() % 100000}"
                          f".partial{out.suffix}")
@@ -152,6 +158,7 @@ class FileSink:
         self.fmt = _FORMATS[self.output.suffix.lower()]
         self.tmp = _temp_path(self.output)
         self.frames = 0
+        self.encoder = ""  #: the video encoder that opened
         self._done = False
         try:
             self._container = av.open(str(self.tmp), "w", format=self.fmt)
@@ -180,7 +187,14 @@ class FileSink:
         self._rescale = info.time_base / tb if self.fmt == "avi" else None
         self._first_pts: int | None = None
         self._last_pts: int | None = None
+        wanted = codec
+        if codec != default and codec in _UNAVAILABLE:
+            log.info("encoder %s did not open earlier in this process; using %s", codec,
+                     default)
+            codec = default
         for attempt in dict.fromkeys((codec, default)):
+            a_preset, a_params = (preset, x264_params) if attempt == wanted else \
+                settings_for(attempt, preset, x264_params)
             stream = self._container.add_stream(attempt, rate=rate)
             formats = {f.name for f in (stream.codec_context.codec.video_formats or [])}
             odd = w % 2 or h % 2
@@ -193,7 +207,7 @@ class FileSink:
             stream.time_base = tb
             stream.codec_context.time_base = tb
             stream.codec_context.thread_type = "FRAME"
-            options = encoder_options(attempt, crf, preset, x264_params)
+            options = encoder_options(attempt, crf, a_preset, a_params)
             if self.fmt == "avi":
                 stream.codec_context.max_b_frames = 0
                 if "x264-params" in options:  # x264's own options would win: last word
@@ -201,13 +215,18 @@ class FileSink:
             stream.codec_context.options = options
             try:
                 stream.codec_context.open()
+                self.encoder = attempt
                 return stream
             except av.FFmpegError as e:
                 if attempt == default:
                     raise OutputError(f"cannot open encoder {attempt}: {first_line(e)}"
                                       ) from None
-                log.warning("encoder %s unavailable (%s); falling back to %s",
-                            attempt, first_line(e), default)
+                _UNAVAILABLE.add(attempt)  # not retried for the next file (a batch)
+                dropped = [f"preset {preset}"] if preset and \
+                    settings_for(default, preset, None)[0] is None else []
+                log.warning("encoder %s unavailable (%s); falling back to %s%s",
+                            attempt, first_line(e), default,
+                            f" with its default {dropped[0].split()[0]}" if dropped else "")
                 self._container.close()
                 self._container = av.open(str(self.tmp), "w", format=self.fmt)
         raise AssertionError("unreachable")

@@ -79,6 +79,17 @@ class FrameMaps:
         self._weight, self._feat = weight, feat      # (K, C), (1, C, h, w)
         self._window, self._alpha = window, alpha    # [(feat, time, bwd warp)], alpha(dt)
 
+    @staticmethod
+    def raw_of(frame_maps: Sequence["FrameMaps"], classes: Tensor) -> Tensor:
+        """``(M, h, w)``: each frame's map of its own class (``classes`` ``(M,)``), in one
+        product when no frame has a look-ahead window (causal smoothing)."""
+        if frame_maps and all(fm._window is None for fm in frame_maps):
+            weight = frame_maps[0]._weight
+            w = weight.index_select(0, classes.to(weight.device)).float()       # (M, C)
+            feats = torch.cat([fm._feat for fm in frame_maps]).float()          # (M, C, h, w)
+            return torch.einsum("nc,nchw->nhw", w, feats)
+        return torch.cat([fm(classes[i:i + 1]) for i, fm in enumerate(frame_maps)])
+
     def __call__(self, classes: Tensor) -> Tensor:
         w = self._weight.index_select(0, classes.to(self._weight.device)).float()  # (n, C)
         raw = torch.einsum("nc,chw->nhw", w, self._feat[0].float())
@@ -214,6 +225,7 @@ class Smoother:
         self._stale: Tensor | None = None         # () seconds it has not been the top one
         self._lo: Tensor | None = None            # (1,) range of the drawn map
         self._hi: Tensor | None = None
+        self._fixed_cache: tuple | None = None    # (fixed_class, device), its tensor
 
     @property
     def state(self) -> Tensor | None:
@@ -387,40 +399,58 @@ class Smoother:
         return FrameMaps(self.weight, fr.s_feat, window, self._alpha)  # type: ignore[arg-type]
 
     def _emit(self, ready: list[_Frame]) -> Smoothed:
-        """Class hysteresis and the smoothed normalisation range, in output order (all on
-        the device: no synchronisation per frame)."""
+        """Class hysteresis and the smoothed normalisation range, in output order, all on
+        the device with no synchronisation with the host: the classes frame by frame
+        (each depends on the last), the maps of the whole batch at once, then their
+        ranges frame by frame."""
         if not ready:
             return self._empty()
-        maps, classes, frame_maps = [], [], []
-        for fr in ready:
-            p = fr.s_prob
-            best = p.argmax()
+        probs = torch.stack([fr.s_prob for fr in ready])               # (M, K)
+        best_all = probs.argmax(dim=1)                                  # (M,)
+        classes, prev_cls, restarts, dts = [], [], [], []
+        for i, fr in enumerate(ready):
+            best = best_all[i]
             restart = fr.cut or self._cls is None
             if restart:
                 self._out_start = fr.time
             if self.fixed_class is not None:
-                cls = torch.tensor(self.fixed_class, device=p.device)
+                cls = self._fixed_tensor(probs.device)
             elif restart or fr.time - self._out_start < self.tau:   # still warming up
-                cls, self._stale = best, torch.zeros((), device=p.device)
+                cls, self._stale = best, probs.new_zeros(())
             else:
+                p = probs[i]
                 self._stale = torch.where(best == self._cls, 0.0,
                                           self._stale + (fr.time - self._out_time))
-                take = ((p[best] - p[self._cls] > self.margin)
-                        | (self._stale >= self.switch_hold - 1e-6))
+                lead = p.gather(0, best.view(1)) - p.gather(0, self._cls.view(1))
+                take = (lead[0] > self.margin) | (self._stale >= self.switch_hold - 1e-6)
                 cls = torch.where(take, best, self._cls)
                 self._stale = torch.where(take, 0.0, self._stale)
-            fm = self._frame_maps(fr)
-            frame_maps.append(fm)
-            raw = fm(cls.view(1)).float()                                   # (1, h, w)
-            lo, hi = raw.amin(dim=(1, 2)), raw.amax(dim=(1, 2))
-            if not restart:
-                a = self._alpha(fr.time - self._out_time)
-                same = cls == self._cls
+            classes.append(cls)
+            prev_cls.append(self._cls)
+            restarts.append(restart)
+            dts.append(fr.time - self._out_time)
+            self._cls, self._out_time = cls, fr.time
+        cls_t = torch.stack(classes).long()
+        frame_maps = [self._frame_maps(fr) for fr in ready]
+        raw = FrameMaps.raw_of(frame_maps, cls_t).float()               # (M, h, w)
+        lo_all, hi_all = raw.amin(dim=(1, 2)), raw.amax(dim=(1, 2))
+        los, his = [], []
+        for i in range(len(ready)):
+            lo, hi = lo_all[i:i + 1], hi_all[i:i + 1]
+            if not restarts[i]:
+                a = self._alpha(dts[i])
+                same = classes[i] == prev_cls[i]
                 lo = torch.where(same, torch.lerp(self._lo, lo, a), lo)
                 hi = torch.where(same, torch.maximum(torch.lerp(self._hi, hi, a), hi), hi)
-            self._cls, self._lo, self._hi, self._out_time = cls, lo, hi, fr.time
-            maps.append(minmax_normalize(raw, lo, hi))
-            classes.append(cls)
-        return Smoothed(torch.cat(maps), torch.stack(classes).long(),
-                        torch.stack([fr.s_prob for fr in ready]), [fr.cut for fr in ready],
-                        frame_maps)
+            self._lo, self._hi = lo, hi
+            los.append(lo)
+            his.append(hi)
+        maps = minmax_normalize(raw, torch.cat(los), torch.cat(his))
+        return Smoothed(maps, cls_t, probs, [fr.cut for fr in ready], frame_maps)
+
+    def _fixed_tensor(self, device: torch.device) -> Tensor:
+        """``fixed_class`` as a device scalar, made once (it can change: live's c key)."""
+        key = (self.fixed_class, device)
+        if self._fixed_cache is None or self._fixed_cache[0] != key:
+            self._fixed_cache = (key, torch.tensor(self.fixed_class, device=device))
+        return self._fixed_cache[1]

@@ -396,3 +396,56 @@ def test_downsample_is_an_area_average(hw, layout):
                           atol=1e-6)
     if hw == (224, 384):  # 4x4 blocks: the mean of each
         assert torch.allclose(got[0, 0, 0, 0], x[0, 0, :4, :4].mean(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- GPU-ready
+class _HostSyncs(torch.overrides.TorchFunctionMode):
+    """Counts the tensor calls that make a GPU wait for the host (a value read back:
+    ``item``, ``tolist``, ``bool``/``int``/``float`` of a tensor, ``cpu``, ``numpy``)."""
+
+    SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu",
+             "numpy", "nonzero"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.SYNCS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["causal", "centered"])
+def test_the_smoother_reads_nothing_back_per_frame(mode):
+    """In the steady state a batch costs the same few host reads whatever its length
+    (the cut flags, the motion's small frames for the CPU optical flow): none per frame,
+    so on a GPU the smoother never waits frame by frame. The same check as
+    ``torch.cuda.set_sync_debug_mode`` (tests/test_cuda.py), here on the CPU."""
+    frames, times = static_clip(40)
+    n0 = torch.linspace(0, 1, 40)[:, None, None] * blob(4, 3)
+    feats, logits = features_of(n0), torch.stack([logits_for([0.5, 0.3])] * 40)
+    counts = {}
+    for batch in (2, 8):
+        sm = Smoother(eye_weight(), mode=mode)
+        sm.push(feats[:8], logits[:8], times[:8], frames[:8])  # past the warm-up
+        with _HostSyncs() as spy:
+            sm.push(feats[8:8 + batch], logits[8:8 + batch], times[8:8 + batch],
+                    frames[8:8 + batch])
+        counts[batch] = spy.count
+    assert counts[2] == counts[8] <= 4, counts
+
+
+def test_batched_samplings_equal_per_frame_ones_and_grid_sample():
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(3, GH, GW, 2, generator=g) * 2
+    mats, valid = mo.samplings(d)
+    state = torch.randn(1, 5, GH, GW, generator=g)
+    for i in range(3):
+        m, v = mo.sampling(d[i])
+        assert torch.equal(m, mats[i]) and torch.equal(v, valid[i])
+        xs = (torch.arange(GW)[None, :] + d[i, ..., 0] + 0.5) / GW * 2 - 1
+        ys = (torch.arange(GH)[:, None] + d[i, ..., 1] + 0.5) / GH * 2 - 1
+        ref = F.grid_sample(state, torch.stack((xs, ys), -1)[None], mode="bilinear",
+                            padding_mode="border", align_corners=False)
+        assert (mo.warp(state, mats[i]) - ref).abs().max() <= 1e-5

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import OptionError
+from .transfer import to_host
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def downsample(frames01: Tensor, grid: tuple[int, int]) -> Tensor:
 def gray_u8(small: Tensor) -> np.ndarray:
     """``(N, 3, h, w)`` RGB in ``[0, 1]`` → ``(N, h, w)`` uint8 luma on the CPU (one copy)."""
     y = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
-    return (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return to_host([(y * 255.0).round_().clamp_(0, 255).to(torch.uint8)])[0]
 
 
 def color_histograms(small: Tensor) -> Tensor:
@@ -82,7 +83,9 @@ def color_histograms(small: Tensor) -> Tensor:
     idx = (q[:, 0] * _BINS + q[:, 1]) * _BINS + q[:, 2]
     nb = _BINS ** 3
     idx = idx.reshape(n, -1) + torch.arange(n, device=small.device)[:, None] * nb
-    counts = torch.bincount(idx.reshape(-1), minlength=n * nb).reshape(n, nb).float()
+    # scatter_add, not bincount: bincount reads its input's maximum back (a GPU sync)
+    counts = torch.zeros(n * nb, device=small.device).scatter_add_(
+        0, idx.reshape(-1), torch.ones(idx.numel(), device=small.device)).reshape(n, nb)
     return counts / counts.sum(dim=1, keepdim=True)
 
 
@@ -252,7 +255,7 @@ def samplings(disps: Tensor) -> tuple[Tensor, Tensor]:
     vals = torch.cat(((1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy), dim=1)
     flat = (torch.arange(n, device=dev)[:, None] * (hw * hw) + rows[None] * hw + cols)
     mats = torch.zeros(n * hw * hw, device=dev, dtype=dt)
-    mats.index_put_((flat.reshape(-1),), vals.reshape(-1), accumulate=True)
+    mats.index_add_(0, flat.reshape(-1), vals.reshape(-1))
     return mats.reshape(n, hw, hw), valid[:, None, None]
 
 

@@ -138,7 +138,9 @@ class Options:
 @dataclass
 class Summary:
     """What :func:`camvideo.annotate` did: ``frames`` written to ``output`` in
-    ``seconds``, ``skipped`` undecodable input frames, the ``json`` sidecar if any."""
+    ``seconds``, ``skipped`` undecodable input frames, the ``json`` sidecar if any;
+    ``extra``: ``encoder`` (the video encoder that opened: the fallback when NVENC could
+    not) and ``device`` (where the network ran)."""
 
     output: str
     frames: int

@@ -50,6 +50,7 @@ from . import motion as mo
 from .cam import cam_maps, minmax_normalize
 from .errors import OptionError
 from .options import DEFAULT_MARGIN, DEFAULT_TAU, SMOOTH_MODES
+from .transfer import to_host
 
 log = logging.getLogger(__name__)
 
@@ -341,11 +342,15 @@ class Smoother:
         feat_d = (1.0 - (pooled * torch.cat((prev_p, pooled[:-1]))).sum(dim=1)).clamp(0, 1)
         self._prev_hist, self._prev_pooled = hist[-1:], pooled[-1:]
         score = 0.5 * (hist_d + feat_d)
-        flags = (score > self.cut_threshold).tolist() if self.cut_reset else [False] * len(hist)
+        if self.cut_reset:
+            host_score = to_host([score])[0]  # one read back per batch
+            flags = (host_score > self.cut_threshold).tolist()
+        else:
+            host_score, flags = None, [False] * len(hist)
         if not self._started:
             flags[0], self._started = True, True
-        if any(flags[1:] if len(flags) else ()):
-            log.debug("cut score %s", [f"{s:.2f}" for s in score.tolist()])
+        if host_score is not None and any(flags[1:] if len(flags) else ()):
+            log.debug("cut score %s", [f"{s:.2f}" for s in host_score.tolist()])
         return flags
 
     @staticmethod

@@ -69,6 +69,11 @@ class VideoFileSink:
         """Frames written so far."""
         return self._file.frames if self._file is not None else 0
 
+    @property
+    def encoder(self) -> str:
+        """The video encoder that opened ("" before the first result)."""
+        return self._file.encoder if self._file is not None else ""
+
     def write(self, result: FrameResult) -> None:
         if result.image is None:
             raise ValueError("VideoFileSink needs rendered results (stream(render=True))")

@@ -158,6 +158,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
                         codec=opts.codec, crf=opts.crf, preset=opts.preset,
                         x264_params=opts.x264_params,
                         audio_from=str(input) if opts.audio else None,
+                        audio=opts.audio_codec,
                         comment=source_comment(input))
         json_sink = JsonLinesSink(opts.json) if opts.json else None
         total = source.info.frames

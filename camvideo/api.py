@@ -192,7 +192,8 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike, *,
         raise
     finally:
         source.close()
-    return Summary(str(out_path), n, source.skipped, time.monotonic() - t0, opts.json)
+    return Summary(str(out_path), n, source.skipped, time.monotonic() - t0, opts.json,
+                   {"warnings": list(source.warnings)})
 
 
 def _check_sidecar_path(path: str | os.PathLike, inputs: list, overwrite: bool) -> None:

@@ -44,6 +44,8 @@ class BatchSummary:
     def __post_init__(self) -> None:
         self.counts = {s: sum(r.status == s for r in self.records)
                        for s in (DONE, SKIPPED, FAILED, INTERRUPTED)}
+        self.counts["warned"] = sum(r.status == DONE and bool(r.warnings)
+                                    for r in self.records)
 
     @property
     def frames(self) -> int:
@@ -78,6 +80,16 @@ class BatchSummary:
             raise OutputError(f"cannot write report {path}: {e.strerror or e}") from None
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a batch (raised by :func:`camvideo.batch.runner.run_batch` after the
+    files in progress were cleaned up and the report written); ``summary`` is what it did
+    so far."""
+
+    def __init__(self, summary: BatchSummary) -> None:
+        super().__init__()
+        self.summary = summary
+
+
 # --------------------------------------------------------------------------- one file
 
 def process_job(job: Job, model: object, options: dict, *,
@@ -107,7 +119,9 @@ def process_job(job: Job, model: object, options: dict, *,
         log.debug("internal error on %s", job.input, exc_info=True)
         return dataclasses.replace(base, reason=f"internal error: {type(e).__name__}: "
                                    f"{first_line(e)}", seconds=time.monotonic() - t0)
-    return dataclasses.replace(base, status=DONE, frames=s.frames, seconds=s.seconds)
+    warnings = list(s.extra.get("warnings", []))
+    return dataclasses.replace(base, status=DONE, frames=s.frames, seconds=s.seconds,
+                               warnings=warnings, reason="; ".join(warnings))
 
 
 class Tracker:
@@ -146,5 +160,7 @@ class Tracker:
             self._emit(rec)
         if rec.status == FAILED:
             log.info("failed: %s: %s", rec.path, rec.reason)
+        elif rec.status == DONE and rec.warnings:
+            log.info("done with warnings: %s: %s", rec.output, rec.reason)
         elif rec.status == DONE:
             log.info("done: %s (%d frames, %.1f s)", rec.output, rec.frames, rec.seconds)

@@ -71,6 +71,7 @@ class LiveSummary:
     url: str | None = None
     network_frames: int = 0
     frames: list = field(default_factory=list)
+    gaps: list = field(default_factory=list)  # --reconnect: [Gap.as_dict()] per gap
 
 
 class _Gated:
@@ -100,7 +101,7 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
              open_timeout: float = DEFAULT_OPEN_TIMEOUT,
              source_options: dict[str, str] | None = None, snapshot_dir: str = ".",
              stats: str | None = None, notify: Callable[[str], None] | None = None,
-             stop: threading.Event | None = None, model: Any = None,
+             stop: threading.Event | None = None, model: Any = None, reconnect: int = 0,
              **options: Any) -> LiveSummary:
     """Annotate a live source until it ends, ``stop`` is set, ``--duration`` is reached,
     the window's q key, or Ctrl-C/SIGTERM (KeyboardInterrupt in this thread).
@@ -121,6 +122,8 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
         notify: called with one-line messages for the user (preview URL, snapshots).
         stop: set it to stop (as q does).
         model: a model name, or a loaded :class:`camvideo.model.cammodel.CamModel` to reuse.
+        reconnect: reopen a lost or ended camera or stream, up to this many attempts
+            (see :func:`camvideo.media.sources.open_live`); gaps go into ``stats``.
         **options: :class:`camvideo.api.Options` (model, render, smoothing, device;
             ``codec``, ``crf``, ``preset``, ``x264_params``, ``overwrite`` for the
             recording). Smoothing is always causal.
@@ -166,7 +169,8 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
     server = PreviewServer(*bind, source=source) if bind is not None else None  # binds now
     try:
         src: LiveSource = open_live(source, realtime=realtime, open_timeout=open_timeout,
-                                    read_timeout=timeout, options=source_options)
+                                    read_timeout=timeout, options=source_options,
+                                    reconnect=reconnect)
     except BaseException:
         if server is not None:
             server.close()
@@ -242,7 +246,9 @@ def run_live(source: str = "0", *, output: str | None = None, serve: str | None 
                     info = VideoInfo(str(source), w, h, _rate(src.nominal_fps),
                                      src.time_base, 0, None, "", 0)
                     sink = FileSink(out_path, info, (w, h), codec=opts.codec, crf=opts.crf,
-                                    preset=opts.preset, x264_params=opts.x264_params)
+                                    preset=opts.preset, x264_params=opts.x264_params,
+                                    audio_from=src.audio_from() if opts.audio else None,
+                                    audio=opts.audio_codec)
                 sink.write(image, r.frame.pts, r.frame.time)
             controls.last_note = r.note
             if not controls.paused:
@@ -356,4 +362,5 @@ def _summary(src: LiveSource, shown: int, fps: float, records: collections.deque
                        pct(50), pct(95), float(lat.max()) if lat.size else 0.0,
                        str(out_path) if out_path else None,
                        server.url if server is not None else None,
-                       int(getattr(engine, "network_frames", 0)), [list(r) for r in records])
+                       int(getattr(engine, "network_frames", 0)), [list(r) for r in records],
+                       [g.as_dict() for g in src.gaps])

@@ -190,7 +190,7 @@ class CamEngine:
         if self.stride == 1:
             features, logits = self._forward(x)
         else:
-            keys = self._keys(frames01)
+            keys = [k or f.cut for k, f in zip(self._keys(frames01), frames)]
             features, logits = self._forward(x[torch.tensor(keys)] if not all(keys) else x)
             features, logits, cues = self._carry_between(features, logits, keys, frames01)
         return Inferred(frames, images, features, logits, frames01, cues)
@@ -210,7 +210,7 @@ class CamEngine:
         else:
             smoothed = self.smoother.push(batch.features, batch.logits,
                                           [f.time for f in batch.frames], batch.frames01,
-                                          batch.cues)
+                                          batch.cues, [f.cut for f in batch.frames])
             self._pending.extend(zip(batch.frames, batch.images))
         m = int(smoothed.maps.shape[0])
         if m == 0:

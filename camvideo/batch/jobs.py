@@ -44,8 +44,11 @@ class BatchSummary:
     def __post_init__(self) -> None:
         self.counts = {s: sum(r.status == s for r in self.records)
                        for s in (DONE, SKIPPED, FAILED, INTERRUPTED)}
-        self.counts["warned"] = sum(r.status == DONE and bool(r.warnings)
-                                    for r in self.records)
+
+    @property
+    def warned(self) -> int:
+        """Files done with decode warnings (:attr:`Record.warnings`)."""
+        return sum(r.status == DONE and bool(r.warnings) for r in self.records)
 
     @property
     def frames(self) -> int:
@@ -64,7 +67,7 @@ class BatchSummary:
 
     def as_dict(self) -> dict:
         return {"in_dir": self.in_dir, "out_dir": self.out_dir, **self.counts,
-                "frames": self.frames, "seconds": round(self.seconds, 3),
+                "warned": self.warned, "frames": self.frames, "seconds": round(self.seconds, 3),
                 "fps": round(self.fps, 2), "interrupted": self.interrupted,
                 "records": [r.as_dict() for r in self.records]}
 

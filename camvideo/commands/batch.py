@@ -109,7 +109,7 @@ class _Bars:
 
 def _print_summary(s: BatchSummary) -> None:
     c = s.counts
-    warned = f" ({c['warned']} with warnings)" if c["warned"] else ""
+    warned = f" ({s.warned} with warnings)" if s.warned else ""
     stopped = f", {c['interrupted']} interrupted" if s.interrupted else ""
     print(f"camvideo batch: {c['done']} done{warned}, {c['skipped']} skipped, "
           f"{c['failed']} failed{stopped}; {s.frames} frames in {s.seconds:.1f} s "

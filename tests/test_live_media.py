@@ -500,3 +500,42 @@ def test_a_silent_source_still_stalls():
     assert time.monotonic() - t0 < 3 and src.status == "waiting for a keyframe"
     hang.set()
     src.stop()
+
+
+def test_a_bare_reconnect_takes_its_default_and_leaves_the_source_alone():
+    from camvideo.commands.live import DEFAULT_RECONNECT, _bare_reconnect, build_parser
+
+    p = build_parser()
+    for argv, n, source in [(["--reconnect", "udp://h:1"], DEFAULT_RECONNECT, "udp://h:1"),
+                            (["udp://h:1", "--reconnect"], DEFAULT_RECONNECT, "udp://h:1"),
+                            (["--reconnect", "3", "udp://h:1"], 3, "udp://h:1"),
+                            (["udp://h:1"], 0, "udp://h:1")]:
+        ns = p.parse_args(_bare_reconnect(argv))
+        assert (ns.reconnect, ns.source) == (n, source), argv
+    with pytest.raises(SystemExit):
+        p.parse_args(_bare_reconnect(["--reconnect", "0"]))
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_the_engine_hands_a_frames_cut_to_the_smoother(tiny_model, stride):
+    """Frame.cut reaches the smoother (which resets there, tests/test_smoothing.py), and
+    with --stride the network runs on that frame rather than carrying the last map
+    across the gap."""
+    from camvideo.api import build_engine
+    from camvideo.media.frames import Frame
+    from camvideo.options import Options
+
+    engine = build_engine(Options(size=64, stride=stride), tiny_model, trace=False)
+    starts: list[bool] = []
+    push = engine.smoother.push
+
+    def spy(*args, **kwargs):
+        starts.extend(kwargs.get("starts") or args[5])
+        return push(*args, **kwargs)
+
+    engine.smoother.push = spy
+    frames = [Frame(i, picture(7), i * 33, i / 30, cut=i == 4) for i in range(6)]
+    rendered = engine.process(frames[:3]) + engine.process(frames[3:]) + engine.flush()
+    assert len(rendered) == 6 and starts == [False] * 4 + [True, False]
+    # stride 3: the network on frames 0 and 3 by the count, and on 4 for its cut
+    assert engine.network_frames == (6 if stride == 1 else 3)

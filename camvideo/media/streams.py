@@ -270,10 +270,12 @@ class LiveSource:
                 if self._stopping.is_set():
                     break
             else:
-                if self.kind == "camera":  # a camera does not end: it was unplugged
+                if self._stopping.is_set():  # stopped while the reader waited
+                    pass
+                elif self.kind == "camera":  # a camera does not end: it was unplugged
                     raise SourceLostError(f"{self.label}: camera disappeared (its stream "
                                           "ended)")
-                if self.endless:  # a live stream does not end: its server went away
+                elif self.endless:  # a live stream does not end: its server went away
                     raise SourceLostError(f"{self.label}: stream ended (the sender "
                                           "closed it or went away)")
         except BaseException as e:  # noqa: BLE001 - handed to the consumer

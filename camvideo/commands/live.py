@@ -38,7 +38,9 @@ def build_parser() -> cliargs.Parser:
                    f"counts as stalled [{DEFAULT_READ_TIMEOUT:g}]")
     g.add_argument("--open-timeout", type=cliargs._unit(0.1, 3600.0),
                    default=DEFAULT_OPEN_TIMEOUT, metavar="SECONDS",
-                   help=f"time to connect and find the video stream [{DEFAULT_OPEN_TIMEOUT:g}]")
+                   help="time to connect, find the video stream and get its first "
+                        "picture (a stream joined between keyframes waits for the next) "
+                        f"[{DEFAULT_OPEN_TIMEOUT:g}]")
     g.add_argument("--reconnect", type=cliargs._unit(1, 1000, int), nargs="?",
                    const=DEFAULT_RECONNECT, default=0, metavar="N",
                    help="reopen a camera or stream that is lost or ends, up to N attempts "

@@ -305,11 +305,15 @@ class AudioFeed:
             self._streams.pop(epoch, None)
 
     # ------------------------------------------------------------------ video side
-    def anchor(self, epoch: int, offset: float) -> None:
+    def anchor(self, epoch: int, offset: float, again: bool = False) -> None:
         """The recording time of ``epoch``'s first picture minus its stream time (once
-        per epoch: later calls are ignored)."""
+        per epoch: later calls are ignored, unless ``again``: the video left the
+        stream's clock, and the packets not taken yet follow it)."""
         with self.lock:
-            self._offsets.setdefault(epoch, float(offset))
+            if again:
+                self._offsets[epoch] = float(offset)
+            else:
+                self._offsets.setdefault(epoch, float(offset))
 
     # ------------------------------------------------------------------ recording side
     def streams(self) -> list[av.audio.AudioStream]:

@@ -15,7 +15,9 @@ Every source has one ``start/read/stop`` shape (:class:`LiveSource`):
   without the jitter of the network and the decoder (a frame decoded late, in a burst
   after the stream was probed, keeps its place), and the stream's audio
   (:class:`~camvideo.media.audio.AudioFeed`) lines up with them exactly. A jump in the
-  source's clock starts a new opening (:class:`Reopened` with no attempts).
+  source's clock starts a new opening (:class:`Reopened` with no attempts); a clock that
+  stands still, goes back a little or drifts :data:`CLOCK_SLACK` away from the capture
+  clock is left for the capture clock (re-anchoring the audio there).
 
 **Liveness counts data, not pictures.** A watchdog bounds every wait: PyAV's
 ``timeout=(open_s, read_s)`` interrupts a network read that gets no data, and
@@ -62,6 +64,9 @@ log = logging.getLogger(__name__)
 LIVE_TIME_BASE = Fraction(1, 1000)
 DEFAULT_OPEN_TIMEOUT = 10.0  #: seconds to open a source (connect, probe the stream)
 DEFAULT_READ_TIMEOUT = 5.0   #: seconds without data before a source counts as stalled
+#: A source clock this far (s) from the capture clock, or one that stands still or goes
+#: back, is not followed: from that frame on, the capture clock is.
+CLOCK_SLACK = 1.0
 
 
 class Signal:
@@ -212,6 +217,7 @@ class LiveSource:
         self._last_time: float | None = None
         self._taken_epoch = 0
         self._offset: float | None = None  # capture time − source time, this opening
+        self._last_source: float | None = None
         self._size: tuple[int, int] | None = None
         self._capture_at: dict[int, float] = {}
 
@@ -345,7 +351,20 @@ class LiveSource:
             if first:
                 self._offset = None if source is None else t - source
             elif source is not None and self._offset is not None:
-                t = source + self._offset  # the source's clock, from the first frame on
+                on_source = source + self._offset  # the source's clock, from the first
+                if self._last_source is not None and source <= self._last_source:
+                    log.debug("%s: source clock stands still or goes back; capture "
+                              "times from here", self.label)
+                    self._offset = None
+                elif abs(on_source - t) > CLOCK_SLACK:
+                    log.debug("%s: source clock %.3f s off the capture clock; "
+                              "re-anchored", self.label, on_source - t)
+                    self._offset = t - source
+                    if isinstance(self._audio, AudioFeed):
+                        self._audio.anchor(epoch, self._offset, again=True)
+                else:
+                    t = on_source
+            self._last_source = source
             pts = round(t / self.time_base)
         else:
             pts, _ = self._timing(obj)  # type: ignore[operator]

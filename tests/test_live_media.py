@@ -373,6 +373,17 @@ def av_clip(path: Path, seconds: float = 3.0, acodec: str = "aac") -> Path:
     return path
 
 
+def assert_in_step(out: Path, times: list[float], offset: float) -> None:
+    """Every tone onset of the recording's audio lies within one audio frame of where
+    the video puts that moment (a whole second of the sender's clock, plus ``offset``),
+    and every whole second the recording spans has its onset (those in the first and
+    last 0.3 s aside: a tone cut by the start or the end is no onset)."""
+    want = [s + offset for s in range(0, 100) if 0.3 < s + offset < times[-1] - 0.3]
+    got = [g for g in onsets(out) if 0.3 < g < times[-1] - 0.3]
+    assert len(want) >= 2 and len(got) == len(want), (got, want)
+    assert np.abs(np.array(got) - want).max() <= AUDIO_FRAME, (got, want)
+
+
 def video_offset(times: list[float], numbers: list[int], exact: float) -> float:
     """The recording time minus the sender's time of its frames (all frames agree
     within ``exact`` s)."""
@@ -401,10 +412,9 @@ def test_live_recording_of_a_clip_keeps_its_audio_in_step(tiny_model, tmp_path, 
     offset = video_offset(times, numbers, exact=0.0015)  # the file's own timing
     with av.open(str(out)) as c:
         assert c.streams.audio[0].codec_context.name == codec
-    got = onsets(out)
-    want = [s + offset for s in (0.0, 1.0, 2.0) if s + offset >= -AUDIO_FRAME]
-    assert len(got) == len(want), (got, want)
-    assert np.abs(np.array(got) - want).max() <= AUDIO_FRAME, (got, want)
+    assert_in_step(out, times, offset)
+    if numbers[0] == 0:  # played from its first frame: the first onset, at 0 s, too
+        assert onsets(out)[0] == pytest.approx(0.0, abs=AUDIO_FRAME)
 
 
 def test_no_audio_drops_it_and_duration_ends_the_audio_with_the_video(tiny_model,
@@ -441,12 +451,7 @@ def test_stream_audio_is_recorded_in_step_with_the_video(tiny_model, tmp_path, c
     offset = video_offset(times, numbers, exact=0.0015)  # the stream's own clock
     with av.open(str(out)) as c:
         assert c.streams.audio[0].codec_context.name == "aac"
-    got = onsets(out)
-    first = numbers[0] / FPS
-    want = [s + offset for s in range(int(first) + 1, int(first) + 5)
-            if s + offset < times[-1]]
-    assert len(got) == len(want) >= 3, (got, want)
-    assert np.abs(np.array(got) - want).max() <= AUDIO_FRAME, (got, want)
+    assert_in_step(out, times, offset)
 
 
 # --------------------------------------------------------------------------- in-process
@@ -563,5 +568,6 @@ def test_frames_follow_the_source_clock_unless_it_misbehaves():
     times = [f.time for f in iter(src.read, None)]
     src.stop()
     assert times[:5] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4], abs=1e-9)
-    # frames 5 and 6 were captured 0.35 s and 0.45 s after frame 0 (strictly after 0.4)
-    assert 0.4 < times[5] < times[6] and times[6] == pytest.approx(0.45, abs=0.03)
+    # frames 5 and 6 were captured 0.35 s and 0.45 s after frame 0 (or later, on a
+    # loaded machine), and time must go on after 0.4
+    assert 0.4 < times[5] < times[6] and 0.44 <= times[6] < 1.0

@@ -237,17 +237,17 @@ def test_sender_that_restarts_is_followed_into_one_recording(tiny_model, tmp_pat
     """The sender stops after 3 s and starts again 3 s later. With --reconnect the
     source is reopened and the recording goes on: one file with a gap of about 3 s
     (wall clock), frames numbered anew after it, exit 0 at --duration; --stats records
-    the gap."""
+    the gap, and the audio goes on too, in step with each part's video."""
     port = free_port()
     url = f"udp://127.0.0.1:{port}"
     out, st = tmp_path / "rec.mp4", tmp_path / "stats.json"
     restarted = threading.Event()
 
     def senders() -> None:
-        with sending(url, seconds=3.0) as first:
+        with sending(url, seconds=3.0, audio=True) as first:
             first.wait(30)
         time.sleep(3.0)
-        with sending(url, seconds=10.0) as second:
+        with sending(url, seconds=10.0, audio=True) as second:
             restarted.set()
             second.wait(30)
 
@@ -273,6 +273,9 @@ def test_sender_that_restarts_is_followed_into_one_recording(tiny_model, tmp_pat
     assert gap["start"] == pytest.approx(times[k - 1], abs=0.002)
     assert gap["end"] == pytest.approx(times[k], abs=0.002)
     assert "stalled" in gap["reason"] and gap["attempts"] >= 1
+    first = video_offset(times[:k], numbers[:k], exact=0.0015)
+    second = video_offset(times[k:], numbers[k:], exact=0.0015)
+    assert_in_step(out, [(times[0], times[k - 1], first), (times[k], times[-1], second)])
     assert elapsed < 20
 
 
@@ -373,13 +376,16 @@ def av_clip(path: Path, seconds: float = 3.0, acodec: str = "aac") -> Path:
     return path
 
 
-def assert_in_step(out: Path, times: list[float], offset: float) -> None:
-    """Every tone onset of the recording's audio lies within one audio frame of where
-    the video puts that moment (a whole second of the sender's clock, plus ``offset``),
-    and every whole second the recording spans has its onset (those in the first and
-    last 0.3 s aside: a tone cut by the start or the end is no onset)."""
-    want = [s + offset for s in range(0, 100) if 0.3 < s + offset < times[-1] - 0.3]
-    got = [g for g in onsets(out) if 0.3 < g < times[-1] - 0.3]
+def assert_in_step(out: Path, parts: list[tuple[float, float, float]]) -> None:
+    """In each part ``(start, end, offset)`` of the recording (seconds), every tone
+    onset of its audio lies within one audio frame of where the video puts that moment
+    (a whole second of the sender's clock, plus ``offset``), and every whole second the
+    part spans has its onset (those in its first and last 0.3 s aside: a tone cut by a
+    start or an end is no onset)."""
+    within = [(a + 0.3, b - 0.3) for a, b, _ in parts]
+    want = [s + off for (a, b, off), (lo, hi) in zip(parts, within) for s in range(100)
+            if lo < s + off < hi]
+    got = [g for g in onsets(out) if any(lo < g < hi for lo, hi in within)]
     assert len(want) >= 2 and len(got) == len(want), (got, want)
     assert np.abs(np.array(got) - want).max() <= AUDIO_FRAME, (got, want)
 
@@ -412,7 +418,7 @@ def test_live_recording_of_a_clip_keeps_its_audio_in_step(tiny_model, tmp_path, 
     offset = video_offset(times, numbers, exact=0.0015)  # the file's own timing
     with av.open(str(out)) as c:
         assert c.streams.audio[0].codec_context.name == codec
-    assert_in_step(out, times, offset)
+    assert_in_step(out, [(0.0, times[-1], offset)])
     if numbers[0] == 0:  # played from its first frame: the first onset, at 0 s, too
         assert onsets(out)[0] == pytest.approx(0.0, abs=AUDIO_FRAME)
 
@@ -451,7 +457,7 @@ def test_stream_audio_is_recorded_in_step_with_the_video(tiny_model, tmp_path, c
     offset = video_offset(times, numbers, exact=0.0015)  # the stream's own clock
     with av.open(str(out)) as c:
         assert c.streams.audio[0].codec_context.name == "aac"
-    assert_in_step(out, times, offset)
+    assert_in_step(out, [(0.0, times[-1], offset)])
 
 
 # --------------------------------------------------------------------------- in-process

@@ -130,6 +130,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
             sinks.append(VideoFileSink(out_path, s.info, codec=opts.codec, crf=opts.crf,
                                        preset=opts.preset, x264_params=opts.x264_params,
                                        audio_from=str(input) if opts.audio else None,
+                                       audio=opts.audio_codec,
                                        comment=source_comment(input)))
             if opts.json:
                 sinks.append(JsonLinesSink(opts.json, cams=opts.json_cams))
@@ -150,7 +151,8 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
         raise
     video = sinks[0]
     return Summary(str(out_path), n, s.skipped, time.monotonic() - t0, opts.json,
-                   extra={"encoder": video.encoder, "device": str(s.engine.device)})
+                   extra={"encoder": video.encoder, "device": str(s.engine.device),
+                          "warnings": list(getattr(s.source, "warnings", []))})
 
 
 def _options(options: Options | None, model: Any, overrides: dict) -> Options:

@@ -80,6 +80,7 @@ class Options:
     preset: str | None = None
     x264_params: str | None = None
     audio: bool = True
+    audio_codec: str = "auto"  # --audio: auto, copy or an encoder (camvideo.media.audio)
     json: str | None = None
     json_cams: bool = False
     overwrite: bool = False

@@ -238,7 +238,8 @@ class Smoother:
         return 1.0 - math.exp(-max(dt, 0.0) / self.tau)
 
     def push(self, features: Tensor, logits: Tensor, times: Sequence[float],
-             frames01: Tensor, cues: mo.Cues | None = None) -> Smoothed:
+             frames01: Tensor, cues: mo.Cues | None = None,
+             starts: Sequence[bool] | None = None) -> Smoothed:
         """Add ``N`` frames; return the results that are ready.
 
         Args:
@@ -249,6 +250,9 @@ class Smoother:
                 (downsampled here for motion and cut detection).
             cues: this batch's :meth:`cues`, when the caller computed them already
                 (the engine's ``stride`` carry does); computed here otherwise.
+            starts: ``N`` flags: the frame starts afresh whatever its picture (the first
+                after a gap in a live source, :attr:`camvideo.media.frames.Frame.cut`):
+                reset as at a detected cut, also without ``cut_reset``.
 
         Returns:
             :class:`Smoothed` for the next ``M`` frames in order: ``M == N`` when causal;
@@ -276,6 +280,8 @@ class Smoother:
         if cues is None:
             cues = self.cues(frames01, grid)
         cuts = self._detect_cuts(cues.small, features)
+        if starts is not None:
+            cuts = [bool(c or g) for c, g in zip(cuts, starts)]
         ready: list[_Frame] = []
         for i in range(n):
             fr = _Frame(float(times[i]), cuts[i], features[i:i + 1], probs[i])

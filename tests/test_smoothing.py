@@ -200,6 +200,32 @@ def test_cut_reset_false_keeps_state():
     assert not torch.allclose(maps[12], ref[12], atol=1e-2)
 
 
+@pytest.mark.parametrize("cut_reset", [True, False])
+def test_a_frame_marked_as_a_start_resets_as_at_a_cut(cut_reset):
+    """A live source back after a gap marks its first frame (``Frame.cut``): the
+    smoother starts afresh there though the picture is the same (one shot throughout,
+    and not one detected cut), also with ``cut_reset`` off."""
+    n = 16
+    frames, times = static_clip(n)
+    feats = features_of(torch.stack([blob(3, 2) if i < 8 else blob(12, 4) for i in range(n)]))
+    logits = torch.stack([logits_for([0.6, 0.2]) if i < 8 else logits_for([0.1, 0.2, 0.6])
+                          for i in range(n)])
+    starts = [i == 8 for i in range(n)]
+    sm = Smoother(eye_weight(), cut_reset=cut_reset)
+    outs = [sm.push(feats[i:i + 4], logits[i:i + 4], times[i:i + 4], frames[i:i + 4],
+                    starts=starts[i:i + 4]) for i in range(0, n, 4)]
+    cuts = [c for o in outs for c in o.cut]
+    maps = torch.cat([o.maps for o in outs])
+    assert cuts == [True] + [False] * 7 + [True] + [False] * 7
+    ref, ref_cls = plain_cam(feats, logits, eye_weight())
+    assert torch.allclose(maps[8], ref[8], atol=1e-6)            # unsmoothed
+    assert torch.cat([o.classes for o in outs])[8] == ref_cls[8] == 2
+    unmarked = Smoother(eye_weight(), cut_reset=cut_reset)        # control: no start
+    maps_u = torch.cat([unmarked.push(feats[i:i + 4], logits[i:i + 4], times[i:i + 4],
+                                      frames[i:i + 4]).maps for i in range(0, n, 4)])
+    assert not torch.allclose(maps_u[8], ref[8], atol=1e-2)
+
+
 def test_reset_starts_a_new_stream():
     feats, logits, times, frames = _two_shots(12, 4)
     sm = Smoother(eye_weight())

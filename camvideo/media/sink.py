@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from .. import pixels
-from .audio import AudioRemuxer
+from .audio import AudioRemuxer, AudioSource
 from .encoding import DEFAULT_CODEC, encoder_options, settings_for
 from ..errors import OptionError, OutputError, first_line
 from .frames import VideoInfo
@@ -146,14 +146,23 @@ class FileSink:
         crf: constant rate factor (quality) for encoders that have one.
         preset: encoder speed preset (None: :data:`camvideo.media.encoding.DEFAULT_PRESET`).
         x264_params: extra libx264 options (see :func:`encoder_options`).
-        audio_from: file whose audio streams are copied (None: no audio).
+        audio_from: where the audio comes from (None: no audio): a file, whose audio
+            streams go in whole; or, for a live recording, an
+            :class:`~camvideo.media.audio.AudioFrom` or a live stream's
+            :class:`~camvideo.media.audio.AudioFeed`, whose audio ends with the video.
+        audio: ``auto``, ``copy`` or an audio encoder (see :mod:`camvideo.media.audio`).
         comment: the container's ``comment`` tag (see :func:`source_of`).
+
+    Raises:
+        OptionError: a video encoder the container cannot hold, or an ``audio`` mode
+            that cannot be followed.
+        OutputError: the file cannot be written.
     """
 
     def __init__(self, output: str | os.PathLike, info: VideoInfo, size: tuple[int, int], *,
                  codec: str = "libx264", crf: int = 20, preset: str | None = None,
-                 x264_params: str | None = None, audio_from: str | None = None,
-                 comment: str | None = None) -> None:
+                 x264_params: str | None = None, audio_from: AudioSource | None = None,
+                 audio: str = "auto", comment: str | None = None) -> None:
         self.output = Path(output)
         self.fmt = _FORMATS[self.output.suffix.lower()]
         self.tmp = _temp_path(self.output)
@@ -166,8 +175,12 @@ class FileSink:
             raise OutputError(f"cannot write {output}: {first_line(e)}") from None
         try:
             self._stream = self._add_video(codec, info, size, crf, preset, x264_params)
-            self._audio = AudioRemuxer(audio_from, self._container, self.fmt) \
-                if audio_from and info.audio_streams else None
+            whole = isinstance(audio_from, (str, os.PathLike))
+            self._audio = AudioRemuxer(audio_from, self._container, self.fmt, audio) \
+                if audio_from and (info.audio_streams or not whole) else None
+            # a live recording's audio ends with its video (one frame after the last)
+            self._audio_tail = None if whole else 1 / float(info.fps or 30)
+            self._last_time: float | None = None
             if comment:
                 self._container.metadata["comment"] = comment
         except BaseException:
@@ -236,6 +249,7 @@ class FileSink:
         ``(H * 3 // 2, W)`` uint8 I420 (:mod:`camvideo.pixels`; a 2-D array)."""
         if self._audio is not None:
             self._audio.mux_until(time)
+        self._last_time = time
         i420 = self._stream.pix_fmt == pixels.I420
         if image.ndim == 2 and not i420:
             image = pixels.to_rgb(image)
@@ -271,7 +285,10 @@ class FileSink:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
             if self._audio is not None:
-                self._audio.mux_until(float("inf"))
+                until = float("inf")
+                if self._audio_tail is not None:
+                    until = (self._last_time or 0.0) + self._audio_tail
+                self._audio.finish(until)
             self._container.close()
         except (av.FFmpegError, OSError) as e:
             self.abort()

@@ -240,7 +240,7 @@ class CamEngine:
         if self.stride == 1:
             features, logits = self._forward(x)
         else:
-            keys = self._keys(frames01)
+            keys = [k or f.cut for k, f in zip(self._keys(frames01), frames)]
             if not all(keys):
                 idx = torch.tensor([i for i, k in enumerate(keys) if k], dtype=torch.long,
                                    device=x.device)
@@ -281,7 +281,7 @@ class CamEngine:
         else:
             smoothed = self.smoother.push(batch.features, batch.logits,
                                           [f.time for f in batch.frames], batch.frames01,
-                                          batch.cues)
+                                          batch.cues, [f.cut for f in batch.frames])
             self._pending.extend(zip(batch.frames, batch.images))
         m = int(smoothed.maps.shape[0])
         if m == 0:

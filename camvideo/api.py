@@ -11,6 +11,7 @@ from typing import IO, Callable
 
 import cv2
 
+from .cam import bbox_threshold
 from .errors import OptionError, OutputError
 from .media.encoding import check_preset
 from .media.files import FileSource
@@ -101,7 +102,8 @@ def build_engine(opts: Options, model: CamModel | None = None, *,
     precision = resolve_precision(opts.precision, device)
     fixed = model.class_index(opts.cls) if opts.cls is not None else None
     renderer = Renderer(model.labels, colormap=opts.colormap, alpha=opts.alpha,
-                        topk=opts.topk, bbox=opts.bbox, bbox_threshold=opts.bbox_threshold,
+                        topk=opts.topk, bbox=opts.bbox,
+                        bbox_threshold=bbox_threshold(opts.bbox_threshold, model.name),
                         layout=opts.layout, keep_cams=opts.json_cams)
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, motion=opts.motion,

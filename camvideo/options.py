@@ -22,7 +22,8 @@ class Options:
 
     Model: ``model``, ``weights``, ``labels``, ``cls`` (``--class``: name or index; None =
     top-1), ``size`` (input short side). Render: ``topk``, ``colormap``, ``alpha``, ``bbox``,
-    ``bbox_threshold``, ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off),
+    ``bbox_threshold`` (a fraction of the map's maximum, or ``"auto"``: the model's
+    calibrated one, :data:`camvideo.cam.BBOX_THRESHOLDS`), ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off),
     ``smooth_mode``, ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``,
     ``crf``, ``preset`` (None: x264 superfast with mb-tree, see :mod:`camvideo.media.encoding`),
     ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device: ``device``,
@@ -39,7 +40,7 @@ class Options:
     colormap: str = "jet"
     alpha: float = 0.5
     bbox: bool = False
-    bbox_threshold: float = 0.2
+    bbox_threshold: float | str = "auto"
     layout: str = "overlay"
     smooth: float = DEFAULT_TAU
     smooth_mode: str = "causal"
@@ -80,6 +81,11 @@ class Options:
             raise OptionError(f"--stride must be in 1..1000, got {self.stride}")
         if self.smooth < 0:
             raise OptionError(f"--smooth must be ≥ 0 seconds, got {self.smooth}")
+        if not (self.bbox_threshold == "auto" or (
+                not isinstance(self.bbox_threshold, (str, bool))
+                and 0.0 < self.bbox_threshold <= 1.0)):
+            raise OptionError(f"--bbox-threshold must be 'auto' or in (0, 1], "
+                              f"got {self.bbox_threshold!r}")
         if self.json_cams and not self.json:
             raise OptionError("--json-cams needs --json PATH")
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from . import pixels
-from .cam import paper_bbox
+from .cam import map_bbox
 from .errors import OptionError
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,9 @@ class Renderer:
         colormap: OpenCV colormap name.
         alpha: heatmap opacity in ``[0, 1]``.
         topk: number of labels drawn (0: none).
-        bbox: draw the paper's box.
-        bbox_threshold: box threshold as a fraction of the map's maximum, in ``(0, 1]``.
+        bbox: draw the paper's box (:func:`camvideo.cam.map_bbox`, at frame resolution).
+        bbox_threshold: box threshold as a fraction of the map's maximum, in ``(0, 1]``
+            (resolve ``"auto"`` first: :func:`camvideo.cam.bbox_threshold`).
         layout: ``overlay`` (heatmap over the frame) or ``side`` (original | overlay).
         keep_cams: put the rendered map in each :class:`Annotation`.
     """
@@ -162,13 +163,7 @@ class Renderer:
             else:
                 res = cv2.addWeighted(img, 1.0 - a, colours, a, 0.0)
             out.append(res)
-        small = None
-        if self.bbox:
-            scale = max(1, min(h, w) // 180)
-            size = (w // scale, h // scale)
-            small = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR)
-                              for c in cams])
-        return out, peaks, small
+        return out, peaks, (cams if self.bbox else None)
 
     def _blend_i420(self, img: np.ndarray, cam: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Blend over an I420 frame plane by plane: luma with the full-resolution colour
@@ -202,14 +197,9 @@ class Renderer:
         if self.layout == "side":
             blended = torch.cat((frames, blended), dim=2)
         peaks = up.reshape(n, -1).argmax(dim=1)
-        small = None
-        if self.bbox:
-            scale = max(1, min(h, w) // 180)
-            small = F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
-                                  mode="bilinear", align_corners=False)[:, 0]
-        # one copy back per batch (plus the few scalars below)
+        # one copy back per batch (plus the few scalars and small maps below)
         images = list(blended.cpu().numpy())
-        return images, peaks.cpu().tolist(), (small.cpu().numpy() if small is not None
+        return images, peaks.cpu().tolist(), (maps.float().cpu().numpy() if self.bbox
                                               else None)
 
     def _annotate(self, images: list[np.ndarray], peaks: list[int], small: np.ndarray | None,
@@ -225,13 +215,10 @@ class Renderer:
         notes = []
         for i, img in enumerate(images):
             box = None
-            if small is not None:
-                b = paper_bbox(small[i], self.bbox_threshold)
+            if small is not None:  # the maps at feature resolution, (N, h, w)
+                b = map_bbox(small[i], (w, h), self.bbox_threshold)
                 if b is not None:
-                    sy, sx = h / small.shape[1], w / small.shape[2]
-                    box = (int(round(b[0] * sx)) + x_off, int(round(b[1] * sy)),
-                           min(w, int(round(b[2] * sx))) + x_off,
-                           min(h, int(round(b[3] * sy))))
+                    box = (b[0] + x_off, b[1], b[2] + x_off, b[3])
             topk = [(int(j), self.labels[j], float(p))
                     for p, j in zip(top_p[i][:self.topk], top_i[i][:self.topk])]
             c = int(cls_list[i])
@@ -241,7 +228,7 @@ class Renderer:
             if box is not None:
                 _draw_box(img, box)
             if self.topk:
-                _draw_labels(img, topk, c, x_off)
+                _draw_labels(img, topk, (c, note.label, note.score), x_off)
             notes.append(note)
         return images, notes
 
@@ -267,16 +254,31 @@ def _draw_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:
                       max(1, th // s), cv2.LINE_AA)
 
 
-def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int,
-                 x_off: int) -> None:
-    """Top-k labels in a dark, semi-transparent box, scaled to the frame height (readable
-    from 360p to 4K; the shown class is highlighted). On an I420 frame the box is read
-    out as RGB, drawn on and written back."""
+def _label_lines(topk: list[tuple[int, str, float]],
+                 shown: tuple[int, str, float]) -> list[tuple[int, str, float]]:
+    """The label box's entries: the shown class first (its map is the one drawn), then the
+    top-k without it (k entries in all when the shown class is among them, k + 1 when it
+    is not: a ``--class`` or a class held by hysteresis)."""
+    rest = [e for e in topk if e[0] != shown[0]]
+    return [shown] + rest[:len(topk) - 1 if len(rest) < len(topk) else len(topk)]
+
+
+_SHOWN_RGB = (255, 255, 0)    #: text colour of the shown class (yellow)
+_OTHER_RGB = (255, 255, 255)  #: text colour of the other classes
+
+
+def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]],
+                 shown: tuple[int, str, float], x_off: int) -> None:
+    """Labels in a dark, semi-transparent box, scaled to the frame height (readable from
+    360p to 4K): the shown class ``(index, label, probability)`` first, highlighted, then
+    the top-k (:func:`_label_lines`). On an I420 frame the box is read out as RGB, drawn
+    on and written back."""
+    entries = _label_lines(topk, shown)
     h, w = _size(img)
     scale = max(0.35, h / 720 * 0.75)
     thick = max(1, int(round(h / 720 * 1.6)))
     font = cv2.FONT_HERSHEY_SIMPLEX
-    lines = [f"{p * 100:5.1f}%  {label}" for _, label, p in topk]
+    lines = [f"{p * 100:5.1f}%  {label}" for _, label, p in entries]
     sizes = [cv2.getTextSize(s, font, scale, thick)[0] for s in lines]
     pad = max(4, int(round(8 * scale)))
     line_h = max(sz[1] for sz in sizes) + pad
@@ -293,8 +295,8 @@ def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int
         canvas, ox, oy = img, 0, 0
     roi = canvas[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
     roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken to 40%
-    for k, ((idx, _, _), text) in enumerate(zip(topk, lines)):
-        colour = (255, 255, 0) if idx == shown else (255, 255, 255)
+    for k, text in enumerate(lines):
+        colour = _SHOWN_RGB if k == 0 else _OTHER_RGB
         y = y0 + (k + 1) * line_h
         cv2.putText(canvas, text, (x0 + pad - ox, y - oy), font, scale, colour, thick,
                     cv2.LINE_AA)

@@ -219,6 +219,7 @@ def clip_metrics(maps: torch.Tensor, classes: list[int], bench: Bench,
             out[f"{name}@{d}"] = float(np.mean([s >= d for s in scores])) if scores else 0.0
         areas = [(b[2] - b[0]) * (b[3] - b[1]) / (w * h) if b else 0.0 for b in boxes]
         out[f"{name}:area"] = float(np.median(areas))
+        out[f"{name}:whole"] = float(np.mean([a >= 0.95 for a in areas]))
     return out
 
 
@@ -487,6 +488,10 @@ def checks(results: dict[str, dict[str, dict]], benches: dict[str, Bench]) -> st
         ok = dp >= -2.0 and cut >= 0.6
         line = (f"- {name}: pointing {dp:+.1f} points vs off, flicker {-100 * cut:+.0f}%"
                 f" {'(met)' if ok else '(**not met**)'}")
+        if benches[name].kind == "scene":
+            line += (f"; default boxes: median {100 * d['auto:area']:.0f}% of the frame, "
+                     f"{100 * d['auto:whole']:.0f}% of them >= 95% of it (0.2: "
+                     f"{100 * d['paper:area']:.0f}%, {100 * d['paper:whole']:.0f}%)")
         if benches[name].kind == "large":
             line += (f"; default boxes IoU >= 0.5 on {100 * d['auto@0.5']:.0f}% of frames "
                      f"({'met' if d['auto@0.5'] >= 0.8 else '**not met**'}; 0.2: "
@@ -527,7 +532,7 @@ def report(tab: str, chk: str, calib: str | None, mot: str | None, args, size,
         "of the frame.\n\n"
         f"Targets (default smoothing vs `--smooth 0`: pointing within 2 points, flicker "
         f"cut by >= 60%; default boxes IoU >= 0.5 on >= 80% of frames on the clips with "
-        f"one large object):\n\n{chk}\n"
+        f"one large object):\n\n{chk}\n\n{FINDINGS}\n"
         + (f"\n### Calibration\n\n`python benchmarks/localization.py --calibrate "
            f"--write`\n\n{calib}\n" if calib else "")
         + (f"\n### Motion models\n\n`--motion`: features carried {MOTION_SPAN} frames "
@@ -537,6 +542,41 @@ def report(tab: str, chk: str, calib: str | None, mot: str | None, args, size,
            "smoother uses: local motion, and scale as the flow's divergence); `phase`: one "
            "global translation; `sim` / `affine`: a global similarity / affine model fitted "
            f"(RANSAC) to the DIS flow.\n\n{mot}\n" if mot else ""))
+
+
+FINDINGS = """What the figures say (read with the tables; written at the run of 2026-11-30):
+
+- **Boxes.** The calibrated 0.3 beats the paper's 0.2 on the calibration set
+  (MaxBoxAccV2 65.6 % vs 62.2 %; every leave-one-photo-out sweep picks 0.3 again) and on
+  the clips where the object is well inside the frame (pan (cup): IoU >= 0.5 on 81 % of
+  frames vs 0 %; dolly: 80 vs 67 %; two objects: 100 vs 82 %), and shrinks the boxes
+  everywhere (real scene: median 85 % of the frame vs 93 %). It loses where the object
+  fills the frame (zoom in: 27 % vs 100 %; cuts: 80 vs 100 %). No single threshold met
+  IoU >= 0.5 on 80 % of the frames of every one-large-object clip (0.4: zoom in 0 %, cuts
+  72 %; 0.5: pan + zoom and zoom out fall). The pagoda pan fails at every threshold: the
+  7x12 map covers the whole pasted photo (the model's class there is "birdhouse", not
+  the pagoda); the small cup (80x60 px) is smaller than one map cell (53 px) spread by
+  the bilinear upsampling: no box reaches IoU 0.5. The fast dolly fails with both
+  thresholds (the shown class stays on "mousetrap" while the per-frame class moved on).
+  Otsu on the map (61.8 %), the region holding the peak (same as the largest here) and
+  a threshold on the drawn map's values (the smoothed range; same as the max with
+  per-frame maps) were no better on the calibration set, so the default stays the
+  paper's rule with a calibrated threshold. Boxes for all regions at once (tried on the
+  clips) did not help the zoom in either: there the map covers the cup, the true box
+  the cup, saucer and spoon.
+- **Motion.** The smoother's motion (DIS flow averaged per feature cell) already holds
+  scale: a zoom's displacement field diverges (`tests/test_smoothing.py`), unlike one
+  global translation (phase correlation). Over the smoothing window none of the models
+  carries the features much closer than not moving them on zooms and dollies (ratios
+  0.99-1.03): CNN features of an object seen larger are not the smaller ones moved, so
+  no warp can match them; on pans all gain 15-19 %. A global similarity or affine model
+  fitted to the flow (0.944 mean) was no better than the per-cell flow (0.944) and
+  worse where objects move differently (pan (cup), small object), so the per-cell flow
+  stays. Default smoothing keeps pointing within 2 points of `--smooth 0` and cuts
+  flicker by >= 60 % on every clip but the fast dolly (-15.6 points): with the class
+  hysteresis off (`switch_margin=0`) it points at 87 % there against 78 % off, so the
+  loss is the held class, not the motion model.
+"""
 
 
 def write_readme(text: str) -> None:

@@ -125,7 +125,8 @@ def _blobs(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     cam = 0.05 * rng.random((h, w))
     for _ in range(rng.integers(1, 4)):
-        cx, cy, sd, a = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.7, 3), rng.uniform(0.3, 1)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        sd, a = rng.uniform(0.7, 3), rng.uniform(0.3, 1)
         cam += a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sd * sd))
     return cam.astype(np.float32)
 

@@ -184,8 +184,8 @@ def map_bbox(cam: np.ndarray | Tensor, size: tuple[int, int], threshold: float, 
     on a working grid of 8 pixels per feature cell (no finer than the frame), then each
     edge of the chosen region's box is read off the frame-resolution map in a band one
     grid pixel either side, so the box is at frame resolution without upsampling,
-    thresholding and labelling the whole frame (labelling a 720p frame alone costs
-    ~8 ms on a 2-core AMD EPYC; this, well under 1 ms).
+    thresholding and labelling the whole frame (on a 2-core AMD EPYC, AVX2, shared:
+    labelling a 720p frame alone took ~8 ms, this 0.5-1 ms for a whole-frame region).
 
     Args:
         cam: ``(h, w)`` map at feature resolution (any range; CPU numpy or tensor).

@@ -47,8 +47,9 @@ class Options:
     Model: ``model`` (registry name; a loaded model is a separate parameter of
     :func:`camvideo.stream` and :func:`camvideo.annotate`), ``weights``, ``labels``,
     ``cls`` (``--class``: name or index; None = top-1), ``size`` (input short side).
-    Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold``, ``layout``.
-    Smoothing: ``smooth`` (time constant, seconds; 0 = off), ``smooth_mode``,
+    Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold`` (a fraction of
+    the map's maximum, or ``"auto"``: the model's calibrated one,
+    :data:`camvideo.cam.BBOX_THRESHOLDS`), ``layout``. Smoothing: ``smooth`` (time constant, seconds; 0 = off), ``smooth_mode``,
     ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``, ``crf``, ``preset``
     (None: x264 superfast with mb-tree, see :mod:`camvideo.media.encoding`),
     ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
@@ -68,7 +69,7 @@ class Options:
     colormap: str = "jet"
     alpha: float = 0.5
     bbox: bool = False
-    bbox_threshold: float = 0.2
+    bbox_threshold: float | str = "auto"
     layout: str = "overlay"
     smooth: float = DEFAULT_TAU
     smooth_mode: str = "causal"
@@ -96,8 +97,10 @@ class Options:
         _check(32 <= self.size <= 2048, "size", f"must be in 32..2048, got {self.size}")
         _check(0 <= self.topk <= 1000, "topk", f"must be in 0..1000, got {self.topk}")
         _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in 0..1, got {self.alpha}")
-        _check(0.0 < self.bbox_threshold <= 1.0, "bbox_threshold",
-               f"must be in (0, 1], got {self.bbox_threshold}")
+        _check(self.bbox_threshold == "auto" or (
+            not isinstance(self.bbox_threshold, (str, bool))
+            and 0.0 < self.bbox_threshold <= 1.0), "bbox_threshold",
+            f"must be 'auto' or in (0, 1], got {self.bbox_threshold!r}")
         _check(self.layout in LAYOUTS, "layout",
                f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         _check(self.smooth >= 0, "smooth", f"must be ≥ 0 seconds, got {self.smooth}")
@@ -176,8 +179,8 @@ class FrameResult:
         map: ``(h, w)`` float32 in ``[0, 1]``: the map that is drawn, at feature
             resolution (normalised against a range smoothed over time).
         peak: ``(x, y)`` of the map's maximum in output-frame pixels.
-        bbox: the paper's box ``(x0, y0, x1, y1)`` in output-frame pixels (with the
-            ``bbox`` option), else None.
+        bbox: the paper's box ``(x0, y0, x1, y1)`` in output-frame pixels (drawn with the
+            ``bbox`` option, given either way; None when the map is nowhere positive).
         cut: the frame starts a new shot (or the stream): the smoothing restarted here.
         image: the annotated frame when the stream renders (``render=True``), as the
             pipeline holds it: ``(H, W', 3)`` uint8 RGB, or ``(H * 3 // 2, W')`` uint8

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from . import pixels
-from .cam import paper_bbox
+from .cam import map_bbox
 from .errors import OptionError
 from .options import COLORMAPS as COLORMAP_NAMES
 from .options import LAYOUTS
@@ -73,8 +73,10 @@ class Renderer:
         colormap: OpenCV colormap name.
         alpha: heatmap opacity in ``[0, 1]``.
         topk: number of labels drawn (0: none).
-        bbox: draw the paper's box.
-        bbox_threshold: box threshold as a fraction of the map's maximum, in ``(0, 1]``.
+        bbox: draw the paper's box (:func:`camvideo.cam.map_bbox`, at frame resolution);
+            each :class:`Annotation` carries it either way.
+        bbox_threshold: box threshold as a fraction of the map's maximum, in ``(0, 1]``
+            (resolve ``"auto"`` first: :func:`camvideo.cam.bbox_threshold`).
         layout: ``overlay`` (heatmap over the frame) or ``side`` (original | overlay).
 
     :meth:`render` draws a batch; :meth:`describe` gives the same annotations (peak, box,
@@ -163,28 +165,13 @@ class Renderer:
                 up = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
                 _, _, _, (px, py) = cv2.minMaxLoc(up)
                 peaks.append(py * w + px)
-            small = self._small_cpu(cams, h, w)
+            small = cams
         else:
             up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
                                align_corners=False)[:, 0].clamp_(0.0, 1.0)
-            peaks = to_host([up.reshape(n, -1).argmax(dim=1)])[0].tolist()
-            small = self._small_torch(maps, h, w)
+            host_peaks, small = to_host([up.reshape(n, -1).argmax(dim=1), maps.float()])
+            peaks = host_peaks.tolist()
         return self._annotate(None, peaks, small, maps, probs, classes, h, w)[1]
-
-    def _small_cpu(self, cams: np.ndarray, h: int, w: int) -> np.ndarray | None:
-        """The maps at about 180 px for the box (None without ``bbox``)."""
-        if not self.bbox:
-            return None
-        scale = max(1, min(h, w) // 180)
-        size = (w // scale, h // scale)
-        return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in cams])
-
-    def _small_torch(self, maps: Tensor, h: int, w: int) -> np.ndarray | None:
-        if not self.bbox:
-            return None
-        scale = max(1, min(h, w) // 180)
-        return to_host([F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
-                                      mode="bilinear", align_corners=False)[:, 0]])[0]
 
     def _colour_cpu(self, frames: Sequence[np.ndarray],
                     maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
@@ -209,7 +196,7 @@ class Renderer:
             else:
                 res = cv2.addWeighted(img, 1.0 - a, colours, a, 0.0)
             out.append(res)
-        return out, peaks, self._small_cpu(cams, h, w)
+        return out, peaks, cams
 
     def _blend_i420(self, img: np.ndarray, cam: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Blend over an I420 frame plane by plane: luma with the full-resolution colour
@@ -250,11 +237,9 @@ class Renderer:
             blended = torch.lerp(plane.float(), lut[idx].float(), a).round_().to(torch.uint8)
             out.append(torch.cat((plane, blended), dim=2) if self.layout == "side"
                        else blended)
-        images = list(to_host([pixels.tensor_i420(*out)])[0])
-        peaks, small = to_host([up.reshape(n, -1).argmax(dim=1)])[0].tolist(), None
-        if self.bbox:
-            small = self._small_torch(maps, h, w)
-        return images, peaks, small
+        host, host_peaks, small = to_host([pixels.tensor_i420(*out),
+                                           up.reshape(n, -1).argmax(dim=1), maps.float()])
+        return list(host), host_peaks.tolist(), small
 
     def _colour_torch(self, frames: Tensor,
                       maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
@@ -273,9 +258,8 @@ class Renderer:
         if self.layout == "side":
             blended = torch.cat((frames, blended), dim=2)
         peaks = up.reshape(n, -1).argmax(dim=1)
-        small = self._small_torch(maps, h, w)
         # one copy back per batch into pinned memory (plus the few scalars below)
-        host, host_peaks = to_host([blended, peaks])
+        host, host_peaks, small = to_host([blended, peaks, maps.float()])
         return list(host), host_peaks.tolist(), small
 
     def _annotate(self, images: list[np.ndarray] | None, peaks: list[int],
@@ -292,23 +276,20 @@ class Renderer:
         notes = []
         for i in range(len(peaks)):
             box = None
-            if small is not None:
-                b = paper_bbox(small[i], self.bbox_threshold)
+            if small is not None:  # the maps at feature resolution, (N, h, w)
+                b = map_bbox(small[i], (w, h), self.bbox_threshold)
                 if b is not None:
-                    sy, sx = h / small.shape[1], w / small.shape[2]
-                    box = (int(round(b[0] * sx)) + x_off, int(round(b[1] * sy)),
-                           min(w, int(round(b[2] * sx))) + x_off,
-                           min(h, int(round(b[3] * sy))))
+                    box = (b[0] + x_off, b[1], b[2] + x_off, b[3])
             topk = [(int(j), self.labels[j], float(p))
                     for p, j in zip(top_p[i][:self.topk], top_i[i][:self.topk])]
             c = int(cls_list[i])
             note = Annotation(cls=c, label=self.labels[c], score=float(cls_p[i]), topk=topk,
                               peak=(peaks[i] % w + x_off, peaks[i] // w), bbox=box)
             if images is not None:
-                if box is not None:
+                if box is not None and self.bbox:  # the box is always given, drawn on request
                     _draw_box(images[i], box)
                 if self.topk:
-                    _draw_labels(images[i], topk, c, x_off)
+                    _draw_labels(images[i], topk, (c, note.label, note.score), x_off)
             notes.append(note)
         return images, notes
 
@@ -334,16 +315,31 @@ def _draw_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:
                       max(1, th // s), cv2.LINE_AA)
 
 
-def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int,
-                 x_off: int) -> None:
-    """Top-k labels in a dark, semi-transparent box, scaled to the frame height (readable
-    from 360p to 4K; the shown class is highlighted). On an I420 frame the box is read
-    out as RGB, drawn on and written back."""
+def _label_lines(topk: list[tuple[int, str, float]],
+                 shown: tuple[int, str, float]) -> list[tuple[int, str, float]]:
+    """The label box's entries: the shown class first (its map is the one drawn), then the
+    top-k without it (k entries in all when the shown class is among them, k + 1 when it
+    is not: a ``--class`` or a class held by hysteresis)."""
+    rest = [e for e in topk if e[0] != shown[0]]
+    return [shown] + rest[:len(topk) - 1 if len(rest) < len(topk) else len(topk)]
+
+
+_SHOWN_RGB = (255, 255, 0)    #: text colour of the shown class (yellow)
+_OTHER_RGB = (255, 255, 255)  #: text colour of the other classes
+
+
+def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]],
+                 shown: tuple[int, str, float], x_off: int) -> None:
+    """Labels in a dark, semi-transparent box, scaled to the frame height (readable from
+    360p to 4K): the shown class ``(index, label, probability)`` first, highlighted, then
+    the top-k (:func:`_label_lines`). On an I420 frame the box is read out as RGB, drawn
+    on and written back."""
+    entries = _label_lines(topk, shown)
     h, w = _size(img)
     scale = max(0.35, h / 720 * 0.75)
     thick = max(1, int(round(h / 720 * 1.6)))
     font = cv2.FONT_HERSHEY_SIMPLEX
-    lines = [f"{p * 100:5.1f}%  {label}" for _, label, p in topk]
+    lines = [f"{p * 100:5.1f}%  {label}" for _, label, p in entries]
     sizes = [cv2.getTextSize(s, font, scale, thick)[0] for s in lines]
     pad = max(4, int(round(8 * scale)))
     line_h = max(sz[1] for sz in sizes) + pad
@@ -360,8 +356,8 @@ def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]], shown: int
         canvas, ox, oy = img, 0, 0
     roi = canvas[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
     roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken to 40%
-    for k, ((idx, _, _), text) in enumerate(zip(topk, lines)):
-        colour = (255, 255, 0) if idx == shown else (255, 255, 255)
+    for k, text in enumerate(lines):
+        colour = _SHOWN_RGB if k == 0 else _OTHER_RGB
         y = y0 + (k + 1) * line_h
         cv2.putText(canvas, text, (x0 + pad - ox, y - oy), font, scale, colour, thick,
                     cv2.LINE_AA)

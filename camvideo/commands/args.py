@@ -35,6 +35,12 @@ def _unit(lo: float, hi: float, kind=float):
     return parse
 
 
+def _auto_or(parse):
+    def parse_auto(text: str):
+        return "auto" if text.strip().lower() == "auto" else parse(text)
+    return parse_auto
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("-m", "--model", default=DEFAULT_MODEL,
@@ -60,9 +66,10 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
                    help=f"heatmap opacity, 0..1 [{_D.alpha}]")
     g.add_argument("--bbox", action="store_true",
                    help="draw the paper's box (largest region >= threshold x max)")
-    g.add_argument("--bbox-threshold", type=_unit(0.01, 1.0), default=_D.bbox_threshold,
-                   metavar="T", help=f"box threshold, fraction of the map's max "
-                                     f"[{_D.bbox_threshold}]")
+    g.add_argument("--bbox-threshold", type=_auto_or(_unit(0.01, 1.0)),
+                   default=_D.bbox_threshold, metavar="T",
+                   help="box threshold, fraction of the map's max; auto: the model's "
+                        f"calibrated one, 0.2: the paper's [{_D.bbox_threshold}]")
     g.add_argument("--layout", choices=LAYOUTS, default=_D.layout,
                    help="heatmap over the frame, or original and overlay side by side")
 

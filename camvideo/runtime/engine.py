@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .. import motion as mo
 from .. import pixels
-from ..cam import logits_from_features, minmax_normalize
+from ..cam import bbox_threshold, logits_from_features, minmax_normalize
 from ..model.device import (default_infer_workers, parse_device, pipeline_threads,
                             resolve_precision)
 from ..model.rewrite import optimize_model
@@ -452,7 +452,8 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     precision = resolve_precision(opts.precision, device)
     fixed = model.class_index(opts.cls) if opts.cls is not None else None
     renderer = Renderer(model.labels, colormap=opts.colormap, alpha=opts.alpha,
-                        topk=opts.topk, bbox=opts.bbox, bbox_threshold=opts.bbox_threshold,
+                        topk=opts.topk, bbox=opts.bbox,
+                        bbox_threshold=bbox_threshold(opts.bbox_threshold, model.name),
                         layout=opts.layout)
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, motion=opts.motion,

@@ -4,10 +4,13 @@ The photos come from scikit-image (``skimage.data``) and scikit-learn
 (``sklearn.datasets.load_sample_image``), both *test extras*: they are imported lazily
 and a missing one raises :class:`ImportError` with the extra to install.
 
-Three kinds of motion are generated, each with the ground-truth box of the photo's main
+Four kinds of motion are generated, each with the ground-truth box of the photo's main
 ImageNet object in every output frame (:data:`OBJECT_BOXES` mapped through the exact
 placement): :func:`pan_frames` (the photo slides across a background), :func:`zoom_frames`
-(a slow zoom on the object) and :func:`cut_frames` (hard cuts between photos).
+(a camera zoom in or out on the object, optionally panning towards it), :func:`move_frames`
+(one or more photos that move and grow or shrink independently over a still background:
+a dolly, a small object, two objects) and :func:`cut_frames` (hard cuts between photos).
+:data:`SCENE_BOXES` holds several hand-annotated objects of a multi-object photo.
 Frames are rendered on access (:class:`FrameSequence`), so a long 1080p benchmark clip
 does not have to fit in memory. :func:`make_clip` generates one of these and writes it
 with :func:`camvideo.testing.clip.write_clip`, which encodes frames with PyAV and returns a
@@ -36,6 +39,18 @@ OBJECT_BOXES: dict[str, Box] = {
     "motorcycle": (92, 75, 686, 450),  # Yamaha motorcycle, mirror to tyres
     "china": (60, 28, 372, 395),       # pagoda (Summer Palace tower)
     "flower": (168, 85, 447, 358),     # the front dahlia ("daisy"-like)
+}
+
+#: Several hand-annotated objects of a multi-object photo (native resolution, drawn on the
+#: photo and inspected; edges good to about 3 px), by what they are. Only the shuttle
+#: model ("space shuttle") and the helmet ("crash helmet") are ImageNet classes.
+SCENE_BOXES: dict[str, dict[str, Box]] = {
+    "astronaut": {
+        "person": (20, 10, 362, 512),        # Eileen Collins, hair to the bottom edge
+        "space shuttle": (356, 0, 466, 283),  # the orbiter model with its tank and stand
+        "crash helmet": (276, 343, 508, 512),
+        "flag": (0, 0, 97, 512),
+    },
 }
 
 _SKLEARN = {"china": "china.jpg", "flower": "flower.jpg"}
@@ -133,8 +148,10 @@ def _cover_matrix(w: int, h: int, size: tuple[int, int], zoom: float,
     return np.array([[s, 0.0, size[0] / 2 - s * cx], [0.0, s, size[1] / 2 - s * cy]])
 
 
-def _warp(photo: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Render ``photo`` through ``m`` (pre-shrinking with area filtering to avoid aliasing)."""
+def _warp(photo: np.ndarray, m: np.ndarray, size: tuple[int, int],
+          border: int = cv2.BORDER_REFLECT) -> np.ndarray:
+    """Render ``photo`` through ``m`` (pre-shrinking with area filtering to avoid aliasing;
+    ``border``: what lies outside the photo, reflected or black)."""
     s = m[0, 0]
     if s < 0.9:
         h, w = photo.shape[:2]
@@ -143,7 +160,7 @@ def _warp(photo: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray
         m = m.copy()
         m[0, 0] *= w / photo.shape[1]
         m[1, 1] *= h / photo.shape[0]
-    return cv2.warpAffine(photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(photo, m, size, flags=cv2.INTER_LINEAR, borderMode=border)
 
 
 def _ease(n: int) -> np.ndarray:
@@ -199,7 +216,9 @@ def pan_frames(photo: str | np.ndarray = "chelsea", size: tuple[int, int] = (320
 
 def zoom_frames(photo: str | np.ndarray = "chelsea", size: tuple[int, int] = (320, 180),
                 n: int = 48, *, zoom: tuple[float, float] = (1.0, 1.6),
-                box: Box | None = None) -> tuple[FrameSequence, list[Box | None]]:
+                box: Box | None = None,
+                start: tuple[float, float] | None = None) -> tuple[FrameSequence,
+                                                                   list[Box | None]]:
     """A slow, eased zoom from ``zoom[0]`` to ``zoom[1]`` centred on the object.
 
     Zoom 1 is the whole photo scaled to cover the frame (cropped to its aspect ratio);
@@ -211,17 +230,80 @@ def zoom_frames(photo: str | np.ndarray = "chelsea", size: tuple[int, int] = (32
         n: number of frames.
         zoom: start and end magnification, each >= 1.
         box: object box in the photo's pixels (default as in :func:`pan_frames`).
+        start: where the view is centred at the first frame, as fractions ``(fx, fy)``
+            of the photo's width and height; it then pans (eased, with the zoom) to the
+            object's centre. None: centred on the object throughout.
 
     Returns:
         ``(frames, boxes)``: ``n`` frames ``(H, W, 3) uint8`` and the object box of each,
         clipped to the frame (``None`` if the object is entirely outside it).
     """
     photo, box = _photo_and_box(photo, box)
+    ph, pw = photo.shape[:2]
     centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-    zs = zoom[0] + (zoom[1] - zoom[0]) * _ease(n)
-    mats = [_cover_matrix(photo.shape[1], photo.shape[0], size, float(z), centre) for z in zs]
+    first = centre if start is None else (start[0] * pw, start[1] * ph)
+    t = _ease(n)
+    zs = zoom[0] + (zoom[1] - zoom[0]) * t
+    mats = [_cover_matrix(pw, ph, size, float(z),
+                          (first[0] + (centre[0] - first[0]) * f,
+                           first[1] + (centre[1] - first[1]) * f)) for z, f in zip(zs, t)]
     return (FrameSequence(n, lambda i: _warp(photo, mats[i], size)),
             [_map_box(box, m, size) for m in mats])
+
+
+def move_frames(objects: Sequence[tuple[str | np.ndarray, tuple[float, float],
+                                        tuple[tuple[float, float], tuple[float, float]]]],
+                size: tuple[int, int] = (320, 180), n: int = 48, *,
+                background: str | np.ndarray | None = None,
+                boxes: Sequence[Box | None] | None = None
+                ) -> tuple[FrameSequence, list[list[Box | None]]]:
+    """Photos that move and grow or shrink over a still backdrop (eased): a dolly towards
+    an object (it grows while the background stays), a small object crossing the frame,
+    two objects at once. Later objects are drawn over earlier ones.
+
+    Args:
+        objects: per photo ``(photo, (h0, h1), ((x0, y0), (x1, y1)))``: the photo (name
+            or ``(h, w, 3) uint8`` RGB array), its height as a fraction of the frame
+            height at the first and last frame, and its centre as fractions of the
+            frame's ``(W, H)`` at the first and last frame.
+        size: output ``(W, H)``.
+        n: number of frames.
+        background: as in :func:`pan_frames`.
+        boxes: per photo, its object box in the photo's pixels (None: the photo's
+            :data:`OBJECT_BOXES` entry, or the whole photo).
+
+    Returns:
+        ``(frames, boxes)``: ``n`` frames ``(H, W, 3) uint8`` and, per frame, one box per
+        object (in ``objects``' order), exact up to rounding, clipped to the frame (None
+        where the object is outside it). Where objects overlap, a box is not reduced to
+        the visible part.
+    """
+    w, h = size
+    bg = _background(size, background)
+    t = _ease(n)
+    placed = []
+    for k, (photo, (h0, h1), ((x0, y0), (x1, y1))) in enumerate(objects):
+        img, box = _photo_and_box(photo, boxes[k] if boxes else None)
+        mats = []
+        for f in t:
+            s = (h0 + (h1 - h0) * f) * h / img.shape[0]
+            cx, cy = (x0 + (x1 - x0) * f) * w, (y0 + (y1 - y0) * f) * h
+            mats.append(np.array([[s, 0.0, cx - s * img.shape[1] / 2],
+                                  [0.0, s, cy - s * img.shape[0] / 2]]))
+        placed.append((img, box, mats))
+
+    def render(i: int) -> np.ndarray:
+        frame = bg.copy()
+        for img, _, mats in placed:
+            layer = _warp(img, mats[i], size, border=cv2.BORDER_CONSTANT)
+            mask = _warp(np.full(img.shape[:2], 255, np.uint8), mats[i], size,
+                         border=cv2.BORDER_CONSTANT)
+            a = mask[..., None].astype(np.float32) / 255.0
+            frame = (frame * (1.0 - a) + layer * a + 0.5).astype(np.uint8)
+        return frame
+
+    per_frame = [[_map_box(box, mats[i], size) for _, box, mats in placed] for i in range(n)]
+    return FrameSequence(n, render), per_frame
 
 
 def cut_frames(photos: Sequence[str | np.ndarray] = ("chelsea", "coffee", "china"),

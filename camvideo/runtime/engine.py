@@ -41,9 +41,13 @@ from ..errors import OptionError
 from ..media.frames import Frame
 from ..model.cammodel import CamModel
 from ..pixels import resize_u8
-from ..options import FrameResult, Options
+from ..options import ClassResult, FrameResult, Options
 from ..render import Renderer
-from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
+from ..smoothing import DEFAULT_CUT_THRESHOLD, DEFAULT_HOLD, FrameMaps, Smoother
+from ..multiclass import MultiClass
+from ..render import ClassPainter, Timeline
+from ..tracks import BoxTracker
+from .classes import ClassStage
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +130,8 @@ class CamEngine:
             labels).
         keep_rgb: give each result its source frame as RGB.
         tensors: results' probabilities and maps stay torch tensors on the device.
+        classes: the shown classes' stage (several classes, boxes, tracks, timeline), or
+            None: one class, drawn by ``renderer``.
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,
@@ -133,7 +139,7 @@ class CamEngine:
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
                  infer_workers: int | None = None, trace: bool = False,
                  equal_batches: bool = True, draw: bool = True, keep_rgb: bool = False,
-                 tensors: bool = False) -> None:
+                 tensors: bool = False, classes: ClassStage | None = None) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
@@ -141,6 +147,7 @@ class CamEngine:
         self.model = optimize_model(model) if optimize else model
         self.renderer = renderer
         self.smoother = smoother
+        self.classes = classes
         self.short_side = short_side
         self.precision = precision
         self.stride = int(stride)
@@ -223,26 +230,51 @@ class CamEngine:
         elif len(batch) == 0:
             return []
         else:
+            cues = batch.cues
+            if cues is None and self.classes is not None and self.classes.needs_motion:
+                assert batch.features is not None and batch.frames01 is not None
+                cues = self.smoother.cues(batch.frames01, (int(batch.features.shape[2]),
+                                                           int(batch.features.shape[3])))
+            if cues is not None and self.classes is not None:
+                self.classes.record_motion(batch.frames, cues.disps)
             smoothed = self.smoother.push(batch.features, batch.logits,
                                           [f.time for f in batch.frames], batch.frames01,
-                                          batch.cues)
+                                          cues)
             self._pending.extend(zip(batch.frames, batch.images))
         m = int(smoothed.maps.shape[0])
         if m == 0:
             return []
         ready = [self._pending.popleft() for _ in range(m)]
+        frames = [f for f, _ in ready]
+        results: list[list[ClassResult]] | None = None
+        shown = None
+        if self.classes is not None:
+            smoothed, results, shown = self.classes.step(smoothed, frames)
         out: list[np.ndarray] | list[None]
         if self.draw:
             if self.device.type == "cuda":
                 images: Any = torch.stack([t for _, t in ready])  # type: ignore[misc]
             else:
                 images = [img for _, img in ready]
-            out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
-                                              smoothed.classes)
+            if shown is not None:
+                out = self.classes.paint(images, shown)  # type: ignore[union-attr]
+            else:
+                out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
+                                                  smoothed.classes)
+            if self.classes is not None:
+                self.classes.draw(out, frames, results,  # type: ignore[arg-type]
+                                  smoothed.probs)
         else:
-            notes = self.renderer.describe(smoothed.maps, smoothed.probs, smoothed.classes,
-                                           ready[0][0].size)
+            if shown is None:
+                notes = self.renderer.describe(smoothed.maps, smoothed.probs,
+                                               smoothed.classes, ready[0][0].size)
             out = [None] * m
+        if shown is not None:
+            notes = self.classes.notes(smoothed, results)  # type: ignore[union-attr,arg-type]
+        elif results is not None:  # one class: its box is the stage's (the tracked one)
+            keep = self.classes.boxes  # type: ignore[union-attr]
+            for n, rs in zip(notes, results):
+                n.bbox = rs[0].bbox if keep else None
         if self.tensors:
             maps, probs = smoothed.maps, smoothed.probs
         else:  # one copy per batch
@@ -256,6 +288,7 @@ class CamEngine:
             cut=bool(cuts[i]), image=img,
             fmt=pixels.I420 if img is not None and img.ndim == 2 else pixels.RGB,
             rgb=f.rgb() if self.keep_rgb else None,
+            classes=results[i] if results is not None else [],
             _raw_maps=_MapReader(fms[i], self.tensors) if fms[i] is not None else None)
             for i, ((f, _), img, n) in enumerate(zip(ready, out, notes))]
 
@@ -398,7 +431,39 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
+    stage = class_stage(opts, model, renderer, tensors=tensors)
     return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
                      stride=opts.stride, infer_workers=infer_workers, trace=trace,
                      equal_batches=equal_batches, draw=draw, keep_rgb=keep_rgb,
-                     tensors=tensors)
+                     tensors=tensors, classes=stage)
+
+
+def class_stage(opts: Options, model: CamModel, renderer: Renderer, *,
+                tensors: bool = False) -> ClassStage | None:
+    """The :class:`ClassStage` ``opts`` asks for (``classes``, ``tracks`` or
+    ``timeline``), or None. With one class and a box, the renderer's own box gives way to
+    the stage's (drawn with its track ID)."""
+    if opts.classes is None and not opts.tracks and not opts.timeline:
+        return None
+    multi = None
+    if opts.classes is not None:
+        if isinstance(opts.classes, int):
+            multi = MultiClass(opts.classes, tau=opts.smooth, margin=opts.switch_margin,
+                               hold=DEFAULT_HOLD)
+        else:
+            fixed = [model.class_index(c) for c in opts.classes]
+            if len(set(fixed)) < len(fixed):
+                raise OptionError(f"classes lists a class twice: {', '.join(map(str, opts.classes))}",
+                                  option="classes")
+            multi = MultiClass(fixed=fixed, tau=opts.smooth, margin=opts.switch_margin,
+                               hold=DEFAULT_HOLD)
+    tracker = BoxTracker() if (multi is not None or opts.tracks) else None
+    boxes = opts.bbox
+    renderer.bbox = False  # the stage draws the boxes (in the class's colour, with IDs)
+    painter = ClassPainter(alpha=opts.alpha, layout=opts.layout,
+                           legend=multi is not None and opts.topk > 0, boxes=boxes)
+    return ClassStage(model.labels, multi=multi, tracker=tracker,
+                      threshold=opts.bbox_threshold, painter=painter,
+                      boxes=opts.bbox or tracker is not None,
+                      timeline=Timeline(opts.timeline) if opts.timeline else None,
+                      topk=opts.topk, layout=opts.layout, tensors=tensors)

@@ -160,9 +160,10 @@ class JsonLinesSink:
 
 class TracksSink:
     """The tracked boxes of a stream (:attr:`FrameResult.classes` with track IDs) as
-    MOTChallenge rows, ``frame,id,x,y,w,h,conf,-1,-1,-1`` (frames from 1, ``x, y`` the
-    box's top-left corner, ``w, h`` its size in output-frame pixels, ``conf`` the class's
-    probability), or for a ``.json`` path one JSON document:
+    MOTChallenge rows, ``frame,id,x,y,w,h,conf,-1,-1,-1`` (frames from 1; ``x, y`` the
+    box's top-left pixel counted from 1, as MOTChallenge's files count them (the sidecar's
+    ``bbox`` counts from 0); ``w, h`` its size in output-frame pixels; ``conf`` the
+    class's probability), or for a ``.json`` path one JSON document:
     ``{"tracks": [{"id", "class", "label", "start", "end", "boxes": [[frame, time, x, y,
     w, h, score], ...]}, ...]}`` (frames from 0, as the sidecar; a track's class is the
     one of its last box). Written to a temp file and renamed into place on :meth:`close`.
@@ -197,7 +198,7 @@ class TracksSink:
                                    y1 - y0, round(c.score, 6)])
                 continue
             try:
-                self._fh.write(f"{result.index + 1},{c.track},{x0},{y0},{x1 - x0},"
+                self._fh.write(f"{result.index + 1},{c.track},{x0 + 1},{y0 + 1},{x1 - x0},"
                                f"{y1 - y0},{c.score:.6f},-1,-1,-1\n")
             except OSError as e:
                 raise self._error(e) from None

@@ -641,7 +641,7 @@ class Timeline:
         probs = np.stack([p for _, p in self._hist])              # (T, K)
         cls = [c for c, _ in series]
         top = float(probs[:, cls].max()) if cls else 0.0
-        nice = next((v for v in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if top <= v), 1.0)
+        nice = next((v for v in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if top <= v * 1.001), 1.0)
         label = f"{nice * 100:g}%"
         (lw, lh), _ = cv2.getTextSize(label, font, scale, thick)
         line = max(1, int(round(h / 360)))

@@ -204,7 +204,7 @@ class HtmlReportSink:
         t0 = float(t[0]) if len(t) else 0.0
         span = max(float(t[-1]) - t0, 1e-6) if len(t) else 1.0
         vmax = float(vals.max()) if vals.size else 0.0
-        ymax = next((v for v in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if vmax <= v), 1.0)
+        ymax = next((v for v in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if vmax <= v * 1.001), 1.0)
         x = lambda s: left + (s - t0) / span * pw                          # noqa: E731
         y = lambda v: top + ph - v / ymax * ph                             # noqa: E731
         out = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '

@@ -162,3 +162,18 @@ def test_a_rendered_video_has_the_legend_and_the_strip(pair_clip, pair_run):
     assert strip.mean() < img[: h // 2].mean()       # the strip is darkened
     for slot in (0, 1):
         assert mask_of(strip, PALETTE[slot], 50).sum() >= 10
+
+
+def test_the_device_path_paints_the_same_colours():
+    """``paint_torch`` (CUDA frames; run here on CPU tensors) gives the CPU path's colours
+    where one class is clearly the strongest (they differ only in how the boundary between
+    two classes is interpolated)."""
+    img = frame(360, 640)
+    img[:, :, 1] = np.linspace(0, 255, 360, dtype=np.uint8)[:, None]
+    painter = ClassPainter(alpha=0.6, layout="side")
+    cpu = painter.paint(img, two_maps(), [2, 4])
+    dev = painter.paint_torch(torch.from_numpy(img)[None], [two_maps()], [[2, 4]])[0]
+    assert dev.shape == cpu.shape == (360, 1280, 3)
+    for x in (40, 120, 560, 620, 320):
+        assert np.abs(dev[:, 640 + x].astype(int) - cpu[:, 640 + x]).max() <= 2, x
+    assert np.array_equal(dev[:, :640], img)

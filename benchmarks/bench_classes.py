@@ -1,9 +1,16 @@
-"""What several classes, tracked boxes and the timeline strip cost: ``camvideo.annotate``
-fps on the standard 720p clip with the default options, ``--classes 3``, ``--timeline``
-and ``--classes 3 --timeline``, in interleaved rounds (one model, loaded once; a warm-up
-run first), medians and each setting's fps ratio to the default within a round.
+"""What several classes, tracked boxes and the timeline strip cost, two ways:
 
-    python benchmarks/bench_classes.py [--rounds 3] [--seconds 10]
+1. ``camvideo.annotate`` fps on the standard 720p clip with the default options,
+   ``--classes 3``, ``--timeline`` and ``--classes 3 --timeline``, in interleaved rounds
+   (one model, loaded once; a warm-up run first): medians, and each setting's fps ratio to
+   the default within a round. On a shared machine fps moves with the others' load.
+2. The part that changes, alone: the engine's render stage (:meth:`CamEngine.finish`:
+   smoothing, the choice of classes, boxes, tracks, colour, blend, legend, strip) on the
+   same network results (computed once, 120 frames of the clip, I420 as the pipeline
+   decodes them), as the process's CPU time per frame (``time.process_time``, all threads:
+   little moved by other processes), interleaved rounds, medians.
+
+    python benchmarks/bench_classes.py [--rounds 3] [--seconds 10] [--no-fps]
 """
 from __future__ import annotations
 
@@ -14,10 +21,15 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import time
+
 import torch
 
 import camvideo
+from camvideo.media.files import FileSource
 from camvideo.model.registry import load_model
+from camvideo.options import Options
+from camvideo.runtime.engine import build_engine
 
 from clips import CACHE, standard_clip
 
@@ -26,13 +38,40 @@ SETTINGS = {"default": {}, "--classes 3": {"classes": 3},
             "--classes 3 --timeline": {"classes": 3, "timeline": 10.0}}
 
 
+def render_stage(clip: Path, model, rounds: int, frames: int = 120) -> dict[str, list[float]]:
+    """CPU ms per frame of :meth:`CamEngine.finish` per setting (see the module's notes)."""
+    with FileSource(str(clip), i420=True) as src:
+        decoded = [f for _, f in zip(range(frames), src)]
+    first = build_engine(Options(), model, infer_workers=1)
+    batches = [first.infer(decoded[i:i + 4]) for i in range(0, len(decoded), 4)]
+    ms: dict[str, list[float]] = {k: [] for k in SETTINGS}
+    for _ in range(rounds):
+        for name, kw in SETTINGS.items():
+            engine = build_engine(Options(**kw), model, infer_workers=1)
+            t = time.process_time()
+            n = sum(len(engine.finish(b)) for b in batches)
+            n += len(engine.finish(engine.infer_flush()))
+            ms[name].append((time.process_time() - t) * 1000 / n)
+    return ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--no-fps", action="store_true", help="only the render stage")
     args = ap.parse_args()
     clip = standard_clip(CACHE / f"standard_720p_{args.seconds:g}s.mp4", seconds=args.seconds)
     model = load_model()
+    stage = render_stage(clip, model, args.rounds)
+    print("| setting | render stage, CPU ms/frame (median) | runs | minus default |")
+    print("|---|---:|---|---:|")
+    for name, v in stage.items():
+        print(f"| {name} | {statistics.median(v):.2f} | {', '.join(f'{x:.2f}' for x in v)} "
+              f"| {statistics.median(v) - statistics.median(stage['default']):+.2f} |",
+              flush=True)
+    if args.no_fps:
+        return
     fps: dict[str, list[float]] = {k: [] for k in SETTINGS}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.mp4"

@@ -217,3 +217,17 @@ def test_stream_gives_the_shown_classes(pair_clip, lite0):
         best = max(r.classes, key=lambda c: c.score)
         assert r.cls == best.cls and np.array_equal(r.map, best.map)
     assert {c.track for r in got for c in r.classes} == {1, 2}   # stable IDs
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--classes", "0"], "1..7 classes"),
+    (["--classes", "tabby,,cup"], "separated by commas"),
+    (["--classes", "2", "--class", "tabby"], "--classes and cls (--class) exclude"),
+    (["--timeline", "0.5"], "outside 1.0..600.0"),
+])
+def test_bad_classes_flags_are_one_line_exit_2(pan_clip, tmp_path, capsys, flags, msg):
+    from camvideo.commands.main import main
+
+    assert main([str(pan_clip.path), str(tmp_path / "o.mp4"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import OptionError
 from ..media.frames import Frame
+from ..model.cammodel import CamModel
 from ..multiclass import MultiClass, Shown, class_box, class_peak
-from ..options import ClassResult
-from ..render import Annotation, ClassPainter, Timeline, palette_rgb
-from ..smoothing import Smoothed
+from ..options import ClassResult, Options
+from ..render import Annotation, ClassPainter, Renderer, Timeline, palette_rgb
+from ..smoothing import DEFAULT_HOLD, Smoothed
 from ..tracks import BoxTracker
 
 
@@ -171,3 +173,34 @@ def _shift(v: tuple[int, ...], dx: int) -> Any:
     if not dx:
         return tuple(v)
     return tuple(c + dx if k % 2 == 0 else c for k, c in enumerate(v))
+
+
+def class_stage(opts: Options, model: CamModel, renderer: Renderer, *,
+                tensors: bool = False) -> ClassStage | None:
+    """The :class:`ClassStage` ``opts`` asks for (``classes``, ``tracks`` or
+    ``timeline``), or None. With one class and a box, the renderer's own box gives way to
+    the stage's (drawn with its track ID)."""
+    if opts.classes is None and not opts.tracks and not opts.timeline:
+        return None
+    multi = None
+    if opts.classes is not None:
+        if isinstance(opts.classes, int):
+            multi = MultiClass(opts.classes, tau=opts.smooth, margin=opts.switch_margin,
+                               hold=DEFAULT_HOLD)
+        else:
+            fixed = [model.class_index(c) for c in opts.classes]
+            if len(set(fixed)) < len(fixed):
+                raise OptionError(f"classes lists a class twice: "
+                                  f"{', '.join(map(str, opts.classes))}", option="classes")
+            multi = MultiClass(fixed=fixed, tau=opts.smooth, margin=opts.switch_margin,
+                               hold=DEFAULT_HOLD)
+    tracker = BoxTracker() if (multi is not None or opts.tracks) else None
+    boxes = opts.bbox
+    renderer.bbox = False  # the stage draws the boxes (in the class's colour, with IDs)
+    painter = ClassPainter(alpha=opts.alpha, layout=opts.layout,
+                           legend=multi is not None and opts.topk > 0, boxes=boxes)
+    return ClassStage(model.labels, multi=multi, tracker=tracker,
+                      threshold=opts.bbox_threshold, painter=painter,
+                      boxes=opts.bbox or tracker is not None,
+                      timeline=Timeline(opts.timeline) if opts.timeline else None,
+                      topk=opts.topk, layout=opts.layout, tensors=tensors)

@@ -43,11 +43,8 @@ from ..model.cammodel import CamModel
 from ..pixels import resize_u8
 from ..options import ClassResult, FrameResult, Options
 from ..render import Renderer
-from ..smoothing import DEFAULT_CUT_THRESHOLD, DEFAULT_HOLD, FrameMaps, Smoother
-from ..multiclass import MultiClass
-from ..render import ClassPainter, Timeline
-from ..tracks import BoxTracker
-from .classes import ClassStage
+from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
+from .classes import ClassStage, class_stage
 
 log = logging.getLogger(__name__)
 
@@ -437,33 +434,3 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
                      equal_batches=equal_batches, draw=draw, keep_rgb=keep_rgb,
                      tensors=tensors, classes=stage)
 
-
-def class_stage(opts: Options, model: CamModel, renderer: Renderer, *,
-                tensors: bool = False) -> ClassStage | None:
-    """The :class:`ClassStage` ``opts`` asks for (``classes``, ``tracks`` or
-    ``timeline``), or None. With one class and a box, the renderer's own box gives way to
-    the stage's (drawn with its track ID)."""
-    if opts.classes is None and not opts.tracks and not opts.timeline:
-        return None
-    multi = None
-    if opts.classes is not None:
-        if isinstance(opts.classes, int):
-            multi = MultiClass(opts.classes, tau=opts.smooth, margin=opts.switch_margin,
-                               hold=DEFAULT_HOLD)
-        else:
-            fixed = [model.class_index(c) for c in opts.classes]
-            if len(set(fixed)) < len(fixed):
-                raise OptionError(f"classes lists a class twice: {', '.join(map(str, opts.classes))}",
-                                  option="classes")
-            multi = MultiClass(fixed=fixed, tau=opts.smooth, margin=opts.switch_margin,
-                               hold=DEFAULT_HOLD)
-    tracker = BoxTracker() if (multi is not None or opts.tracks) else None
-    boxes = opts.bbox
-    renderer.bbox = False  # the stage draws the boxes (in the class's colour, with IDs)
-    painter = ClassPainter(alpha=opts.alpha, layout=opts.layout,
-                           legend=multi is not None and opts.topk > 0, boxes=boxes)
-    return ClassStage(model.labels, multi=multi, tracker=tracker,
-                      threshold=opts.bbox_threshold, painter=painter,
-                      boxes=opts.bbox or tracker is not None,
-                      timeline=Timeline(opts.timeline) if opts.timeline else None,
-                      topk=opts.topk, layout=opts.layout, tensors=tensors)

@@ -604,16 +604,31 @@ class Timeline:
     """
 
     def __init__(self, seconds: float) -> None:
-        import collections
-
         self.seconds = float(seconds)
-        self._hist: collections.deque[tuple[float, np.ndarray]] = collections.deque()
+        self._times = np.zeros(0)                       # a ring of (time, probs) rows
+        self._probs = np.zeros((0, 0), np.float32)
+        self._start = self._count = 0
 
     def push(self, time: float, probs: np.ndarray) -> None:
         """Record a frame's ``(K,)`` probabilities (frames in order)."""
-        self._hist.append((float(time), np.asarray(probs, dtype=np.float32)))
-        while self._hist and self._hist[0][0] < time - self.seconds - 1e-6:
-            self._hist.popleft()
+        cap = len(self._times)
+        while self._count and self._times[self._start] < time - self.seconds - 1e-6:
+            self._start, self._count = (self._start + 1) % cap, self._count - 1
+        if self._count == cap:                          # full: twice the room, in order
+            order = (self._start + np.arange(self._count)) % max(cap, 1)
+            new = max(64, 2 * cap)
+            times, rows = np.zeros(new), np.zeros((new, probs.shape[0]), np.float32)
+            if cap:
+                times[:cap], rows[:cap] = self._times[order], self._probs[order]
+            self._times, self._probs, self._start, cap = times, rows, 0, new
+        i = (self._start + self._count) % cap
+        self._times[i], self._probs[i] = time, probs
+        self._count += 1
+
+    def _history(self, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(times (T,), probs (T, n))`` of the frames kept, oldest first."""
+        order = (self._start + np.arange(self._count)) % max(len(self._times), 1)
+        return self._times[order], self._probs[order[:, None], np.asarray(classes, int)[None]]
 
     def height(self, frame_h: int) -> int:
         """The strip's height on a frame ``frame_h`` pixels high (a seventh of it, at
@@ -629,18 +644,17 @@ class Timeline:
             series: the classes to plot, ``(class, rgb colour)`` each.
             x_off: the left edge of the picture the strip belongs to (``side`` layout).
         """
-        if not self._hist:
+        if not self._count:
             return
         h, w = _size(img)
         sh = min(h, self.height(h))
         scale, thick, pad = _text_metrics(h)
         scale *= 0.8
         font = cv2.FONT_HERSHEY_SIMPLEX
-        now = self._hist[-1][0]
-        times = np.array([t for t, _ in self._hist])
-        probs = np.stack([p for _, p in self._hist])              # (T, K)
         cls = [c for c, _ in series]
-        top = float(probs[:, cls].max()) if cls else 0.0
+        times, probs = self._history(cls)                         # (T,), (T, n)
+        now = float(times[-1])
+        top = float(probs.max()) if cls else 0.0
         nice = next((v for v in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if top <= v * 1.001), 1.0)
         label = f"{nice * 100:g}%"
         (lw, lh), _ = cv2.getTextSize(label, font, scale, thick)
@@ -664,8 +678,8 @@ class Timeline:
                          (140, 140, 140), line)
                 k += 1
             xs = px1 - (now - times) / self.seconds * (px1 - px0)
-            for c, rgb in series:
-                ys = py1 - probs[:, c] / nice * (py1 - py0)
+            for j, (_, rgb) in enumerate(series):
+                ys = py1 - probs[:, j] / nice * (py1 - py0)
                 pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
                 if len(pts) > 1:
                     cv2.polylines(canvas, [pts], False, rgb, max(1, line + 1), cv2.LINE_AA)

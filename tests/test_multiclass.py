@@ -231,3 +231,24 @@ def test_bad_classes_flags_are_one_line_exit_2(pan_clip, tmp_path, capsys, flags
     assert main([str(pan_clip.path), str(tmp_path / "o.mp4"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
+
+
+def test_live_records_several_classes_and_the_strip(pair_clip, lite0, tmp_path, monkeypatch):
+    """``camvideo live --classes 2 --timeline -o FILE``: the live path draws the classes'
+    colours, the legend and the strip too (the same engine)."""
+    import av
+
+    from camvideo.live.session import run_live
+    from camvideo.render import PALETTE
+
+    monkeypatch.setattr("camvideo.api.load_model", lambda *a, **k: lite0)
+    out = tmp_path / "live.mp4"
+    run_live(str(pair_clip.path), window="off", output=str(out), duration=1.0,
+             classes=2, timeline=5.0, precision="fp32")
+    with av.open(str(out)) as c:
+        img = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)][-1]
+    h = img.shape[0]
+    for slot in (0, 1):
+        swatch = (np.abs(img[: h // 3].astype(int) - PALETTE[slot]) <= 40).all(axis=-1)
+        assert swatch.sum() >= 20
+    assert img[h - max(36, round(h / 7)):].mean() < img[: h // 2].mean()

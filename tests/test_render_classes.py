@@ -177,3 +177,14 @@ def test_the_device_path_paints_the_same_colours():
     for x in (40, 120, 560, 620, 320):
         assert np.abs(dev[:, 640 + x].astype(int) - cpu[:, 640 + x]).max() <= 2, x
     assert np.array_equal(dev[:, :640], img)
+
+
+def test_timeline_keeps_only_its_window():
+    tl = Timeline(1.0)
+    for i in range(300):                      # 10 s at 30 fps; the ring grows, then wraps
+        p = np.zeros(4, np.float32)
+        p[1] = i
+        tl.push(i / 30, p)
+    times, probs = tl._history([1, 3])
+    assert len(times) == 31 and times[0] == pytest.approx(269 / 30) and times[-1] == 299 / 30
+    assert probs.shape == (31, 2) and list(probs[:, 0]) == list(range(269, 300))

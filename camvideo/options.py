@@ -258,8 +258,8 @@ class FrameResult:
         rgb: the source frame as ``(H, W, 3)`` uint8 RGB when asked (``frames=True``).
         classes: the shown classes with the ``classes`` option (:class:`ClassResult`, in
             slot order; ``cls``, ``map``, ``peak`` and ``bbox`` above are then the most
-            probable of them); else one entry, the class above, when boxes are tracked
-            (``tracks``), or empty.
+            probable of them); with ``tracks`` or ``timeline`` alone, one entry: the class
+            above (with its track); else empty.
     """
 
     index: int

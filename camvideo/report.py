@@ -160,7 +160,7 @@ class HtmlReportSink:
         top = sorted(screen, key=lambda c: -screen[c])
         return {"source": self.source, "frames": n,
                 "duration": float(t[-1] - t[0] + last) if n else 0.0,
-                "cuts": len(self._f.cuts),
+                "shots": len(self._f.cuts),
                 "screen_time": [{"class": c, "label": self.labels[c],
                                  "seconds": round(screen[c], 3)} for c in top],
                 "plotted": [c for c in self._plotted(top)]}
@@ -279,7 +279,7 @@ ul.legend{{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:16px}}
 figcaption{{font-size:12px}}
 </style></head><body>
 <h1>camvideo report: {title}</h1>
-<p>{s["frames"]} frames, {s["duration"]:.2f} s, {max(0, s["cuts"] - 1)} scene cut(s);
+<p>{s["frames"]} frames, {s["duration"]:.2f} s, {max(0, s["shots"] - 1)} scene cut(s);
 model {e(self.options.model)}.</p>{out_link}
 <h2>Class timeline</h2>
 <ul class="legend">{legend}</ul>

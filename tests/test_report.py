@@ -84,7 +84,7 @@ def test_batch_writes_a_page_per_video_and_an_index(tmp_path, tiny_model):
     for rel, frames in (("a.mp4", 20), ("sub/b.mov", 24)):
         page = pages / f"{rel}.html"
         assert read_summary(page)["frames"] == frames
-    assert read_summary(pages / "sub/b.mov.html")["cuts"] == 3
+    assert read_summary(pages / "sub/b.mov.html")["shots"] == 3
     index = (pages / "index.html").read_text(encoding="utf-8")
     links = re.findall(r'<a href="([^"]+)">', index)
     assert sorted(links) == ["a.mp4.html", "sub/b.mov.html"]

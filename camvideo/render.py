@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -363,3 +363,359 @@ def _draw_labels(img: np.ndarray, topk: list[tuple[int, str, float]],
                     cv2.LINE_AA)
     if img.ndim == 2:
         pixels.write_rgb(img, area, canvas)
+
+
+# ---------------------------------------------------------------------------------------
+# Several classes at once (``--classes``), tracked boxes, the timeline strip
+
+#: Okabe & Ito's colour-blind-safe palette (2008), RGB, without its black: one colour per
+#: shown class (slot); ``options.MAX_CLASSES`` classes at most.
+PALETTE = np.array([(230, 159, 0),     # orange
+                    (86, 180, 233),    # sky blue
+                    (0, 158, 115),     # bluish green
+                    (240, 228, 66),    # yellow
+                    (0, 114, 178),     # blue
+                    (213, 94, 0),      # vermillion
+                    (204, 121, 167)],  # reddish purple
+                   dtype=np.uint8)
+_PALETTE_YUV = pixels.yuv_of_rgb(PALETTE)
+
+
+def palette_rgb(slot: int) -> tuple[int, int, int]:
+    """The RGB colour of a shown class's slot."""
+    r, g, b = (int(v) for v in PALETTE[slot % len(PALETTE)])
+    return r, g, b
+
+
+def class_layers(maps: np.ndarray, slots: Sequence[int], alpha: float,
+                 grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The colour layer of several classes' maps, each pixel showing the strongest class
+    in its slot's colour with an opacity of ``alpha`` times that class's map value.
+
+    Args:
+        maps: ``(n, h, w)`` float32 in ``[0, 1]``.
+        slots: each map's slot (its :data:`PALETTE` colour).
+        alpha: the opacity of a map value of 1.
+        grid: ``(W, H)`` the layer is made at (the frame is blended with it upsampled).
+
+    Returns:
+        ``(winner, opacity)``: ``(H, W)`` int64 index into ``maps`` of the strongest
+        class, and ``(H, W)`` float32 opacity in ``[0, alpha]`` (:func:`opacity`).
+    """
+    up = np.stack([cv2.resize(m, grid, interpolation=cv2.INTER_LINEAR) for m in maps])
+    return up.argmax(axis=0), opacity(up.max(axis=0), alpha)
+
+
+_OPAQUE_FROM, _CLEAR_BELOW = 0.75, 0.15
+
+
+def opacity(v: Any, alpha: float) -> Any:
+    """A class colour's opacity for map values ``v`` in ``[0, 1]`` (numpy or tensor):
+    clear below 0.15, ``alpha`` from 0.75 on, linear between; so each class's colour
+    marks its object rather than tinting the whole frame."""
+    ramp = (v - _CLEAR_BELOW) / (_OPAQUE_FROM - _CLEAR_BELOW)
+    return (ramp.clip(0.0, 1.0) if isinstance(ramp, np.ndarray) else ramp.clamp(0.0, 1.0)) \
+        * alpha
+
+
+def _blend_layer(dst: np.ndarray, src: np.ndarray, colour: np.ndarray,
+                 opacity: np.ndarray) -> None:
+    """``dst = src * (1 - a) + c * a`` for uint8 images (2-D planes or RGB), with the
+    premultiplied colour ``c * a`` and the opacity ``a`` given at a coarser grid and
+    upsampled bilinearly here (uint8 throughout)."""
+    h, w = src.shape[:2]
+    ca = cv2.resize(colour, (w, h), interpolation=cv2.INTER_LINEAR)
+    a = cv2.resize(opacity, (w, h), interpolation=cv2.INTER_LINEAR)
+    if src.ndim == 3:
+        a = cv2.merge((a, a, a))
+    keep = cv2.multiply(src, a, scale=1.0 / 255.0)
+    cv2.add(cv2.subtract(src, keep), ca, dst=dst)
+
+
+class ClassPainter:
+    """Draws several classes at once (``--classes``): each map in its slot's colour
+    (:data:`PALETTE`), each pixel showing the strongest class; the legend (a colour
+    swatch, probability and name per class) in the label box; each class's box in its
+    colour with its track ID.
+
+    Args:
+        alpha: opacity of a map value of 1.
+        layout: ``overlay`` or ``side`` (original | overlay).
+        legend: draw the legend.
+        boxes: draw the boxes (with their track IDs when tracked).
+    """
+
+    def __init__(self, *, alpha: float = 0.5, layout: str = "overlay", legend: bool = True,
+                 boxes: bool = False) -> None:
+        self.alpha, self.layout, self.legend, self.boxes = alpha, layout, legend, boxes
+        self._palette_dev: Tensor | None = None
+
+    def paint(self, image: np.ndarray, maps: Tensor, slots: Sequence[int]) -> np.ndarray:
+        """One frame with the maps blended over it (the classes' colours), a new array.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB or ``(H * 3 // 2, W)`` uint8 I420.
+            maps: ``(n, h, w)`` float in ``[0, 1]`` on the CPU.
+            slots: each map's slot.
+
+        Returns:
+            The frame (``(H, W', 3)`` RGB or I420 as given; twice as wide with ``side``).
+        """
+        h, w = _size(image)
+        side = self.layout == "side"
+        cams = maps.float().numpy()
+        gh, gw = cams.shape[1:]
+        grid = (min(w, gw * 8), min(h, gh * 8))
+        out = (pixels.empty(h, 2 * w if side else w) if image.ndim == 2 else
+               np.empty((h, 2 * w if side else w, 3), np.uint8))
+        if not len(cams):
+            if side:
+                _copy_side(out, image)
+            else:
+                out[:] = image
+            return out
+        win, a = class_layers(cams, slots, self.alpha, grid)
+        a8 = (a * 255.0 + 0.5).astype(np.uint8)
+        pal_idx = np.asarray(slots, dtype=np.int64)[win] % len(PALETTE)
+        if image.ndim == 3:
+            colour = (PALETTE[pal_idx].astype(np.float32) * a[..., None] + 0.5).astype(np.uint8)
+            dst = out[:, w:] if side else out
+            if side:
+                out[:, :w] = image
+            _blend_layer(dst, image, colour, a8)
+            return out
+        for k, (src, dst) in enumerate(zip(pixels.planes(image), pixels.planes(out))):
+            x0 = src.shape[1] if side else 0
+            if side:
+                dst[:, :x0] = src
+            colour = (_PALETTE_YUV[k][pal_idx].astype(np.float32) * a + 0.5).astype(np.uint8)
+            _blend_layer(dst[:, x0:], src, colour, a8)
+        return out
+
+    @torch.inference_mode()
+    def paint_torch(self, frames: Tensor, maps: Sequence[Tensor],
+                    slots: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """The same on a device: ``(N, H, W, 3)`` uint8 RGB frames, each frame's
+        ``(n, h, w)`` maps and slots; the strongest class is chosen per frame pixel.
+        Returns the ``N`` frames as numpy (one copy back)."""
+        n, h, w, _ = frames.shape
+        dev = frames.device
+        if self._palette_dev is None or self._palette_dev.device != dev:
+            self._palette_dev = torch.from_numpy(PALETTE).to(dev).float()
+        out = []
+        for frame, m, sl in zip(frames, maps, slots):
+            if m.shape[0] == 0:
+                blended = frame
+            else:
+                up = F.interpolate(m[None].float(), size=(h, w), mode="bilinear",
+                                   align_corners=False)[0].clamp_(0.0, 1.0)
+                v, win = up.max(dim=0)
+                idx = torch.as_tensor(list(sl), device=dev)[win] % len(PALETTE)
+                a = opacity(v, self.alpha)[..., None]
+                blended = torch.lerp(frame.float(), self._palette_dev[idx], a)
+                blended = blended.round_().to(torch.uint8)
+            if self.layout == "side":
+                blended = torch.cat((frame, blended), dim=1)
+            out.append(blended)
+        return list(torch.stack(out).cpu().numpy())
+
+    def annotate(self, image: np.ndarray, shown: Sequence[Any]) -> None:
+        """Draw the boxes (with track IDs) and the legend of ``shown``
+        (:class:`~camvideo.options.ClassResult`, positions already in output-frame
+        pixels) on an output frame, in place."""
+        h, w = _size(image)
+        x_off = w // 2 if self.layout == "side" else 0
+        if self.boxes:
+            for c in shown:
+                if c.bbox is not None:
+                    _draw_tagged_box(image, c.bbox, palette_rgb(c.slot),
+                                     f"#{c.track}" if c.track is not None else None)
+        if self.legend and shown:
+            _draw_legend(image, [(palette_rgb(c.slot), f"{c.score * 100:5.1f}%  {c.label}")
+                                 for c in shown], x_off)
+
+
+def _copy_side(out: np.ndarray, image: np.ndarray) -> None:
+    """Both halves of a ``side`` output frame are the frame itself."""
+    if image.ndim == 3:
+        w = image.shape[1]
+        out[:, :w] = out[:, w:] = image
+        return
+    for src, dst in zip(pixels.planes(image), pixels.planes(out)):
+        dst[:, :src.shape[1]] = dst[:, src.shape[1]:] = src
+
+
+def _text_metrics(h: int) -> tuple[float, int, int]:
+    """Font scale, stroke and padding for text on a frame ``h`` pixels high (as the
+    label box: readable from 360p to 4K)."""
+    scale = max(0.35, h / 720 * 0.75)
+    return scale, max(1, int(round(h / 720 * 1.6))), max(4, int(round(8 * scale)))
+
+
+def _on_rgb(img: np.ndarray, area: tuple[int, int, int, int], draw: Any) -> None:
+    """Run ``draw(canvas, (x0, y0, x1, y1))`` on an RGB view of ``area`` of a frame
+    (I420 frames: read out, drawn on, written back), the box in the canvas' pixels."""
+    h, w = _size(img)
+    x0, y0, x1, y1 = max(0, area[0]), max(0, area[1]), min(w, area[2]), min(h, area[3])
+    if x1 <= x0 or y1 <= y0:
+        return
+    if img.ndim == 3:
+        draw(img[y0:y1, x0:x1], (0, 0, x1 - x0, y1 - y0))
+        return
+    box = pixels.even_box(x0, y0, x1, y1, h, w)
+    canvas = pixels.read_rgb(img, box)
+    draw(canvas[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0]],
+         (0, 0, x1 - x0, y1 - y0))
+    pixels.write_rgb(img, box, canvas)
+
+
+def _draw_legend(img: np.ndarray, entries: list[tuple[tuple[int, int, int], str]],
+                 x_off: int) -> None:
+    """The legend of the shown classes in the label box's place: per class a swatch of
+    its colour, then its text (probability and name), on a darkened box."""
+    h, w = _size(img)
+    scale, thick, pad = _text_metrics(h)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    sizes = [cv2.getTextSize(t, font, scale, thick)[0] for _, t in entries]
+    line_h = max(s[1] for s in sizes) + pad
+    sw = max(s[1] for s in sizes)                     # the swatch: a square, text high
+    box_w = sw + pad + max(s[0] for s in sizes) + 2 * pad
+    box_h = line_h * len(entries) + pad
+    x0, y0 = x_off + pad, pad
+
+    def draw(canvas: np.ndarray, _: tuple[int, int, int, int]) -> None:
+        canvas[:] = (canvas.astype(np.uint16) * 2 // 5).astype(np.uint8)
+        for k, (rgb, text) in enumerate(entries):
+            base = (k + 1) * line_h
+            cv2.rectangle(canvas, (pad, base - sw), (pad + sw - 1, base - 1), rgb, -1)
+            cv2.putText(canvas, text, (2 * pad + sw, base), font, scale, (255, 255, 255),
+                        thick, cv2.LINE_AA)
+
+    _on_rgb(img, (x0, y0, x0 + box_w, y0 + box_h), draw)
+
+
+def _draw_tagged_box(img: np.ndarray, box: tuple[int, int, int, int],
+                     rgb: tuple[int, int, int], tag: str | None) -> None:
+    """A box in a class's colour, with its tag (the track ID) on a filled label at its
+    top-left corner."""
+    h, w = _size(img)
+    th = max(2, h // 240)
+    x0, y0, x1, y1 = box
+    x1, y1 = max(x0, x1 - 1), max(y0, y1 - 1)
+    if img.ndim == 3:
+        cv2.rectangle(img, (x0, y0), (x1, y1), rgb, th, cv2.LINE_AA)
+    else:
+        yuv = [int(c[0]) for c in pixels.yuv_of_rgb(np.array([rgb], np.uint8))]
+        for plane, value, s in zip(pixels.planes(img), yuv, (1, 2, 2)):
+            cv2.rectangle(plane, (x0 // s, y0 // s), (x1 // s, y1 // s), value,
+                          max(1, th // s), cv2.LINE_AA)
+    if not tag:
+        return
+    scale, thick, pad = _text_metrics(h)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (tw, tht), _ = cv2.getTextSize(tag, font, scale, thick)
+    bx0, by0 = x0, max(0, y0)
+    area = (bx0, by0, bx0 + tw + 2 * pad, by0 + tht + 2 * pad)
+
+    def draw(canvas: np.ndarray, _: tuple[int, int, int, int]) -> None:
+        canvas[:] = rgb
+        cv2.putText(canvas, tag, (pad, pad + tht), font, scale, (0, 0, 0), thick,
+                    cv2.LINE_AA)
+
+    _on_rgb(img, area, draw)
+
+
+class Timeline:
+    """The ``--timeline`` strip: the shown classes' smoothed probabilities over the last
+    ``seconds``, along the bottom of the frame, with a cursor at the current frame
+    (the strip's right end). Keeps each frame's probabilities for that long.
+
+    Args:
+        seconds: how far back the strip reaches.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self._times = np.zeros(0)                       # a ring of (time, probs) rows
+        self._probs = np.zeros((0, 0), np.float32)
+        self._start = self._count = 0
+
+    def push(self, time: float, probs: np.ndarray) -> None:
+        """Record a frame's ``(K,)`` probabilities (frames in order)."""
+        cap = len(self._times)
+        while self._count and self._times[self._start] < time - self.seconds - 1e-6:
+            self._start, self._count = (self._start + 1) % cap, self._count - 1
+        if self._count == cap:                          # full: twice the room, in order
+            order = (self._start + np.arange(self._count)) % max(cap, 1)
+            new = max(64, 2 * cap)
+            times, rows = np.zeros(new), np.zeros((new, probs.shape[0]), np.float32)
+            if cap:
+                times[:cap], rows[:cap] = self._times[order], self._probs[order]
+            self._times, self._probs, self._start, cap = times, rows, 0, new
+        i = (self._start + self._count) % cap
+        self._times[i], self._probs[i] = time, probs
+        self._count += 1
+
+    def _history(self, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(times (T,), probs (T, n))`` of the frames kept, oldest first."""
+        order = (self._start + np.arange(self._count)) % max(len(self._times), 1)
+        return self._times[order], self._probs[order[:, None], np.asarray(classes, int)[None]]
+
+    def height(self, frame_h: int) -> int:
+        """The strip's height on a frame ``frame_h`` pixels high (a seventh of it, at
+        least 36 px)."""
+        return max(36, int(round(frame_h / 7)))
+
+    def draw(self, img: np.ndarray, series: Sequence[tuple[int, tuple[int, int, int]]],
+             x_off: int = 0) -> None:
+        """Draw the strip on an output frame, in place (after :meth:`push` of that frame).
+
+        Args:
+            img: ``(H, W, 3)`` uint8 RGB or I420 output frame.
+            series: the classes to plot, ``(class, rgb colour)`` each.
+            x_off: the left edge of the picture the strip belongs to (``side`` layout).
+        """
+        if not self._count:
+            return
+        h, w = _size(img)
+        sh = min(h, self.height(h))
+        scale, thick, pad = _text_metrics(h)
+        scale *= 0.8
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        cls = [c for c, _ in series]
+        times, probs = self._history(cls)                         # (T,), (T, n)
+        now = float(times[-1])
+        top = float(probs.max()) if cls else 0.0
+        nice = next((v for v in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) if top <= v * 1.001), 1.0)
+        label = f"{nice * 100:g}%"
+        (lw, lh), _ = cv2.getTextSize(label, font, scale, thick)
+        line = max(1, int(round(h / 360)))
+
+        def draw(canvas: np.ndarray, _: tuple[int, int, int, int]) -> None:
+            ch, cw = canvas.shape[:2]
+            canvas[:] = (canvas.astype(np.uint16) * 3 // 10).astype(np.uint8)
+            px0, px1 = lw + 2 * pad, cw - pad - 1            # the plot's x range
+            py0, py1 = pad, ch - pad - 1                      # its y range (top, bottom)
+            if px1 <= px0 + 2 or py1 <= py0 + 2:
+                return
+            cv2.putText(canvas, label, (pad, py0 + lh), font, scale, (220, 220, 220),
+                        thick, cv2.LINE_AA)
+            cv2.line(canvas, (px0, py1), (px1, py1), (140, 140, 140), line)
+            step = 1.0 if self.seconds <= 20 else 5.0 if self.seconds <= 100 else 30.0
+            k = 0
+            while k * step <= self.seconds + 1e-9:           # a tick a second (or 5, 30)
+                x = int(round(px1 - k * step / self.seconds * (px1 - px0)))
+                cv2.line(canvas, (x, py1), (x, py1 - max(2, (py1 - py0) // 8)),
+                         (140, 140, 140), line)
+                k += 1
+            xs = px1 - (now - times) / self.seconds * (px1 - px0)
+            for j, (_, rgb) in enumerate(series):
+                ys = py1 - probs[:, j] / nice * (py1 - py0)
+                pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
+                if len(pts) > 1:
+                    cv2.polylines(canvas, [pts], False, rgb, max(1, line + 1), cv2.LINE_AA)
+                cv2.circle(canvas, tuple(int(v) for v in pts[-1]), 2 * line + 1, rgb, -1,
+                           cv2.LINE_AA)
+            cv2.line(canvas, (px1, py0), (px1, py1), (255, 255, 255), line)  # the cursor
+
+        _on_rgb(img, (x_off, h - sh, w, h), draw)

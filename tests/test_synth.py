@@ -255,3 +255,33 @@ def test_scene_boxes_lie_inside_their_photos() -> None:
         assert len(objs) >= 2
         for box in objs.values():
             assert _inside(box, (img.shape[1], img.shape[0]))
+
+
+def test_pair_frames_two_moving_objects_with_exact_boxes():
+    frames, boxes = synth.pair_frames(("chelsea", "coffee"), (384, 192), 30)
+    assert len(frames) == len(boxes) == 30 and all(len(b) == 2 for b in boxes)
+    cup = synth.load_photo("coffee")
+    for i in (0, 15, 29):
+        (a, b), img = boxes[i], frames[i]
+        assert img.shape == (192, 384, 3)
+        assert a[2] <= 192 <= b[0]                   # each object keeps its half
+        for x0, y0, x1, y1 in (a, b):
+            assert 0 <= x0 < x1 <= 384 and 0 <= y0 < y1 <= 192
+            assert img[y0:y1, x0:x1].std() > 20      # a photo, not the backdrop
+    # the right box is the cup photo's object box, scaled: the cup's rim (white) and the
+    # dark coffee sit inside it, the box is as big as the scaled object box
+    s = round(192 * 0.55) / cup.shape[0]
+    ob = synth.OBJECT_BOXES["coffee"]
+    b = boxes[0][1]
+    assert abs((b[2] - b[0]) - (ob[2] - ob[0]) * s) <= 2
+    assert abs((b[3] - b[1]) - (ob[3] - ob[1]) * s) <= 2
+    # both move: the left one right and up-down, the right one left
+    assert boxes[-1][0][0] > boxes[0][0][0] and boxes[-1][1][0] < boxes[0][1][0]
+    ys = [bx[0][1] for bx in boxes]
+    assert max(ys) - min(ys) >= 20
+
+
+def test_make_clip_pair_records_both_boxes(tmp_path):
+    clip = synth.make_clip("pair", tmp_path / "p.mp4", size=(192, 96), n=6)
+    assert clip.frames == 6 and len(clip.objects) == 6 and len(clip.objects[0]) == 2
+    assert clip.boxes == [o[0] for o in clip.objects]

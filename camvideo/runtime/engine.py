@@ -47,10 +47,11 @@ from ..errors import OptionError
 from ..media.frames import Frame
 from ..model.cammodel import CamModel
 from ..pixels import resize_u8
-from ..options import FrameResult, Options
+from ..options import ClassResult, FrameResult, Options
 from ..render import Renderer
 from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
 from ..transfer import to_host
+from .classes import ClassStage, class_stage
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class CamEngine:
             labels).
         keep_rgb: give each result its source frame as RGB.
         tensors: results' probabilities and maps stay torch tensors on the device.
+        classes: the shown classes' stage (several classes, boxes, tracks, timeline), or
+            None: one class, drawn by ``renderer``.
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,
@@ -155,7 +158,7 @@ class CamEngine:
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
                  infer_workers: int | None = None, trace: bool = False,
                  equal_batches: bool = True, draw: bool = True, keep_rgb: bool = False,
-                 tensors: bool = False) -> None:
+                 tensors: bool = False, classes: ClassStage | None = None) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
@@ -163,6 +166,7 @@ class CamEngine:
         self.model = optimize_model(model) if optimize else model
         self.renderer = renderer
         self.smoother = smoother
+        self.classes = classes
         self.short_side = short_side
         self.precision = precision
         self.stride = int(stride)
@@ -279,26 +283,51 @@ class CamEngine:
         elif len(batch) == 0:
             return []
         else:
+            cues = batch.cues
+            if cues is None and self.classes is not None and self.classes.needs_motion:
+                assert batch.features is not None and batch.frames01 is not None
+                cues = self.smoother.cues(batch.frames01, (int(batch.features.shape[2]),
+                                                           int(batch.features.shape[3])))
+            if cues is not None and self.classes is not None:
+                self.classes.record_motion(batch.frames, cues.disps)
             smoothed = self.smoother.push(batch.features, batch.logits,
                                           [f.time for f in batch.frames], batch.frames01,
-                                          batch.cues, [f.cut for f in batch.frames])
+                                          cues, [f.cut for f in batch.frames])
             self._pending.extend(zip(batch.frames, batch.images))
         m = int(smoothed.maps.shape[0])
         if m == 0:
             return []
         ready = [self._pending.popleft() for _ in range(m)]
+        frames = [f for f, _ in ready]
+        results: list[list[ClassResult]] | None = None
+        shown = None
+        if self.classes is not None:
+            smoothed, results, shown = self.classes.step(smoothed, frames)
         out: list[np.ndarray] | list[None]
         if self.draw:
             if self.device.type == "cuda":
                 images: Any = torch.stack([t for _, t in ready])  # type: ignore[misc]
             else:
                 images = [img for _, img in ready]
-            out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
-                                              smoothed.classes)
+            if shown is not None:
+                out = self.classes.paint(images, shown)  # type: ignore[union-attr]
+            else:
+                out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
+                                                  smoothed.classes)
+            if self.classes is not None:
+                self.classes.draw(out, frames, results,  # type: ignore[arg-type]
+                                  smoothed.probs)
         else:
-            notes = self.renderer.describe(smoothed.maps, smoothed.probs, smoothed.classes,
-                                           ready[0][0].size)
+            if shown is None:
+                notes = self.renderer.describe(smoothed.maps, smoothed.probs,
+                                               smoothed.classes, ready[0][0].size)
             out = [None] * m
+        if shown is not None:
+            notes = self.classes.notes(smoothed, results)  # type: ignore[union-attr,arg-type]
+        elif results is not None:  # one class: its box is the stage's (the tracked one)
+            keep = self.classes.boxes  # type: ignore[union-attr]
+            for n, rs in zip(notes, results):
+                n.bbox = rs[0].bbox if keep else n.bbox
         if self.tensors:
             maps, probs = smoothed.maps, smoothed.probs
         else:  # one copy per batch (pinned, one wait, on a GPU)
@@ -311,6 +340,7 @@ class CamEngine:
             cut=bool(cuts[i]), image=img,
             fmt=pixels.I420 if img is not None and img.ndim == 2 else pixels.RGB,
             rgb=f.rgb() if self.keep_rgb else None,
+            classes=results[i] if results is not None else [],
             _raw_maps=_MapReader(fms[i], self.tensors) if fms[i] is not None else None)
             for i, ((f, _), img, n) in enumerate(zip(ready, out, notes))]
 
@@ -458,7 +488,9 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
+    stage = class_stage(opts, model, renderer, tensors=tensors)
     return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
                      stride=opts.stride, infer_workers=infer_workers, trace=trace,
                      equal_batches=equal_batches, draw=draw, keep_rgb=keep_rgb,
-                     tensors=tensors)
+                     tensors=tensors, classes=stage)
+

@@ -4,13 +4,15 @@ The photos come from scikit-image (``skimage.data``) and scikit-learn
 (``sklearn.datasets.load_sample_image``), both *test extras*: they are imported lazily
 and a missing one raises :class:`ImportError` with the extra to install.
 
-Four kinds of motion are generated, each with the ground-truth box of the photo's main
+Five kinds of motion are generated, each with the ground-truth box of the photo's main
 ImageNet object in every output frame (:data:`OBJECT_BOXES` mapped through the exact
 placement): :func:`pan_frames` (the photo slides across a background), :func:`zoom_frames`
 (a camera zoom in or out on the object, optionally panning towards it), :func:`move_frames`
 (one or more photos that move and grow or shrink independently over a still background:
-a dolly, a small object, two objects) and :func:`cut_frames` (hard cuts between photos).
-:data:`SCENE_BOXES` holds several hand-annotated objects of a multi-object photo.
+a dolly, a small object, two objects), :func:`cut_frames` (hard cuts between photos) and
+:func:`pair_frames` (two photos side by side, each moving on its own: a clip with two
+objects, each with its own box). :data:`SCENE_BOXES` holds several hand-annotated
+objects of a multi-object photo.
 Frames are rendered on access (:class:`FrameSequence`), so a long 1080p benchmark clip
 does not have to fit in memory. :func:`make_clip` generates one of these and writes it
 with :func:`camvideo.testing.clip.write_clip`, which encodes frames with PyAV and returns a
@@ -336,24 +338,107 @@ def cut_frames(photos: Sequence[str | np.ndarray] = ("chelsea", "coffee", "china
     return FrameSequence(sum(counts), render), boxes, cuts
 
 
+def pair_frames(photos: tuple[str | np.ndarray, str | np.ndarray] = ("chelsea", "coffee"),
+                size: tuple[int, int] = (384, 192), n: int = 60, *, scale: float = 0.55,
+                background: str | np.ndarray | None = None,
+                boxes: tuple[Box | None, Box | None] | None = None
+                ) -> tuple[FrameSequence, list[list[Box | None]]]:
+    """Two photos side by side over a backdrop, each moving on its own: the left one
+    drifts right and bobs up, the right one drifts left and bobs down (eased sine paths
+    that keep them apart: the left photo stays in the left half, the right one in the
+    right half, so each object keeps its own side of the frame).
+
+    Args:
+        photos: the two photos (names, or ``(h, w, 3) uint8`` RGB arrays).
+        size: output ``(W, H)``.
+        n: number of frames.
+        scale: each photo's height as a fraction of the frame height (0, 1]; its width
+            is clipped to 46 % of the frame width (the photo is cropped at its sides to
+            fit, around its object's centre).
+        background: as in :func:`pan_frames`.
+        boxes: each photo's object box in its pixels (None: its :data:`OBJECT_BOXES`
+            entry, or the whole photo).
+
+    Returns:
+        ``(frames, boxes)``: ``n`` frames ``(H, W, 3) uint8`` and, per frame, the two
+        objects' boxes ``[left, right]`` in frame pixels (exact: the photos are placed at
+        integer offsets), clipped to the part of the photo that is shown.
+    """
+    w, h = size
+    bg = _background(size, background)
+    placed = []
+    for k, photo in enumerate(photos):
+        img, box = _photo_and_box(photo, boxes[k] if boxes else None)
+        ph = max(1, min(h, round(h * scale)))
+        s = ph / img.shape[0]
+        pw = min(round(img.shape[1] * s), int(0.46 * w))
+        # crop the photo's sides to pw around the object's centre
+        cx = (box[0] + box[2]) / 2 * s
+        left = int(round(min(max(cx - pw / 2, 0), img.shape[1] * s - pw)))
+        small = cv2.resize(img, (round(img.shape[1] * s), ph),
+                           interpolation=cv2.INTER_AREA)[:, left:left + pw]
+        sb = (max(0, round(box[0] * s) - left), round(box[1] * s),
+              min(pw, round(box[2] * s) - left), min(ph, round(box[3] * s)))
+        placed.append((small, sb))
+    t = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    wave = np.sin(2 * np.pi * t)
+    paths = []
+    for k, (small, _) in enumerate(placed):
+        ph, pw = small.shape[:2]
+        room_x = max(0, w // 2 - pw)            # how far it can move within its half
+        room_y = max(0, h - ph)
+        x0 = 0 if k == 0 else w - w // 2
+        ease = _ease(n) if k == 0 else 1.0 - _ease(n)
+        xs = np.round(x0 + ease * room_x).astype(int)
+        ys = np.round(room_y / 2 + (room_y / 2) * (wave if k == 0 else -wave)).astype(int)
+        paths.append((xs, ys))
+    per_frame = []
+    for i in range(n):
+        row: list[Box | None] = []
+        for (small, sb), (xs, ys) in zip(placed, paths):
+            x, y = int(xs[i]), int(ys[i])
+            b = (x + sb[0], y + sb[1], x + sb[2], y + sb[3])
+            b = (max(0, b[0]), max(0, b[1]), min(w, b[2]), min(h, b[3]))
+            row.append(b if b[2] > b[0] and b[3] > b[1] else None)
+        per_frame.append(row)
+
+    def render(i: int) -> np.ndarray:
+        frame = bg.copy()
+        for (small, _), (xs, ys) in zip(placed, paths):
+            ph, pw = small.shape[:2]
+            frame[ys[i]:ys[i] + ph, xs[i]:xs[i] + pw] = small
+        return frame
+
+    return FrameSequence(n, render), per_frame
+
+
 def make_clip(kind: str, path: str | Path, *, size: tuple[int, int] = (320, 180),
               n: int = 48, photo: str | np.ndarray | None = None,
+              photos: tuple[str | np.ndarray, str | np.ndarray] | None = None,
               **write_kw) -> Clip:
     """Generate and write a ready-made clip.
 
     Args:
         kind: ``"pan"`` (the cat slides across a gradient), ``"zoom"`` (slow zoom on the
-            cat) or ``"cuts"`` (chelsea, coffee, china shots with hard cuts).
+            cat), ``"cuts"`` (chelsea, coffee, china shots with hard cuts) or ``"pair"``
+            (the cat and the coffee cup side by side, each moving: :func:`pair_frames`;
+            the clip's ``objects`` holds both boxes per frame, ``boxes`` the cat's).
         path: output file (extension picks the container, see :func:`write_clip`).
         size: output ``(W, H)``; small by default so tests stay fast.
         n: number of frames.
         photo: photo for ``pan``/``zoom`` (default ``"chelsea"``).
+        photos: the two photos for ``pair`` (default the cat and the coffee cup).
         **write_kw: passed to :func:`write_clip` (``fps``, ``times``, ``audio``, ...).
 
     Returns:
         The :class:`Clip`, with per-frame object boxes and cut indices.
     """
     cuts = None
+    if kind == "pair":
+        frames, objects = pair_frames(photos or ("chelsea", "coffee"), size, n)
+        clip = write_clip(path, frames, boxes=[o[0] for o in objects], **write_kw)
+        clip.objects = objects
+        return clip
     if kind == "pan":
         frames, boxes = pan_frames(photo if photo is not None else "chelsea", size, n)
     elif kind == "zoom":
@@ -363,5 +448,5 @@ def make_clip(kind: str, path: str | Path, *, size: tuple[int, int] = (320, 180)
         counts = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
         frames, boxes, cuts = cut_frames(names, size, counts)
     else:
-        raise ValueError(f"unknown clip kind {kind!r}; choose pan, zoom or cuts")
+        raise ValueError(f"unknown clip kind {kind!r}; choose pan, zoom, cuts or pair")
     return write_clip(path, frames, boxes=boxes, cuts=cuts, **write_kw)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cam import logits_from_features
+from . import stored
 from .cammodel import CamModel
 from ..errors import ModelError, first_line
 from ..options import DEFAULT_MODEL
@@ -194,6 +195,8 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, nn.
                              f"failed ({str(e).splitlines()[0][:120]}); pass --weights FILE"
                              ) from None
         apply_state_dict(model, rename_legacy_keys(sd), default.url)  # DenseNet's old keys
+        stored.remember_source(name, Path(torch.hub.get_dir()) / "checkpoints"
+                               / Path(default.url).name)
     backbone, fc = _TV_SPLITS[family](model)
     return model, backbone, fc, IMAGENET_MEAN, IMAGENET_STD
 
@@ -272,10 +275,27 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
             (or ``class N`` for other class counts).
         device: where to put the model.
 
+    On the CPU a model loaded before comes from the cache (:mod:`camvideo.model.stored`):
+    its backbone is built only if something runs it, and the traced or int8 networks
+    are usually cached too, so nothing does.
+
     Raises:
         ModelError: unknown name, unusable weights, labels that don't match, or a head
             that is not GAP + linear.
     """
+    key = stored.entry_key(name, weights, labels) \
+        if torch.device(device).type == "cpu" else None
+    if key is not None:
+        def build() -> tuple[nn.Module, nn.Linear]:
+            full, backbone, fc, _, _ = _build(name, weights)
+            full.eval()
+            return backbone.to(memory_format=torch.channels_last), fc
+
+        model = stored.load_model(key, name, build)
+        if model is not None:
+            log.info("model %s: %d classes, %d channels, head and labels from the cache",
+                     name, model.fc.out_features, model.fc.in_features)
+            return model
     full, backbone, fc, mean, std = _build(name, weights)
     full.eval()
     _verify_head(name, full, backbone, fc)
@@ -291,6 +311,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
     model = CamModel(name, backbone, fc, label_list, mean, std)
     model.to(device)
     model.backbone.to(memory_format=torch.channels_last)
+    if key is not None:
+        model.__dict__["_camvideo_fingerprint"] = stored.fingerprint_of(key)
+        stored.store_model(key, model)
     log.info("model %s: %d classes, %d channels, on %s", name, k, fc.in_features, device)
     return model
 

@@ -33,9 +33,9 @@ from torch import Tensor
 from .. import motion as mo
 from .. import pixels
 from ..cam import logits_from_features
-from ..model.device import default_infer_workers, pipeline_threads
+from ..model.device import default_infer_workers, is_int8, pipeline_threads
+from ..model.quantize import cpu_backbone
 from ..model.rewrite import optimize_model
-from ..model.trace import traced_backbone
 from ..errors import OptionError
 from ..media.frames import Frame
 from ..model.cammodel import CamModel
@@ -142,8 +142,8 @@ class CamEngine:
                 threads = max(1, pipeline_threads() // self.infer_workers)
             if threads:
                 torch.set_num_threads(threads)
-        self._traced = traced_backbone(self.model, precision) \
-            if trace and self.device.type == "cpu" else None
+        self._traced = cpu_backbone(self.model, precision, trace) \
+            if self.device.type == "cpu" else None  # traced graphs or the int8 network
         self._per_frame = self.stride > 1 or not equal_batches
         self._count_lock = threading.Lock()
         self._pending: collections.deque[tuple[Frame, Tensor | np.ndarray]] = \
@@ -276,7 +276,8 @@ class CamEngine:
             c, k = self.model.weight.shape[1], self.model.weight.shape[0]
             return x.new_zeros((0, c, 1, 1)), x.new_zeros((0, k))
         ctx = (torch.autocast(self.device.type, dtype=self.precision)
-               if self.precision is not None else nullcontext())
+               if self.precision is not None and not is_int8(self.precision)
+               else nullcontext())  # int8: the quantised network, no autocast
         with ctx:
             if self._traced is None:
                 features = self.model.backbone(x)

@@ -24,6 +24,8 @@ from camvideo.model import device
 from camvideo.model.device import (CpuCaps, cpu_caps, cpu_has_native_bf16,
                                    default_batch_size, default_infer_workers,
                                    pipeline_threads, resolve_precision)
+from camvideo.model.device import INT8, INT8_AUTO
+from camvideo.model.quantize import Int8Backbone
 from camvideo.errors import OptionError
 from camvideo.model.registry import from_modules, load_model
 from camvideo.model.rewrite import fold_batchnorm, optimize_model
@@ -86,13 +88,30 @@ def test_cpu_caps_honour_onednn_s_isa_cap(cap):
     assert f"oneDNN capped at {cap.upper()}" in out[2]
 
 
-def test_auto_precision_on_cpu_follows_native_bf16(cpu_class):
+@pytest.mark.parametrize("runtime", [True, False], ids=["onnxruntime", "no-onnxruntime"])
+def test_auto_precision_on_cpu_follows_the_cpu_class(cpu_class, runtime, monkeypatch):
+    """auto: bf16 where it is native; elsewhere int8 (for the measured models) where ONNX
+    Runtime is installed, else fp32. fp32 is always plain fp32."""
+    monkeypatch.setattr(device, "int8_runtime_available", lambda: runtime)
     got = resolve_precision("auto", torch.device("cpu"))
-    assert got == (torch.bfloat16 if cpu_class.native_bf16 else None)
+    want = torch.bfloat16 if cpu_class.native_bf16 else INT8_AUTO if runtime else None
+    assert got == want
     assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cuda")) == torch.float16
     with pytest.raises(OptionError):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_int8_asked_for_runs_or_is_refused_with_the_reason(cpu_class, monkeypatch):
+    """``--precision int8``: on any CPU class where ONNX Runtime is installed; refused
+    (one line) on CUDA and without ONNX Runtime."""
+    monkeypatch.setattr(device, "int8_runtime_available", lambda: True)
+    assert resolve_precision("int8", torch.device("cpu")) == INT8
+    with pytest.raises(OptionError, match="int8 is for the CPU"):
+        resolve_precision("int8", torch.device("cuda"))
+    monkeypatch.setattr(device, "int8_runtime_available", lambda: False)
+    with pytest.raises(OptionError, match="int8 needs ONNX Runtime: pip install"):
+        resolve_precision("int8", torch.device("cpu"))
 
 
 def test_bf16_asked_for_is_run_warned_about_or_refused(cpu_class, caplog):
@@ -129,7 +148,11 @@ def test_the_engine_s_precision_follows_the_cpu_class(cpu_class):
     model = from_modules(nn.Sequential(nn.Conv2d(3, 4, 8, stride=8)), nn.Linear(4, 3),
                          stride=8)
     engine = api.build_engine(api.Options(device="cpu"), model)
-    assert engine.precision == (torch.bfloat16 if cpu_class.native_bf16 else None)
+    want = torch.bfloat16 if cpu_class.native_bf16 else \
+        INT8_AUTO if device.int8_runtime_available() else None
+    assert engine.precision == want
+    # auto's int8 is for the measured models: this one runs its fp32 graph, not int8
+    assert not isinstance(engine._traced, Int8Backbone)
     if not cpu_class.bf16_kernels:
         with pytest.raises(OptionError, match="bf16 needs"):
             api.build_engine(api.Options(device="cpu", precision="bf16"), model)

@@ -208,9 +208,8 @@ def _payload_sha256(payload: Any) -> str:
 
     def feed(v: Any) -> None:
         if isinstance(v, torch.Tensor):
-            t = v.detach().cpu().contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(f"T{v.dtype}{tuple(v.shape)}".encode())
+            h.update(_tensor_bytes(v))
         elif isinstance(v, (bytes, bytearray)):
             h.update(b"B%d:" % len(v))
             h.update(v)
@@ -251,11 +250,15 @@ def state_sha256(module: torch.nn.Module) -> str:
     buffer's bytes (for models whose weights file is not known, e.g. built in code)."""
     h = hashlib.sha256(repr(module).encode())
     for name, t in list(module.state_dict(keep_vars=False).items()):
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(_tensor_bytes(t))
     return h.hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's values as bytes, in logical (row-major) order whatever its layout."""
+    flat = t.detach().cpu().reshape(-1).contiguous()
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
 
 
 def fingerprint(model: torch.nn.Module) -> str:

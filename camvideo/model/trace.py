@@ -144,7 +144,9 @@ class TracedBackbone:
     def _store(self, k: dict[str, Any], graph: torch.jit.ScriptModule, x: Tensor) -> None:
         try:
             buf = io.BytesIO()
-            torch.jit.save(graph, buf)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.save's deprecation notice
+                torch.jit.save(graph, buf)
             with torch.no_grad(), self._autocast():
                 out = graph(_probe(x)).float()
         except Exception as e:  # noqa: BLE001 - not cached, still used

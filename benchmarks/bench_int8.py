@@ -2,8 +2,9 @@
 calibration did not see) and how fast each way runs the default model's backbone.
 
 1. Agreement (:func:`camvideo.model.quantize.agreement`) of the int8 network with the
-   fp32 one on crops of the held-out photos (``camvideo.testing.crops.HELD_OUT``:
-   chelsea, motorcycle, china, flower; 8 crops each, 224x384): map correlation, top-1
+   fp32 one on stills of the held-out photos (``camvideo.testing.crops.HELD_OUT``:
+   chelsea, motorcycle, china, flower; 8 crops each, and 8 frames each of a pan over a
+   flat backdrop, 224x384): map correlation, top-1
    agreement (all, and where fp32's two best classes are >= 0.1 apart), probabilities;
    with ``--bf16`` also bf16 autocast against fp32, for comparison (on CPUs without
    oneDNN bf16 that runs torch's reference kernels: slow).
@@ -27,7 +28,7 @@ from camvideo.model.device import cpu_caps
 from camvideo.model.registry import load_model
 from camvideo.model.rewrite import optimize_model
 from camvideo.model.trace import TracedBackbone
-from camvideo.testing.crops import HELD_OUT, photo_crops
+from camvideo.testing.crops import HELD_OUT, pan_stills, photo_crops
 
 
 def main() -> None:
@@ -42,36 +43,46 @@ def main() -> None:
     print(f"CPU: {cpu_caps().name}; quantised in {time.perf_counter() - t:.1f} s; "
           f"build-time check (shipped photos): {check}")
     session = quantize._session(data, 1)
-    x = quantize.normalised(model, photo_crops(HELD_OUT, 8))
-    xc = x.contiguous(memory_format=torch.channels_last)
     tb = TracedBackbone(model, None)
     w, b = model.weight.detach(), model.bias.detach()
-    with torch.inference_mode():
-        ref = torch.cat([tb(xc[i:i + 4]) for i in range(0, len(x), 4)])
-        got = torch.cat([quantize._run(session, x[i:i + 4]) for i in range(0, len(x), 4)])
-    a = quantize.agreement(ref, got, w, b)
-    print(f"int8 vs fp32 on {len(x)} crops of {', '.join(HELD_OUT)}: {a}; "
-          f"within the tolerance {quantize.TOLERANCE}: {a.within()}")
-    if args.bf16:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            bf = torch.cat([model.backbone(xc[i:i + 4]).float() for i in range(0, len(x), 4)])
-        print(f"bf16 vs fp32, same crops: {quantize.agreement(ref, bf, w, b)}")
-    ways = {"fp32 traced (torch, oneDNN Graph)": lambda v, vc: tb(vc),
-            "int8 ONNX Runtime": lambda v, vc: quantize._run(session, v)}
+    print(f"tolerance: {quantize.TOLERANCE}")
+    for what, images in (("crops", photo_crops(HELD_OUT, 8)),
+                         ("pan frames", pan_stills(HELD_OUT, 8))):
+        x = quantize.normalised(model, images)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            ref = torch.cat([tb(xc[i:i + 4]) for i in range(0, len(x), 4)])
+            got = torch.cat([quantize._run(session, x[i:i + 4]) for i in range(0, len(x), 4)])
+        a = quantize.agreement(ref, got, w, b)
+        print(f"int8 vs fp32, {len(x)} {what} of {', '.join(HELD_OUT)}: {a}; "
+              f"within: {a.within()}")
+        if args.bf16:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bf = torch.cat([model.backbone(xc[i:i + 4]).float()
+                                for i in range(0, len(x), 4)])
+            print(f"bf16 vs fp32, same {what}: {quantize.agreement(ref, bf, w, b)}")
+    x = quantize.normalised(model, photo_crops(HELD_OUT, 1))
     try:
         import openvino as ov
 
         core = ov.Core()
         core.set_property("CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1})
-        compiled = core.compile_model(core.read_model(data), "CPU",
-                                      {"PERFORMANCE_HINT": "LATENCY"})
-        req = compiled.create_infer_request()
-        ways["int8 OpenVINO (same network)"] = lambda v, vc: req.infer({0: v.numpy()})
     except ImportError:
-        pass
+        ov = None
     for n in (4, 1):
+        shape = (n, 3, *x.shape[2:])
+        fixed = quantize.with_input_shape(data, shape)  # as camvideo runs it
+        s_fixed = quantize._session(fixed, 1)
+        ways = {"fp32 traced (torch, oneDNN Graph)":  # batch 1: its own graph, not padded
+                lambda v, vc: tb(vc) if len(vc) == 4 else tb.per_frame(vc),
+                "int8 ONNX Runtime (camvideo's)": lambda v, vc: quantize._run(s_fixed, v),
+                "int8 ONNX Runtime, any input size": lambda v, vc: quantize._run(session, v)}
+        if ov is not None:
+            req = core.compile_model(core.read_model(fixed), "CPU",
+                                     {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+            ways["int8 OpenVINO (same network)"] = lambda v, vc: req.infer({0: v.numpy()})
         v = x[:n].contiguous()
         vc = v.contiguous(memory_format=torch.channels_last)
         times: dict[str, list[float]] = {k: [] for k in ways}

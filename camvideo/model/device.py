@@ -8,10 +8,11 @@ forward passes at once (the network's inference-time rewrites: :mod:`camvideo.mo
   than a 1-thread one, while two 1-thread passes use both cores whenever the other
   stages leave them idle. ``OMP_NUM_THREADS`` wins.
 - bf16 autocast is the CPU default where the CPU has native bf16 (AVX512-BF16 / AMX;
-  about 2.5x fp32 there); fp16 on CUDA. On other CPUs (AVX2, AVX-512 without bf16) the
-  default is int8 (:data:`INT8`: the backbone quantised and run by ONNX Runtime,
-  :mod:`camvideo.model.quantize`) where ONNX Runtime is installed, else fp32. The linear
-  head and the maps stay fp32 in every precision.
+  about 2.5x fp32 there); fp16 on CUDA; fp32 on other CPUs. ``int8`` (:data:`INT8`:
+  the backbone quantised and run by ONNX Runtime, :mod:`camvideo.model.quantize`) is
+  there to ask for: within the stated tolerance of fp32, but measured no faster than the
+  traced fp32 graph on a 2-core AVX2 EPYC, so not chosen by ``auto``. The linear head and
+  the maps stay fp32 in every precision.
 - What the CPU can run is read once into :class:`CpuCaps` (:func:`cpu_caps`), which
   honours oneDNN's own ``ONEDNN_MAX_CPU_ISA`` cap; every CPU-dependent choice here and in
   :mod:`camvideo.model.rewrite` reads it, so tests simulate a CPU class by replacing it.
@@ -40,15 +41,11 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 #: (int8 has no autocast): the engine runs the quantised backbone
 #: (:mod:`camvideo.model.quantize`) instead of autocasting
 INT8 = torch.qint8
-#: what ``auto`` gives on CPUs without native bf16: int8 for the models whose int8 maps
-#: were measured within tolerance (:data:`camvideo.model.quantize.MEASURED`), fp32 for
-#: the others
-INT8_AUTO = torch.quint8
 
 
 def is_int8(precision: torch.dtype | None) -> bool:
     """``precision`` (from :func:`resolve_precision`) asks for the quantised backbone."""
-    return precision in (INT8, INT8_AUTO)
+    return precision == INT8
 
 
 def parse_device(spec: str) -> torch.device | None:
@@ -167,16 +164,15 @@ def int8_runtime_available() -> bool:
 
 
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``spec`` on ``device`` (None: plain fp32; :data:`INT8` or
-    :data:`INT8_AUTO`: the quantised backbone, :func:`is_int8`).
+    """Autocast dtype for ``spec`` on ``device`` (None: plain fp32; :data:`INT8`: the
+    quantised backbone, :func:`is_int8`).
 
     ``auto`` is fp16 on CUDA, bf16 on CPUs with native bf16 (:func:`cpu_has_native_bf16`;
     about twice as fast there, maps within ~0.1 of fp32's, see benchmarks/README.md), and
-    int8 on other CPUs where ONNX Runtime is installed (:func:`int8_runtime_available`)
-    for the models whose int8 maps were measured within tolerance of fp32 on real photos
-    (:data:`INT8_AUTO`: the default model; on a 2-core AVX2 EPYC its backbone runs ~1.4x
-    as fast as in fp32), else fp32. Every int8 network is also checked against fp32 when
-    it is built (:mod:`camvideo.model.quantize`): one outside the tolerance runs fp32.
+    fp32 on other CPUs: int8 within the tolerance of fp32 ran no faster than the traced
+    fp32 graph on a 2-core AVX2 EPYC (every layer in int8 ran ~1.4x as fast but moved the
+    classes of frames with flat backdrops; benchmarks/README.md, "CPU classes"), so it
+    is only run when asked for (``int8``, where ONNX Runtime is installed).
 
     Raises:
         OptionError: an unknown spec; fp16 on the CPU; bf16 on a CPU whose oneDNN has no
@@ -188,9 +184,7 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
     if spec == "auto":
         if device.type == "cuda":
             return torch.float16
-        if cpu_has_native_bf16():
-            return torch.bfloat16
-        return INT8_AUTO if int8_runtime_available() else None
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if spec == "fp32":
         return None
     if spec == "int8":

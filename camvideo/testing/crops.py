@@ -1,6 +1,6 @@
-"""Still crops of the bundled real photos, as a model sees them: for measuring how far a
-reduced precision moves the maps and classes (tests/test_quantize.py,
-benchmarks/bench_int8.py)."""
+"""Stills made of the bundled real photos, as a model sees them (crops, and frames of
+pans over backdrops): for measuring how far a reduced precision moves the maps and
+classes (tests/test_quantize.py, benchmarks/bench_int8.py)."""
 from __future__ import annotations
 
 import cv2
@@ -36,3 +36,24 @@ def photo_crops(names: tuple[str, ...] = HELD_OUT, per_photo: int = 8,
                            interpolation=cv2.INTER_AREA)
             crops.append(np.ascontiguousarray(c[:, ::-1] if rng.random() < 0.5 else c))
     return crops
+
+
+def pan_stills(names: tuple[str, ...] = HELD_OUT, per_photo: int = 8,
+               size: tuple[int, int] = (224, 384)) -> list[np.ndarray]:
+    """``per_photo`` frames of a pan of each photo (60 % of the frame high) across a
+    backdrop, as the test clips have them: the smooth gradient for the first half of the
+    photos, another photo blurred and darkened for the rest. Large flat areas like
+    these (sky, walls, letterboxing) are what moved int8's class scores most.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB arrays, photo by photo.
+    """
+    from .synth import pan_frames
+
+    out = []
+    for i, name in enumerate(names):
+        backdrop = None if i < (len(names) + 1) // 2 else names[(i + 1) % len(names)]
+        frames, _ = pan_frames(name, (size[1], size[0]), per_photo, scale=0.6,
+                               background=backdrop)
+        out += [np.ascontiguousarray(frames[k]) for k in range(per_photo)]
+    return out

@@ -272,11 +272,5 @@ def fingerprint(model: torch.nn.Module) -> str:
     return str(fp)
 
 
-def describe() -> str:
-    """One line for logs: where the cache is, or that it is off."""
-    d = cache_dir()
-    return "cache off (CAMVIDEO_CACHE)" if d is None else f"cache in {d}"
-
-
-__all__ = ["MAX_ENTRIES", "cache_dir", "describe", "discard", "entry_path", "file_sha256",
+__all__ = ["MAX_ENTRIES", "cache_dir", "discard", "entry_path", "file_sha256",
            "fingerprint", "key", "load", "state_sha256", "store", "versions"]

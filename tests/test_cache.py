@@ -234,3 +234,18 @@ def test_a_second_process_skips_timm_torchvision_and_tracing(cache_dir, tmp_path
     assert outs[0][0] == ["True", "True", "True"]    # cold: built, timm and torchvision
     assert outs[1][0] == ["False", "False", "False"]  # warm: neither
     assert torch.equal(outs[0][1], outs[1][1])
+
+
+def test_a_corrupt_model_entry_is_rebuilt_with_a_warning(cache_dir, caplog):
+    """The model entry (head, labels): garbage in it → one warning, the model built as
+    on a first run (same head and labels), and a valid entry written again."""
+    first = load_model()
+    (path,) = entries(cache_dir, "model")
+    path.write_bytes(b"\x80\x02not a torch file" * 64)
+    with caplog.at_level(logging.WARNING, logger="camvideo"):
+        again = load_model()
+    assert again.backbone_built  # built, not read
+    assert caplog.text.count("ignoring a corrupt cache entry") == 1 and str(path) in caplog.text
+    assert torch.equal(again.weight, first.weight) and again.labels == first.labels
+    third = load_model()
+    assert not third.backbone_built and torch.equal(third.weight, first.weight)

@@ -21,7 +21,7 @@ DEFAULT_TAU = 0.3            #: smoothing time constant, seconds
 DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over at once
 LAYOUTS = ("overlay", "side")
 SMOOTH_MODES = ("causal", "centered")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 DEFAULT_TIMELINE = 10.0      #: seconds the ``--timeline`` strip shows
 MAX_CLASSES = 7              #: most classes shown at once (the palette's colours)

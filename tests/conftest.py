@@ -1,6 +1,9 @@
 """Shared pytest configuration: markers, a tiny stand-in model, and session-scoped clips
 made by camvideo.testing.synth.
 
+The on-disk cache of models, graphs and int8 networks is off in tests (and their child
+processes) unless a test turns it on in a temporary folder.
+
 Markers (registered here, not in setup.cfg):
 
 - ``slow``: skipped unless ``--runslow`` is given.
@@ -14,6 +17,14 @@ under ``tmp_path_factory``; each is at most 2 s long and 320 px wide so the suit
 fast.
 """
 from __future__ import annotations
+
+import os
+
+# No test reads or writes the user's cache (camvideo.model.cache): it is off unless a
+# test turns it on with a temporary folder (tests/test_cache.py). Child processes
+# inherit this.
+os.environ["CAMVIDEO_CACHE"] = "off"
+os.environ.pop("CAMVIDEO_CACHE_DIR", None)
 
 import shutil
 import signal

@@ -26,6 +26,8 @@ from camvideo.model import device
 from camvideo.model.device import (CpuCaps, cpu_caps, cpu_has_native_bf16,
                                    default_batch_size, default_infer_workers,
                                    pipeline_threads, resolve_precision)
+from camvideo.model.device import INT8
+from camvideo.model.quantize import Int8Backbone
 from camvideo.errors import OptionError
 from camvideo.model.registry import from_modules, load_model
 from camvideo.model.rewrite import fold_batchnorm, optimize_model
@@ -89,13 +91,30 @@ def test_cpu_caps_honour_onednn_s_isa_cap(cap):
     assert f"oneDNN capped at {cap.upper()}" in out[2]
 
 
-def test_auto_precision_on_cpu_follows_native_bf16(cpu_class):
+@pytest.mark.parametrize("runtime", [True, False], ids=["onnxruntime", "no-onnxruntime"])
+def test_auto_precision_on_cpu_follows_the_cpu_class(cpu_class, runtime, monkeypatch):
+    """auto: bf16 where it is native, else fp32, whether or not ONNX Runtime is there:
+    int8 within tolerance ran no faster than fp32 on AVX2 (benchmarks/README.md), so
+    auto never picks it. fp32 is always plain fp32."""
+    monkeypatch.setattr(device, "int8_runtime_available", lambda: runtime)
     got = resolve_precision("auto", torch.device("cpu"))
     assert got == (torch.bfloat16 if cpu_class.native_bf16 else None)
     assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cuda")) == torch.float16
     with pytest.raises(OptionError):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_int8_asked_for_runs_or_is_refused_with_the_reason(cpu_class, monkeypatch):
+    """``--precision int8``: on any CPU class where ONNX Runtime is installed; refused
+    (one line) on CUDA and without ONNX Runtime."""
+    monkeypatch.setattr(device, "int8_runtime_available", lambda: True)
+    assert resolve_precision("int8", torch.device("cpu")) == INT8
+    with pytest.raises(OptionError, match="int8 is for the CPU"):
+        resolve_precision("int8", torch.device("cuda"))
+    monkeypatch.setattr(device, "int8_runtime_available", lambda: False)
+    with pytest.raises(OptionError, match="int8 needs ONNX Runtime: pip install"):
+        resolve_precision("int8", torch.device("cpu"))
 
 
 def test_bf16_asked_for_is_run_warned_about_or_refused(cpu_class, caplog):
@@ -131,6 +150,7 @@ def test_the_engine_s_precision_follows_the_cpu_class(cpu_class):
                          stride=8)
     engine = build_engine(Options(device="cpu"), model)
     assert engine.precision == (torch.bfloat16 if cpu_class.native_bf16 else None)
+    assert not isinstance(engine._traced, Int8Backbone)  # int8 only when asked for
     if not cpu_class.bf16_kernels:
         with pytest.raises(OptionError, match="bf16 needs"):
             build_engine(Options(device="cpu", precision="bf16"), model)

@@ -175,7 +175,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="where the network runs; auto = CUDA when present [auto]")
     g.add_argument("--precision", choices=PRECISIONS, default=_D.precision,
                    help="autocast precision; auto = fp16 on CUDA, bf16 on CPUs with native "
-                        "bf16 (AVX512-BF16/AMX), else fp32 [auto]")
+                        "bf16 (AVX512-BF16/AMX), else fp32; int8: the backbone quantised "
+                        "for ONNX Runtime (CPU; pip install camvideo[int8]) [auto]")
     g.add_argument("--batch-size", type=_unit(1, 1024, int), default=None, metavar="N",
                    help="frames per device batch [4 on CPU, 32 on CUDA]")
     g.add_argument("--stride", type=_unit(1, 1000, int), default=_D.stride, metavar="N",

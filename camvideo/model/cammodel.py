@@ -5,6 +5,9 @@ Made by :func:`camvideo.model.registry.load_model` or :func:`camvideo.model.regi
 from __future__ import annotations
 
 import difflib
+import logging
+import threading
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +17,9 @@ from ..pixels import resize_u8
 from ..errors import ClassNameError
 
 __all__ = ["CamModel"]
+
+log = logging.getLogger(__name__)
+_BUILD_LOCK = threading.Lock()
 
 
 class CamModel(nn.Module):
@@ -37,6 +43,11 @@ class CamModel(nn.Module):
         native_side: the input side its weights were trained at (pixels; 299 for
             Inception v3, 224 for most).
         head: how the head was decomposed (text, for logs).
+
+    A model read from the cache (:func:`deferred`) has its head, labels and preprocessing
+    but not its backbone yet: the backbone is built (timm/torchvision imported, weights
+    loaded) the first time anything reads :attr:`backbone`, which camvideo's own paths
+    avoid when the traced or int8 network is cached (:attr:`backbone_built`, :meth:`defer`).
     """
 
     def __init__(self, name: str, backbone: nn.Module, fc: nn.Linear, labels: list[str],
@@ -55,6 +66,53 @@ class CamModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.eval()
+
+    @classmethod
+    def deferred(cls, name: str, build: Callable[[], nn.Module], fc: nn.Linear,
+                 labels: list[str], mean: tuple[float, float, float],
+                 std: tuple[float, float, float], stride: int = 32,
+                 **attrs: Any) -> "CamModel":
+        """A model whose backbone ``build()`` makes on first use (see the class notes);
+        ``attrs``: ``min_side``, ``native_side``, ``head`` as for the constructor."""
+        model = cls(name, nn.Identity(), fc, labels, mean, std, stride, **attrs)
+        model.__dict__["_camvideo_pending"] = [build]
+        return model
+
+    @property
+    def backbone(self) -> nn.Module:  # type: ignore[override]
+        """maps ``(N, 3, H, W)`` normalised input to ``(N, C, h, w)`` features (built now
+        if it was deferred)."""
+        if self.__dict__.get("_camvideo_pending"):
+            self._build_backbone()
+        return self._modules["backbone"]  # type: ignore[return-value]
+
+    @property
+    def backbone_built(self) -> bool:
+        """False while a deferred backbone has not been built."""
+        return not self.__dict__.get("_camvideo_pending")
+
+    def defer(self, fn: Callable[[nn.Module], nn.Module]) -> bool:
+        """Apply ``fn`` to the backbone when it is built; False (nothing done) when it
+        is built already."""
+        with _BUILD_LOCK:
+            pending = self.__dict__.get("_camvideo_pending")
+            if not pending:
+                return False
+            pending.append(fn)
+            return True
+
+    def _build_backbone(self) -> None:
+        with _BUILD_LOCK:
+            pending = self.__dict__.get("_camvideo_pending")
+            if not pending:
+                return
+            log.info("%s: building the network (not all of it is in the cache)", self.name)
+            with torch.inference_mode(False):  # the engine may ask from inside it
+                net = pending[0]()
+                for fn in pending[1:]:
+                    net = fn(net)
+            self._modules["backbone"] = net.to(self.fc.weight.device)
+            self.__dict__["_camvideo_pending"] = None
 
     @property
     def weight(self) -> Tensor:

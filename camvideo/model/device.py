@@ -8,7 +8,11 @@ forward passes at once (the network's inference-time rewrites: :mod:`camvideo.mo
   than a 1-thread one, while two 1-thread passes use both cores whenever the other
   stages leave them idle. ``OMP_NUM_THREADS`` wins.
 - bf16 autocast is the CPU default where the CPU has native bf16 (AVX512-BF16 / AMX;
-  about 2.5x fp32 there); fp16 on CUDA. The linear head and the maps stay fp32.
+  about 2.5x fp32 there); fp16 on CUDA; fp32 on other CPUs. ``int8`` (:data:`INT8`:
+  the backbone quantised and run by ONNX Runtime, :mod:`camvideo.model.quantize`) is
+  there to ask for: within the stated tolerance of fp32, but measured no faster than the
+  traced fp32 graph on a 2-core AVX2 EPYC, so not chosen by ``auto``. The linear head and
+  the maps stay fp32 in every precision.
 - What the CPU can run is read once into :class:`CpuCaps` (:func:`cpu_caps`), which
   honours oneDNN's own ``ONEDNN_MAX_CPU_ISA`` cap; every CPU-dependent choice here and in
   :mod:`camvideo.model.rewrite` reads it, so tests simulate a CPU class by replacing it.
@@ -20,6 +24,7 @@ forward passes at once (the network's inference-time rewrites: :mod:`camvideo.mo
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -32,6 +37,15 @@ from ..options import PRECISIONS
 
 log = logging.getLogger(__name__)
 
+#: what :func:`resolve_precision` returns for ``int8``: not an autocast dtype, a marker
+#: (int8 has no autocast): the engine runs the quantised backbone
+#: (:mod:`camvideo.model.quantize`) instead of autocasting
+INT8 = torch.qint8
+
+
+def is_int8(precision: torch.dtype | None) -> bool:
+    """``precision`` (from :func:`resolve_precision`) asks for the quantised backbone."""
+    return precision == INT8
 
 
 def parse_device(spec: str) -> torch.device | None:
@@ -176,16 +190,26 @@ def cpu_has_native_bf16() -> bool:
     return cpu_caps().native_bf16
 
 
+def int8_runtime_available() -> bool:
+    """ONNX Runtime and onnx (its quantiser) are installed (looked up, not imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``spec`` on ``device`` (None: plain fp32).
+    """Autocast dtype for ``spec`` on ``device`` (None: plain fp32; :data:`INT8`: the
+    quantised backbone, :func:`is_int8`).
 
     ``auto`` is fp16 on CUDA, bf16 on CPUs with native bf16 (:func:`cpu_has_native_bf16`;
-    about twice as fast there, maps within ~0.1 of fp32's, see benchmarks/README.md) and
-    fp32 on other CPUs.
+    about twice as fast there, maps within ~0.1 of fp32's, see benchmarks/README.md), and
+    fp32 on other CPUs: int8 within the tolerance of fp32 ran no faster than the traced
+    fp32 graph on a 2-core AVX2 EPYC (every layer in int8 ran ~1.4x as fast but moved the
+    classes of frames with flat backdrops; benchmarks/README.md, "CPU classes"), so it
+    is only run when asked for (``int8``, where ONNX Runtime is installed).
 
     Raises:
         OptionError: an unknown spec; fp16 on the CPU; bf16 on a CPU whose oneDNN has no
-            bf16 convolutions (:attr:`CpuCaps.bf16_kernels`).
+            bf16 convolutions (:attr:`CpuCaps.bf16_kernels`); int8 on CUDA, or without
+            ONNX Runtime.
     """
     if spec not in PRECISIONS:
         raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}",
@@ -196,6 +220,12 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if cpu_has_native_bf16() else None
     if spec == "fp32":
         return None
+    if spec == "int8":
+        if device.type != "cpu":
+            raise OptionError("int8 is for the CPU; on CUDA use fp16 or fp32")
+        if not int8_runtime_available():
+            raise OptionError("int8 needs ONNX Runtime: pip install onnxruntime onnx (or camvideo[int8])")
+        return INT8
     if spec == "fp16" and device.type == "cpu":
         raise OptionError("fp16 is for CUDA; on the CPU use bf16 or fp32", option="precision")
     if spec == "bf16" and device.type == "cpu":

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import stored
 from .cammodel import CamModel
 from ..errors import ModelError
 from .families import (DEFAULT_MODEL, Family, available_models, describe_models, family_of,
@@ -173,6 +174,8 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family,
                              ) from None
         sd, _ = drop_keys(rename_legacy_keys(sd), fam.aux_prefixes)  # DenseNet's old keys
         apply_state_dict(model, sd, default.url)
+        stored.remember_source(name, Path(torch.hub.get_dir()) / "checkpoints"
+                               / Path(default.url).name)
     side = next((size for n, size, _ in fam.models if n == name), 224)
     return split_torchvision(model.eval(), fam.name, name, fam.head), fam, side
 
@@ -195,11 +198,27 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
             (or ``class N`` for other class counts).
         device: where to put the model.
 
+    On the CPU a model loaded before comes from the cache (:mod:`camvideo.model.stored`):
+    its backbone is built only if something runs it, and the traced or int8 networks
+    are usually cached too, so nothing does.
+
     Raises:
         ModelError: unknown name, unusable weights, labels that don't match, or a head
             that does not decompose into features + one linear layer
             (:mod:`camvideo.model.heads`).
     """
+    key = stored.entry_key(name, weights, labels) \
+        if torch.device(device).type == "cpu" else None
+    if key is not None:
+        def build() -> tuple[nn.Module, nn.Linear]:
+            split, _, _ = _build(name, weights)
+            return split.backbone.to(memory_format=torch.channels_last), split.fc
+
+        cached = stored.load_model(key, name, build)
+        if cached is not None:
+            log.info("model %s: %d classes, %d channels, head and labels from the cache",
+                     name, cached.fc.out_features, cached.fc.in_features)
+            return cached
     split, fam, side = _build(name, weights)
     verify_split(name, split)
     k = split.fc.out_features
@@ -215,6 +234,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
                      min_side=fam.min_side, native_side=side, head=split.head)
     model.to(device)
     model.backbone.to(memory_format=torch.channels_last)
+    if key is not None:
+        model.__dict__["_camvideo_fingerprint"] = stored.fingerprint_of(key)
+        stored.store_model(key, model)
     log.info("model %s: %d classes, %d channels, head %s, on %s", name, k,
              split.fc.in_features, split.head, device)
     return model

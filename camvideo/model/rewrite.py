@@ -352,34 +352,45 @@ def exact_float32() -> Iterator[None]:
 def optimize_model(model: CamModel) -> CamModel:
     """Fold batch norms into convolutions and make the backbone channels_last, once per
     model (in place; later calls do nothing). The folded network is kept only if its
-    features match the original's on a probe (within 1e-3 relative, both computed in full
-    float32: :func:`exact_float32`)."""
+    features match the original's on a probe (within 1e-3 relative, both in full float32:
+    :func:`exact_float32`). A backbone not
+    built yet (a model read from the cache, :meth:`CamModel.deferred
+    <camvideo.model.cammodel.CamModel.deferred>`) is folded when it is built, if ever."""
     with _OPTIMIZE_LOCK:
         if getattr(model, "_camvideo_optimized", False):
             return model
         model._camvideo_optimized = True  # type: ignore[attr-defined]
         if model.training:
             return model
-        dev = model.device
-        g = torch.Generator().manual_seed(0)
-        probe = torch.randn(2, 3, 4 * model.stride, 5 * model.stride, generator=g).to(dev)
-        probe = probe.contiguous(memory_format=torch.channels_last)
-        try:
-            folded, n = fold_batchnorm(model.backbone, probe, fuse=dev.type == "cpu")
-            if n == 0:
-                return model
-            folded.to(memory_format=torch.channels_last)
-            with torch.inference_mode(), exact_float32():
-                ref = model.backbone(probe).float()
-                got = folded(probe).float()
-            err = (got - ref).abs().max().item()
-            if got.shape != ref.shape or not err <= 1e-3 * max(1.0, ref.abs().max().item()):
-                log.info("batch-norm folding changed %s's features (%.3g); not used",
-                         model.name, err)
-                return model
-        except Exception as e:  # noqa: BLE001 - an optimisation: never fatal
-            log.info("batch-norm folding skipped for %s: %s", model.name, e)
+        name, stride, dev = model.name, model.stride, model.device
+        if model.defer(lambda net: optimized_backbone(net, name, stride, dev)):
             return model
-        model.backbone = folded
-        log.info("%s: %d batch norms folded into their convolutions", model.name, n)
+        model.backbone = optimized_backbone(model.backbone, name, stride, dev)
         return model
+
+
+def optimized_backbone(net: nn.Module, name: str, stride: int,
+                       dev: torch.device) -> nn.Module:
+    """``net`` with its batch norms folded (:func:`fold_batchnorm`, fused on the CPU) and
+    channels_last, checked on a probe; ``net`` itself where folding changes nothing,
+    fails, or changes the features (with a log line)."""
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randn(2, 3, 4 * stride, 5 * stride, generator=g).to(dev)
+    probe = probe.contiguous(memory_format=torch.channels_last)
+    try:
+        folded, n = fold_batchnorm(net, probe, fuse=dev.type == "cpu")
+        if n == 0:
+            return net
+        folded.to(memory_format=torch.channels_last)
+        with torch.inference_mode(), exact_float32():
+            ref = net(probe).float()
+            got = folded(probe).float()
+        err = (got - ref).abs().max().item()
+        if got.shape != ref.shape or not err <= 1e-3 * max(1.0, ref.abs().max().item()):
+            log.info("batch-norm folding changed %s's features (%.3g); not used", name, err)
+            return net
+    except Exception as e:  # noqa: BLE001 - an optimisation: never fatal
+        log.info("batch-norm folding skipped for %s: %s", name, e)
+        return net
+    log.info("%s: %d batch norms folded into their convolutions", name, n)
+    return folded

@@ -39,10 +39,10 @@ from torch import Tensor
 from .. import motion as mo
 from .. import pixels
 from ..cam import bbox_threshold, logits_from_features, minmax_normalize
-from ..model.device import (default_infer_workers, parse_device, pipeline_threads,
+from ..model.device import (default_infer_workers, is_int8, parse_device, pipeline_threads,
                             resolve_precision)
+from ..model.quantize import cpu_backbone
 from ..model.rewrite import optimize_model
-from ..model.trace import traced_backbone
 from ..errors import OptionError
 from ..media.frames import Frame
 from ..model.cammodel import CamModel
@@ -182,8 +182,8 @@ class CamEngine:
                 threads = max(1, pipeline_threads() // self.infer_workers)
             if threads:
                 torch.set_num_threads(threads)
-        self._traced = traced_backbone(self.model, precision) \
-            if trace and self.device.type == "cpu" else None
+        self._traced = cpu_backbone(self.model, precision, trace) \
+            if self.device.type == "cpu" else None  # traced graphs or the int8 network
         self._per_frame = self.stride > 1 or not equal_batches
         self._count_lock = threading.Lock()
         self._pending: collections.deque[tuple[Frame, Tensor | np.ndarray]] = \
@@ -400,7 +400,8 @@ class CamEngine:
             c, k = self.model.weight.shape[1], self.model.weight.shape[0]
             return x.new_zeros((0, c, 1, 1)), x.new_zeros((0, k))
         ctx = (torch.autocast(self.device.type, dtype=self.precision)
-               if self.precision is not None else nullcontext())
+               if self.precision is not None and not is_int8(self.precision)
+               else nullcontext())  # int8: the quantised network, no autocast
         with ctx:
             if self._traced is None:
                 features = self.model.backbone(x)

@@ -174,13 +174,19 @@ def run_ray(todo: list["Job"], opts: "Options", tracker: "Tracker", *,
                 inflight[remote.remote(job, opts, device, flag)] = job
 
         def gather(refs: list) -> None:
+            # a job leaves ``inflight`` only once recorded: a Ctrl-C landing in between
+            # would otherwise lose a finished file's record (run_batch would then call
+            # a file that is in place "interrupted"); the stop gathers it again
             for ref in refs:
-                job = inflight.pop(ref)
+                job = inflight[ref]
                 rec = _result(ray, ref, job)
                 if rec.pop("fatal", False):
+                    del inflight[ref]
                     raise ModelError(rec["reason"])
-                if rec["status"] != "interrupted":  # else recorded so by run_batch
+                if rec["status"] != "interrupted" and str(job.input) not in \
+                        tracker.records:  # "interrupted": recorded so by run_batch
                     tracker.finished(Record(**rec), job.rel)
+                del inflight[ref]
 
         try:
             submit()

@@ -17,14 +17,15 @@ if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_SIZE = 224           #: model input short side of image networks, pixels
 DEFAULT_TAU = 0.3            #: smoothing time constant, seconds
 DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over at once
 LAYOUTS = ("overlay", "side")
 SMOOTH_MODES = ("causal", "centered")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
-__all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_TAU", "LAYOUTS",
-           "PRECISIONS", "SMOOTH_MODES", "FrameResult", "Options", "Summary"]
+__all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_SIZE", "DEFAULT_TAU",
+           "LAYOUTS", "PRECISIONS", "SMOOTH_MODES", "FrameResult", "Options", "Summary"]
 
 
 #: OpenCV's colormaps (``cv2.COLORMAP_<NAME>``), by lower-case name: listed here so that
@@ -46,7 +47,10 @@ class Options:
 
     Model: ``model`` (registry name; a loaded model is a separate parameter of
     :func:`camvideo.stream` and :func:`camvideo.annotate`), ``weights``, ``labels``,
-    ``cls`` (``--class``: name or index; None = top-1), ``size`` (input short side).
+    ``cls`` (``--class``: name or index; None = top-1), ``size`` (input short side; None:
+    the model's own, 224 for image networks and the side a video network's weights were
+    trained at, 112 for ``r3d_18``), ``clip_hop`` (video networks: frames from one clip's
+    start to the next's; None: half the clip).
     Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold``, ``layout``.
     Smoothing: ``smooth`` (time constant, seconds; 0 = off), ``smooth_mode``,
     ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``, ``crf``, ``preset``
@@ -63,7 +67,8 @@ class Options:
     weights: str | None = None
     labels: str | None = None
     cls: str | int | None = None
-    size: int = 224
+    size: int | None = None
+    clip_hop: int | None = None
     topk: int = 3
     colormap: str = "jet"
     alpha: float = 0.5
@@ -92,7 +97,10 @@ class Options:
         _check(isinstance(self.model, str) and bool(self.model), "model",
                f"must be a model name (a loaded model is the `model` parameter), "
                f"got {self.model!r}")
-        _check(32 <= self.size <= 2048, "size", f"must be in 32..2048, got {self.size}")
+        _check(self.size is None or 32 <= self.size <= 2048, "size",
+               f"must be in 32..2048, got {self.size}")
+        _check(self.clip_hop is None or 1 <= self.clip_hop <= 1000, "clip_hop",
+               f"must be in 1..1000 frames, got {self.clip_hop}")
         _check(0 <= self.topk <= 1000, "topk", f"must be in 0..1000, got {self.topk}")
         _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in 0..1, got {self.alpha}")
         _check(0.0 < self.bbox_threshold <= 1.0, "bbox_threshold",

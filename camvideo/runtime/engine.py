@@ -15,6 +15,12 @@ features and class scores, ``stride`` carrying); :meth:`CamEngine.finish` the re
   frames in between carry the last features and class scores, moved with the image
   motion. That motion is the smoother's own (:meth:`Smoother.cues
   <camvideo.smoothing.Smoother.cues>`): computed once per batch, used by both.
+- A video network (:class:`~camvideo.model.video.VideoCamModel`) gathers the
+  preprocessed frames into clips (:class:`~camvideo.runtime.clips.ClipStage`, after the
+  same preprocessing): each batch's results are the frames whose clip has run, with
+  per-frame features and the clip's class scores, so that smoothing and rendering are
+  the image networks'. Its frames come out up to one clip late; :meth:`CamEngine.infer_flush`
+  runs the stream's last clip.
 """
 from __future__ import annotations
 
@@ -40,10 +46,12 @@ from ..model.trace import traced_backbone
 from ..errors import OptionError
 from ..media.frames import Frame
 from ..model.cammodel import CamModel
+from ..model.video import VideoCamModel
 from ..pixels import resize_u8
 from ..options import FrameResult, Options
 from ..render import Renderer
 from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
+from .clips import ClipStage, FramesOut
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +134,9 @@ class CamEngine:
             labels).
         keep_rgb: give each result its source frame as RGB.
         tensors: results' probabilities and maps stay torch tensors on the device.
+        clip_hop: video networks: frames from one clip's start to the next's (None: half
+            the clip; see :mod:`camvideo.runtime.clips`). Video networks run one
+            :meth:`infer` at a time, with ``stride`` 1, eagerly (no tracing or folding).
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,
@@ -133,12 +144,19 @@ class CamEngine:
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
                  infer_workers: int | None = None, trace: bool = False,
                  equal_batches: bool = True, draw: bool = True, keep_rgb: bool = False,
-                 tensors: bool = False) -> None:
+                 tensors: bool = False, clip_hop: int | None = None) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
             raise OptionError(f"stride must be in 1..1000, got {stride}")
-        self.model = optimize_model(model) if optimize else model
+        video = model.kind == "video"
+        if video and int(stride) != 1:
+            raise OptionError(f"stride is for image networks; {model.name} runs on clips "
+                              "(use clip_hop)", option="stride")
+        if clip_hop is not None and not video:
+            raise OptionError(f"clip_hop is for video networks; {model.name} is an image "
+                              "network", option="clip_hop")
+        self.model = optimize_model(model) if optimize and not video else model
         self.renderer = renderer
         self.smoother = smoother
         self.short_side = short_side
@@ -147,9 +165,10 @@ class CamEngine:
         self.device = model.device
         self.draw, self.keep_rgb, self.tensors = bool(draw), bool(keep_rgb), bool(tensors)
         if infer_workers is None:
-            infer_workers = default_infer_workers(self.device, self.stride)
-        if infer_workers > 1 and (self.device.type != "cpu" or self.stride != 1):
-            raise OptionError("concurrent inference needs the CPU and stride 1")
+            infer_workers = 1 if video else default_infer_workers(self.device, self.stride)
+        if infer_workers > 1 and (self.device.type != "cpu" or self.stride != 1 or video):
+            raise OptionError("concurrent inference needs the CPU, stride 1 and an image "
+                              "network")
         self.infer_workers = max(1, int(infer_workers))
         if self.device.type == "cpu":
             if threads is None and not os.environ.get("OMP_NUM_THREADS"):
@@ -157,7 +176,9 @@ class CamEngine:
             if threads:
                 torch.set_num_threads(threads)
         self._traced = traced_backbone(self.model, precision) \
-            if trace and self.device.type == "cpu" else None
+            if trace and self.device.type == "cpu" and not video else None
+        self._clips = ClipStage(model, self._forward, clip_hop) \
+            if isinstance(model, VideoCamModel) else None
         self._per_frame = self.stride > 1 or not equal_batches
         self._count_lock = threading.Lock()
         self._pending: collections.deque[tuple[Frame, Tensor | np.ndarray]] = \
@@ -172,6 +193,12 @@ class CamEngine:
         self._pinned: list[Tensor] = []
         self._pin_events: list[Any] = []
         self._pin_next = 0
+
+    @property
+    def held_frames(self) -> int:
+        """Frames :meth:`infer` may hold back before their results (a video network's
+        clip; 0 for image networks)."""
+        return self._clips.latency if self._clips is not None else 0
 
     # ------------------------------------------------------------------ public API
     def process(self, frames: list[Frame]) -> list[FrameResult]:
@@ -200,6 +227,8 @@ class CamEngine:
         else:
             x, frames01 = self._preprocess_cpu(frames)
             images = [f.image for f in frames]
+        if self._clips is not None:   # a video network: the frames whose clip has run
+            return self._inferred(self._clips.push(frames, images, x, frames01))
         cues = None
         if self.stride == 1:
             features, logits = self._forward(x)
@@ -210,7 +239,13 @@ class CamEngine:
         return Inferred(frames, images, features, logits, frames01, cues)
 
     def infer_flush(self) -> Inferred:
-        """The end-of-stream marker for :meth:`finish`."""
+        """The end-of-stream marker for :meth:`finish` (a video network's: with the
+        frames of the stream's last clip)."""
+        if self._clips is not None:
+            with torch.inference_mode():
+                out = self._inferred(self._clips.flush())
+            out.end = True
+            return out
         return Inferred([], [], end=True)
 
     @torch.inference_mode()
@@ -218,6 +253,10 @@ class CamEngine:
         """Smooth and render (or only describe) a batch from :meth:`infer` (one thread,
         batches in order: the smoother is stateful). Returns the results of the frames
         that are ready."""
+        if batch.end and len(batch):   # a video network's last clip, then the end
+            return self.finish(Inferred(batch.frames, batch.images, batch.features,
+                                        batch.logits, batch.frames01)) + \
+                self.finish(Inferred([], [], end=True))
         if batch.end:
             smoothed = self.smoother.flush()
         elif len(batch) == 0:
@@ -260,6 +299,12 @@ class CamEngine:
             for i, ((f, _), img, n) in enumerate(zip(ready, out, notes))]
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _inferred(out: FramesOut | None) -> Inferred:
+        if out is None:
+            return Inferred([], [])
+        return Inferred(out.frames, out.images, out.features, out.logits, out.frames01)
+
     def _preprocess_cpu(self, frames: list[Frame]) -> tuple[Tensor, Tensor]:
         """Each frame's array, viewed as a channels_last ``(1, 3, H, W)`` uint8 tensor
         (no copy), resized as uint8 one frame at a time (so the result does not depend
@@ -323,8 +368,8 @@ class CamEngine:
         logits = logits_from_features(features, self.model.weight.float(),
                                       None if self.model.bias is None
                                       else self.model.bias.float())
-        with self._count_lock:
-            self.network_frames += x.shape[0]
+        with self._count_lock:   # a video network's clips: their frames
+            self.network_frames += x.shape[0] * (x.shape[2] if x.dim() == 5 else 1)
         return features, logits
 
     def _keys(self, frames01: Tensor) -> list[bool]:
@@ -382,7 +427,8 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     streams want 1 worker and batches of any size).
 
     The model runs on its own device: ``opts.device`` ``auto`` follows it, another device
-    is an :class:`OptionError` (load the model there).
+    is an :class:`OptionError` (load the model there). ``opts.size`` None is the model's
+    :attr:`~camvideo.model.cammodel.CamModel.default_side`.
     """
     device, wanted = model.device, parse_device(opts.device)
     if wanted is not None and (wanted.type != device.type or (
@@ -398,7 +444,8 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
-    return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
-                     stride=opts.stride, infer_workers=infer_workers, trace=trace,
-                     equal_batches=equal_batches, draw=draw, keep_rgb=keep_rgb,
-                     tensors=tensors)
+    return CamEngine(model, renderer, smoother,
+                     short_side=opts.size if opts.size is not None else model.default_side,
+                     precision=precision, stride=opts.stride, infer_workers=infer_workers,
+                     trace=trace, equal_batches=equal_batches, draw=draw,
+                     keep_rgb=keep_rgb, tensors=tensors, clip_hop=opts.clip_hop)

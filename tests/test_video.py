@@ -387,3 +387,24 @@ def test_batch_with_a_video_network(tmp_path):
         stem = clip.path.stem
         assert frame_times(out / f"{stem}.mp4") == pytest.approx(clip.times, abs=1e-3)
         assert len((out / f"{stem}.jsonl").read_text().splitlines()) == clip.frames
+
+
+def test_readme_video_example_runs(family, tmp_path):
+    """The README's video-network command, on a tiny clip with the family's random
+    weights (offline) and a small input."""
+    name, _, path, _ = family
+    if name != "r3d_18":
+        pytest.skip("one family is enough")
+    import re
+    import shlex
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Video networks", 1)[1].split("\n## ", 1)[0]
+    command = re.findall(r"```sh\n(.+?)\n```", section, flags=re.S)[0].split("#")[0]
+    argv = shlex.split(command)
+    assert argv[0] == "camvideo" and argv[argv.index("-m") + 1] == name
+    clip = synth.make_clip("pan", tmp_path / argv[1], size=(64, 48), n=20)
+    args = [str(tmp_path / a) if a.endswith((".mp4", ".jsonl")) else a for a in argv[1:]]
+    assert main([*args, "--weights", str(path), "--size", "32", "-q"]) == 0
+    assert frame_times(tmp_path / argv[2]) == pytest.approx(clip.times, abs=1e-3)
+    sidecar = next(a for a in args if a.endswith(".jsonl"))
+    assert len(Path(sidecar).read_text().splitlines()) == clip.frames

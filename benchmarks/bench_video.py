@@ -15,10 +15,14 @@ rounds (``--rounds``, medians), in frames per second:
   normalised clip tensor for both.
 - ``pipeline``: the whole job on a file. camvideo: ``camvideo.annotate`` with the model
   already loaded (decode, clips every 8 frames (the default hop) and every 16, per-frame
-  maps, smoothing, colour, labels, x264, in its threads). GradCAM: the loop one writes
-  with it (``cv2.VideoCapture`` → clips of 16 consecutive frames, the last one padded →
-  GradCAM → each frame's map resized to the frame, ``applyColorMap`` + ``addWeighted``
-  + label → ``cv2.VideoWriter``, mp4v).
+  maps, smoothing, colour, labels, x264, in its threads; the network with the engine's
+  default threads, and with one thread per core for comparison). GradCAM: the loop one
+  writes with it (``cv2.VideoCapture`` → clips of 16 consecutive frames, the last one
+  padded → GradCAM → each frame's map resized to the frame, ``applyColorMap`` +
+  ``addWeighted`` + label → ``cv2.VideoWriter``, mp4v).
+
+``model+CAM`` rows and the GradCAM loop run with torch's default threads (one per core),
+set again before each (the engine sets torch's threads process-wide).
 
 Usage::
 
@@ -44,6 +48,8 @@ from torchvision.models import video as tvv  # noqa: E402
 
 import camvideo  # noqa: E402
 from camvideo.cam import cam_maps  # noqa: E402
+from camvideo.model.device import cpu_count, pipeline_threads  # noqa: E402
+from camvideo.runtime import engine as engine_mod  # noqa: E402
 from camvideo.model.registry import load_model  # noqa: E402
 from camvideo.testing import synth  # noqa: E402
 from bench_speed import machine  # noqa: E402  (benchmarks/bench_speed.py)
@@ -156,7 +162,7 @@ def main() -> None:
     x = clip_tensor(model, frames[:T], size)
     cam = make_gradcam(net)
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads; clip {clip.name}: {len(frames)} frames "
+          f"threads (engine default: {pipeline_threads()}); clip {clip.name}: {len(frames)} frames "
           f"{frames[0].shape[1]}x{frames[0].shape[0]}, model input {T}x{size[0]}x{size[1]}",
           flush=True)
     camvideo_clip(model, x)          # warm-up: oneDNN primitives
@@ -167,8 +173,21 @@ def main() -> None:
         runs.setdefault(name, []).append(fps)
         print(f"  {name:<28} {fps:7.3f} fps", flush=True)
 
+    cores = cpu_count()
+
+    def pipeline(hop: int, threads: int | None) -> float:
+        if threads is not None:   # the engine's default is pipeline_threads()
+            engine_mod.pipeline_threads = lambda: threads  # type: ignore[assignment]
+        try:
+            s = camvideo.annotate(clip, tmp / "out.mp4", model=model, overwrite=True,
+                                  audio=False, clip_hop=hop)
+        finally:
+            engine_mod.pipeline_threads = pipeline_threads
+        return s.frames / s.seconds
+
     for r in range(args.rounds):
         print(f"round {r + 1}", flush=True)
+        torch.set_num_threads(cores)
         t = time.perf_counter()
         camvideo_clip(model, x)
         record("model+CAM camvideo", T / (time.perf_counter() - t))
@@ -176,9 +195,9 @@ def main() -> None:
         gradcam_clip(cam, x)
         record("model+CAM GradCAM", T / (time.perf_counter() - t))
         for hop in (8, 16):
-            s = camvideo.annotate(clip, tmp / "out.mp4", model=model, overwrite=True,
-                                  audio=False, clip_hop=hop)
-            record(f"pipeline camvideo hop {hop}", s.frames / s.seconds)
+            record(f"pipeline camvideo hop {hop}", pipeline(hop, None))
+        record(f"pipeline hop 16, {cores} threads", pipeline(16, cores))
+        torch.set_num_threads(cores)
         record("pipeline GradCAM loop", gradcam_loop(cam, model.labels, clip,
                                                      tmp / "gc.mp4", size, model))
     cam.activations_and_grads.release()

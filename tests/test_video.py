@@ -305,14 +305,31 @@ def test_s3d_weights_are_one_at_its_own_size_and_follow_the_pooling_when_wider()
         heads.pooled_class_map_head(nn.Identity(), nn.AvgPool3d(2), nn.Conv3d(4, 3, 1), "m")
 
 
-def test_kinetics_labels_for_400_classes(tmp_path):
+def test_weights_from_torchvisions_cache_with_kinetics_labels(tmp_path, monkeypatch, capsys):
+    """400-class weights in torchvision's checkpoint cache (offline) load by name alone,
+    with Kinetics-400's class names; a name whose weights are neither cached nor
+    downloadable is one line, exit 5."""
     labels = kinetics_labels()
     assert len(labels) == 400 and labels[0] == "abseiling"
     torch.manual_seed(0)
     net = tvv.mc3_18(num_classes=400)
-    torch.save(net.state_dict(), tmp_path / "k400.pth")
-    model = load_model("mc3_18", weights=tmp_path / "k400.pth")
+    url = tvv.MC3_18_Weights.DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / Path(url).name
+    cached.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), cached)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _refuse_download)
+    model = load_model("mc3_18")
     assert model.labels == labels and model.default_side == 112
+    assert torch.equal(model.weight, net.fc.weight)
+    clip = synth.make_clip("pan", tmp_path / "in.mp4", size=(64, 48), n=3)
+    code = main([str(clip.path), str(tmp_path / "out.mp4"), "-m", "r3d_18", "-q"])
+    err = capsys.readouterr().err
+    assert code == 5 and err.count("\n") == 1 and "no weights for r3d_18" in err
+
+
+def _refuse_download(url, dst, *a, **k):
+    raise OSError(f"no network: {url}")
 
 
 def test_options_for_video_networks(family, tmp_path, capsys):
@@ -408,3 +425,20 @@ def test_readme_video_example_runs(family, tmp_path):
     assert frame_times(tmp_path / argv[2]) == pytest.approx(clip.times, abs=1e-3)
     sidecar = next(a for a in args if a.endswith(".jsonl"))
     assert len(Path(sidecar).read_text().splitlines()) == clip.frames
+
+
+@pytest.mark.cuda
+def test_video_network_on_cuda_matches_the_cpu(blob_clip):
+    """The CUDA path (pinned uploads, device preprocessing, clips on the device): the same
+    per-frame classes, maps and peaks as on the CPU (fp32)."""
+    clip, centres = blob_clip
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = brightness_net(2).to(device)
+        with camvideo.stream(clip.path, model, smooth=0, size=96, topk=1,
+                             precision="fp32") as rs:
+            results[device] = [(r.cls, np.asarray(r.map), r.peak) for r in rs]
+    assert len(results["cuda"]) == len(results["cpu"]) == clip.frames
+    for (c0, m0, p0), (c1, m1, p1) in zip(results["cpu"], results["cuda"]):
+        assert c0 == c1 and np.abs(m0 - m1).max() < 1e-3
+        assert np.hypot(p0[0] - p1[0], p0[1] - p1[1]) <= 2

@@ -273,7 +273,8 @@ def blob_frames(size: tuple[int, int] = (256, 96), n: int = 36, *, radius: int =
 
     Returns:
         ``(frames, centres, boxes)``: ``n`` frames ``(H, W, 3) uint8``, the disc's centre
-        ``(x, y)`` in pixels (sub-pixel: drawn antialiased) and its bounding box in each.
+        ``(x, y)`` in pixels (to 1/16 pixel: drawn antialiased) and the box of the pixels
+        it touches in each.
     """
     w, h = size
     bg = _background(size, background)
@@ -281,14 +282,15 @@ def blob_frames(size: tuple[int, int] = (256, 96), n: int = 36, *, radius: int =
     xs = np.linspace(margin, w - margin, n) if n > 1 else np.array([w / 2])
     ph = np.linspace(0.0, 2 * np.pi, n) if n > 1 else np.zeros(1)
     ys = h / 2 + bob * h * np.sin(ph)
+    xs, ys = np.round(xs * 16) / 16, np.round(ys * 16) / 16   # as drawn: 1/16 pixel
     centres = [(float(x), float(y)) for x, y in zip(xs, ys)]
-    boxes: list[Box | None] = [(int(np.floor(x - radius)), int(np.floor(y - radius)),
-                                int(np.ceil(x + radius)), int(np.ceil(y + radius)))
-                               for x, y in centres]
+    r = radius + 0.5   # the pixels the antialiased edge touches
+    boxes: list[Box | None] = [(int(np.floor(x - r)), int(np.floor(y - r)),
+                                int(np.ceil(x + r)), int(np.ceil(y + r))) for x, y in centres]
 
     def render(i: int) -> np.ndarray:
         frame = bg.copy()
-        cv2.circle(frame, (round(xs[i] * 16), round(ys[i] * 16)), radius * 16,
+        cv2.circle(frame, (int(xs[i] * 16), int(ys[i] * 16)), radius * 16,
                    (255, 255, 255), -1, lineType=cv2.LINE_AA, shift=4)
         return frame
 

@@ -70,11 +70,11 @@ def stream(source: Any, model: CamModel | str | None = None, options: Options | 
     """
     opts = _options(options, model, overrides)
     loaded = model if isinstance(model, CamModel) else None
-    device = loaded.device if loaded is not None else resolve_device(opts.device)
-    src, info = _open_source(source, i420=device.type == "cpu")
+    src, info = _open_source(source)
     try:
         if loaded is None:
-            loaded = load_model(opts.model, opts.weights, opts.labels, device=device)
+            loaded = load_model(opts.model, opts.weights, opts.labels,
+                                device=resolve_device(opts.device))
         gated = _is_live(src) and bool(src.drop)
         engine = build_engine(opts, loaded, infer_workers=1 if gated else None,
                               equal_batches=not gated, draw=render, keep_rgb=frames,
@@ -120,7 +120,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
         _check_sidecar_path(opts.json, [input, output], opts.overwrite)
     stop = stop or threading.Event()
     t0 = time.monotonic()
-    # on the CPU, frames stay I420 from decoder to encoder where they can (camvideo.pixels)
+    # frames stay I420 from decoder to encoder where they can (camvideo.pixels)
     s = stream(input, model if isinstance(model, CamModel) else None, opts, render=True,
                stop=stop)
     sinks: list[Sink] = []
@@ -130,6 +130,7 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
             sinks.append(VideoFileSink(out_path, s.info, codec=opts.codec, crf=opts.crf,
                                        preset=opts.preset, x264_params=opts.x264_params,
                                        audio_from=str(input) if opts.audio else None,
+                                       audio=opts.audio_codec,
                                        comment=source_comment(input)))
             if opts.json:
                 sinks.append(JsonLinesSink(opts.json, cams=opts.json_cams))
@@ -148,7 +149,10 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
         for sink in sinks:
             sink.abort()
         raise
-    return Summary(str(out_path), n, s.skipped, time.monotonic() - t0, opts.json)
+    video = sinks[0]
+    return Summary(str(out_path), n, s.skipped, time.monotonic() - t0, opts.json,
+                   extra={"encoder": video.encoder, "device": str(s.engine.device),
+                          "warnings": list(getattr(s.source, "warnings", []))})
 
 
 def _options(options: Options | None, model: Any, overrides: dict) -> Options:
@@ -165,15 +169,17 @@ def _options(options: Options | None, model: Any, overrides: dict) -> Options:
     return opts
 
 
-def _open_source(source: Any, i420: bool) -> tuple[Any, Any]:
-    """The source object and its VideoInfo (None when not a file)."""
+def _open_source(source: Any) -> tuple[Any, Any]:
+    """The source object and its VideoInfo (None when not a file). Files decode to I420
+    where they can (:mod:`camvideo.pixels`): the CPU pipeline keeps it to the encoder,
+    the GPU's uploads it (half the bytes of RGB) and converts it there."""
     if isinstance(source, (str, os.PathLike)):
         from .media.sources import open_live, parse_source
 
         text = os.fspath(source)
         if parse_source(text).kind != "file":
             return open_live(text), None
-        src = FileSource(text, i420=i420)
+        src = FileSource(text, i420=True)
         return src, src.info
     return source, getattr(source, "info", None)
 

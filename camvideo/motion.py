@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import OptionError
+from .transfer import to_host
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def downsample(frames01: Tensor, grid: tuple[int, int]) -> Tensor:
 def gray_u8(small: Tensor) -> np.ndarray:
     """``(N, 3, h, w)`` RGB in ``[0, 1]`` → ``(N, h, w)`` uint8 luma on the CPU (one copy)."""
     y = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
-    return (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return to_host([(y * 255.0).round_().clamp_(0, 255).to(torch.uint8)])[0]
 
 
 def color_histograms(small: Tensor) -> Tensor:
@@ -82,7 +83,9 @@ def color_histograms(small: Tensor) -> Tensor:
     idx = (q[:, 0] * _BINS + q[:, 1]) * _BINS + q[:, 2]
     nb = _BINS ** 3
     idx = idx.reshape(n, -1) + torch.arange(n, device=small.device)[:, None] * nb
-    counts = torch.bincount(idx.reshape(-1), minlength=n * nb).reshape(n, nb).float()
+    # scatter_add, not bincount: bincount reads its input's maximum back (a GPU sync)
+    counts = torch.zeros(n * nb, device=small.device).scatter_add_(
+        0, idx.reshape(-1), torch.ones(idx.numel(), device=small.device)).reshape(n, nb)
     return counts / counts.sum(dim=1, keepdim=True)
 
 
@@ -170,12 +173,15 @@ class Cues:
     _samplings: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
     def sampling(self, i: int) -> tuple[Tensor, Tensor] | None:
-        """:func:`sampling` of frame ``i``'s displacement (built once), None without one."""
-        disp = self.disps[i]
-        if disp is None:
+        """:func:`sampling` of frame ``i``'s displacement, None without one. The first
+        call builds every frame's at once (:func:`samplings`: a few kernel launches per
+        batch on a GPU, not per frame)."""
+        if self.disps[i] is None:
             return None
-        if i not in self._samplings:
-            self._samplings[i] = sampling(disp)
+        if not self._samplings:
+            have = [j for j, d in enumerate(self.disps) if d is not None]
+            mats, valid = samplings(torch.stack([self.disps[j] for j in have]))
+            self._samplings.update({j: (mats[k], valid[k]) for k, j in enumerate(have)})
         return self._samplings[i]
 
 
@@ -225,23 +231,32 @@ def sampling(disp: Tensor) -> tuple[Tensor, Tensor]:
         bilinear source inside the grid (what warping a field of ones with zero padding
         gives; 0 where new content entered the frame).
     """
-    h, w, _ = disp.shape
-    dev, dt = disp.device, disp.dtype
-    x = torch.arange(w, device=dev, dtype=dt)[None, :] + disp[..., 0]   # source, in cells
-    y = torch.arange(h, device=dev, dtype=dt)[:, None] + disp[..., 1]
+    mats, valid = samplings(disp[None])
+    return mats[0], valid[0]
+
+
+def samplings(disps: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`sampling` of ``N`` displacement fields at once: ``disps`` ``(N, h, w, 2)``
+    → ``mats`` ``(N, hw, hw)`` and ``valid`` ``(N, 1, 1, h, w)``."""
+    n, h, w, _ = disps.shape
+    dev, dt = disps.device, disps.dtype
+    x = torch.arange(w, device=dev, dtype=dt)[None, None, :] + disps[..., 0]  # (N, h, w)
+    y = torch.arange(h, device=dev, dtype=dt)[None, :, None] + disps[..., 1]
     valid = (torch.minimum(x + 1.0, w - x).clamp(0.0, 1.0)
              * torch.minimum(y + 1.0, h - y).clamp(0.0, 1.0))
-    xc, yc = x.clamp(0, w - 1).reshape(-1), y.clamp(0, h - 1).reshape(-1)
+    xc, yc = x.clamp(0, w - 1).reshape(n, -1), y.clamp(0, h - 1).reshape(n, -1)
     x0, y0 = xc.floor(), yc.floor()
     wx, wy = xc - x0, yc - y0
     x0, y0 = x0.long(), y0.long()
     x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
-    rows = torch.arange(h * w, device=dev).repeat(4)
-    cols = torch.cat((y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1))
-    vals = torch.cat(((1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy))
-    mat = torch.zeros(h * w, h * w, device=dev, dtype=dt)
-    mat.index_put_((rows, cols), vals, accumulate=True)
-    return mat, valid[None, None]
+    hw = h * w
+    rows = torch.arange(hw, device=dev).repeat(4)                          # (4hw,)
+    cols = torch.cat((y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1), dim=1)
+    vals = torch.cat(((1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy), dim=1)
+    flat = (torch.arange(n, device=dev)[:, None] * (hw * hw) + rows[None] * hw + cols)
+    mats = torch.zeros(n * hw * hw, device=dev, dtype=dt)
+    mats.index_add_(0, flat.reshape(-1), vals.reshape(-1))
+    return mats.reshape(n, hw, hw), valid[:, None, None]
 
 
 def warp(state: Tensor, mat: Tensor) -> Tensor:

@@ -85,6 +85,7 @@ class Options:
     preset: str | None = None
     x264_params: str | None = None
     audio: bool = True
+    audio_codec: str = "auto"  # --audio: auto, copy or an encoder (camvideo.media.audio)
     json: str | None = None
     json_cams: bool = False
     overwrite: bool = False
@@ -146,7 +147,9 @@ class Options:
 @dataclass
 class Summary:
     """What :func:`camvideo.annotate` did: ``frames`` written to ``output`` in
-    ``seconds``, ``skipped`` undecodable input frames, the ``json`` sidecar if any."""
+    ``seconds``, ``skipped`` undecodable input frames, the ``json`` sidecar if any;
+    ``extra``: ``encoder`` (the video encoder that opened: the fallback when NVENC could
+    not) and ``device`` (where the network ran)."""
 
     output: str
     frames: int

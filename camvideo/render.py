@@ -27,6 +27,7 @@ from .cam import paper_bbox
 from .errors import OptionError
 from .options import COLORMAPS as COLORMAP_NAMES
 from .options import LAYOUTS
+from .transfer import to_host
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Renderer:
         self._lut_np = np.ascontiguousarray(self.lut.numpy().reshape(256, 1, 3))
         self._lut_yuv = pixels.yuv_of_rgb(self.lut.numpy())
         self._lut_dev: Tensor | None = None
+        self._lut_yuv_dev: list[Tensor] | None = None
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """``(W, H)`` of rendered frames for input frames of ``width × height``."""
@@ -112,9 +114,10 @@ class Renderer:
         """Render a batch.
 
         Args:
-            frames: ``(N, H, W, 3)`` uint8 RGB on the maps' device, or (CPU) a sequence of
-                ``N`` numpy arrays (used as they are, no stacking), each ``(H, W, 3)``
-                uint8 RGB or ``(H * 3 // 2, W)`` uint8 I420 (:mod:`camvideo.pixels`).
+            frames: ``(N, H, W, 3)`` uint8 RGB or ``(N, H * 3 // 2, W)`` uint8 I420 on the
+                maps' device, or (CPU) a sequence of ``N`` numpy arrays (used as they
+                are, no stacking), each ``(H, W, 3)`` uint8 RGB or ``(H * 3 // 2, W)``
+                uint8 I420 (:mod:`camvideo.pixels`).
             maps: ``(N, h, w)`` float in ``[0, 1]``, the maps to draw.
             probs: ``(N, K)`` class probabilities (the labels drawn).
             classes: ``(N,)`` int64 class each map belongs to.
@@ -136,7 +139,8 @@ class Renderer:
             h, w = _size(frames[0])
         else:
             images, peaks, small = self._colour_torch(frames, maps)
-            h, w = frames.shape[1], frames.shape[2]
+            h, w = (frames.shape[1] * 2 // 3 if frames.dim() == 3 else frames.shape[1],
+                    frames.shape[2])
         return self._annotate(images, peaks, small, maps, probs, classes, h, w)
 
     @torch.inference_mode()
@@ -163,7 +167,7 @@ class Renderer:
         else:
             up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
                                align_corners=False)[:, 0].clamp_(0.0, 1.0)
-            peaks = up.reshape(n, -1).argmax(dim=1).cpu().tolist()
+            peaks = to_host([up.reshape(n, -1).argmax(dim=1)])[0].tolist()
             small = self._small_torch(maps, h, w)
         return self._annotate(None, peaks, small, maps, probs, classes, h, w)[1]
 
@@ -179,8 +183,8 @@ class Renderer:
         if not self.bbox:
             return None
         scale = max(1, min(h, w) // 180)
-        return F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
-                             mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+        return to_host([F.interpolate(maps[:, None].float(), size=(h // scale, w // scale),
+                                      mode="bilinear", align_corners=False)[:, 0]])[0]
 
     def _colour_cpu(self, frames: Sequence[np.ndarray],
                     maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
@@ -224,8 +228,38 @@ class Renderer:
             cv2.addWeighted(src, 1.0 - a, cv2.LUT(ix, lut), a, 0.0, dst=dst[:, x0:])
         return out
 
+    def _colour_torch_i420(self, frames: Tensor, maps: Tensor
+                           ) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
+        """:meth:`_blend_i420` as tensor work on the frames' device: I420 frames
+        ``(N, H * 3 // 2, W)`` uint8 in, I420 out (one copy back per batch)."""
+        n = frames.shape[0]
+        y, u, v = pixels.tensor_planes(frames)
+        h, w = y.shape[1:]
+        dev = frames.device
+        if self._lut_yuv_dev is None or self._lut_yuv_dev[0].device != dev:
+            self._lut_yuv_dev = [torch.from_numpy(np.ascontiguousarray(t)).to(dev)
+                                 for t in self._lut_yuv]
+        a = self.alpha
+        up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
+                           align_corners=False)[:, 0].clamp_(0.0, 1.0)
+        up_c = F.interpolate(maps[:, None].float(), size=(h // 2, w // 2), mode="bilinear",
+                             align_corners=False)[:, 0].clamp_(0.0, 1.0)
+        out = []
+        for plane, lut, ix in zip((y, u, v), self._lut_yuv_dev, (up, up_c, up_c)):
+            idx = ix.mul(255.0).round_().long()
+            blended = torch.lerp(plane.float(), lut[idx].float(), a).round_().to(torch.uint8)
+            out.append(torch.cat((plane, blended), dim=2) if self.layout == "side"
+                       else blended)
+        images = list(to_host([pixels.tensor_i420(*out)])[0])
+        peaks, small = to_host([up.reshape(n, -1).argmax(dim=1)])[0].tolist(), None
+        if self.bbox:
+            small = self._small_torch(maps, h, w)
+        return images, peaks, small
+
     def _colour_torch(self, frames: Tensor,
                       maps: Tensor) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
+        if frames.dim() == 3:  # I420 frames
+            return self._colour_torch_i420(frames, maps)
         n, h, w, _ = frames.shape
         dev = frames.device
         up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear",
@@ -240,9 +274,9 @@ class Renderer:
             blended = torch.cat((frames, blended), dim=2)
         peaks = up.reshape(n, -1).argmax(dim=1)
         small = self._small_torch(maps, h, w)
-        # one copy back per batch (plus the few scalars below)
-        images = list(blended.cpu().numpy())
-        return images, peaks.cpu().tolist(), small
+        # one copy back per batch into pinned memory (plus the few scalars below)
+        host, host_peaks = to_host([blended, peaks])
+        return list(host), host_peaks.tolist(), small
 
     def _annotate(self, images: list[np.ndarray] | None, peaks: list[int],
                   small: np.ndarray | None, maps: Tensor, probs: Tensor, classes: Tensor,
@@ -251,8 +285,9 @@ class Renderer:
         on ``images`` unless that is None."""
         top_p, top_i = probs.float().topk(max(self.topk, 1), dim=1)
         cls_p = probs.float().gather(1, classes.view(-1, 1).to(probs.device))[:, 0]
-        top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
-        cls_list, cls_p = classes.cpu().tolist(), cls_p.cpu().tolist()
+        # one wait for all of them (pinned copies on a GPU; the tensors' memory on a CPU)
+        top_p, top_i, cls_list, cls_p = (a.tolist() for a in to_host(
+            [top_p, top_i, classes.to(probs.device), cls_p]))
         x_off = w if self.layout == "side" else 0
         notes = []
         for i in range(len(peaks)):

@@ -50,6 +50,7 @@ from . import motion as mo
 from .cam import cam_maps, minmax_normalize
 from .errors import OptionError
 from .options import DEFAULT_MARGIN, DEFAULT_TAU, SMOOTH_MODES
+from .transfer import to_host
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,17 @@ class FrameMaps:
                  alpha: Callable[[float], float] | None = None) -> None:
         self._weight, self._feat = weight, feat      # (K, C), (1, C, h, w)
         self._window, self._alpha = window, alpha    # [(feat, time, bwd warp)], alpha(dt)
+
+    @staticmethod
+    def raw_of(frame_maps: Sequence["FrameMaps"], classes: Tensor) -> Tensor:
+        """``(M, h, w)``: each frame's map of its own class (``classes`` ``(M,)``), in one
+        product when no frame has a look-ahead window (causal smoothing)."""
+        if frame_maps and all(fm._window is None for fm in frame_maps):
+            weight = frame_maps[0]._weight
+            w = weight.index_select(0, classes.to(weight.device)).float()       # (M, C)
+            feats = torch.cat([fm._feat for fm in frame_maps]).float()          # (M, C, h, w)
+            return torch.einsum("nc,nchw->nhw", w, feats)
+        return torch.cat([fm(classes[i:i + 1]) for i, fm in enumerate(frame_maps)])
 
     def __call__(self, classes: Tensor) -> Tensor:
         w = self._weight.index_select(0, classes.to(self._weight.device)).float()  # (n, C)
@@ -214,6 +226,7 @@ class Smoother:
         self._stale: Tensor | None = None         # () seconds it has not been the top one
         self._lo: Tensor | None = None            # (1,) range of the drawn map
         self._hi: Tensor | None = None
+        self._fixed_cache: tuple | None = None    # (fixed_class, device), its tensor
 
     @property
     def state(self) -> Tensor | None:
@@ -225,7 +238,8 @@ class Smoother:
         return 1.0 - math.exp(-max(dt, 0.0) / self.tau)
 
     def push(self, features: Tensor, logits: Tensor, times: Sequence[float],
-             frames01: Tensor, cues: mo.Cues | None = None) -> Smoothed:
+             frames01: Tensor, cues: mo.Cues | None = None,
+             starts: Sequence[bool] | None = None) -> Smoothed:
         """Add ``N`` frames; return the results that are ready.
 
         Args:
@@ -236,6 +250,9 @@ class Smoother:
                 (downsampled here for motion and cut detection).
             cues: this batch's :meth:`cues`, when the caller computed them already
                 (the engine's ``stride`` carry does); computed here otherwise.
+            starts: ``N`` flags: the frame starts afresh whatever its picture (the first
+                after a gap in a live source, :attr:`camvideo.media.frames.Frame.cut`):
+                reset as at a detected cut, also without ``cut_reset``.
 
         Returns:
             :class:`Smoothed` for the next ``M`` frames in order: ``M == N`` when causal;
@@ -263,6 +280,8 @@ class Smoother:
         if cues is None:
             cues = self.cues(frames01, grid)
         cuts = self._detect_cuts(cues.small, features)
+        if starts is not None:
+            cuts = [bool(c or g) for c, g in zip(cuts, starts)]
         ready: list[_Frame] = []
         for i in range(n):
             fr = _Frame(float(times[i]), cuts[i], features[i:i + 1], probs[i])
@@ -329,11 +348,15 @@ class Smoother:
         feat_d = (1.0 - (pooled * torch.cat((prev_p, pooled[:-1]))).sum(dim=1)).clamp(0, 1)
         self._prev_hist, self._prev_pooled = hist[-1:], pooled[-1:]
         score = 0.5 * (hist_d + feat_d)
-        flags = (score > self.cut_threshold).tolist() if self.cut_reset else [False] * len(hist)
+        if self.cut_reset:
+            host_score = to_host([score])[0]  # one read back per batch
+            flags = (host_score > self.cut_threshold).tolist()
+        else:
+            host_score, flags = None, [False] * len(hist)
         if not self._started:
             flags[0], self._started = True, True
-        if any(flags[1:] if len(flags) else ()):
-            log.debug("cut score %s", [f"{s:.2f}" for s in score.tolist()])
+        if host_score is not None and any(flags[1:] if len(flags) else ()):
+            log.debug("cut score %s", [f"{s:.2f}" for s in host_score.tolist()])
         return flags
 
     @staticmethod
@@ -387,40 +410,58 @@ class Smoother:
         return FrameMaps(self.weight, fr.s_feat, window, self._alpha)  # type: ignore[arg-type]
 
     def _emit(self, ready: list[_Frame]) -> Smoothed:
-        """Class hysteresis and the smoothed normalisation range, in output order (all on
-        the device: no synchronisation per frame)."""
+        """Class hysteresis and the smoothed normalisation range, in output order, all on
+        the device with no synchronisation with the host: the classes frame by frame
+        (each depends on the last), the maps of the whole batch at once, then their
+        ranges frame by frame."""
         if not ready:
             return self._empty()
-        maps, classes, frame_maps = [], [], []
-        for fr in ready:
-            p = fr.s_prob
-            best = p.argmax()
+        probs = torch.stack([fr.s_prob for fr in ready])               # (M, K)
+        best_all = probs.argmax(dim=1)                                  # (M,)
+        classes, prev_cls, restarts, dts = [], [], [], []
+        for i, fr in enumerate(ready):
+            best = best_all[i]
             restart = fr.cut or self._cls is None
             if restart:
                 self._out_start = fr.time
             if self.fixed_class is not None:
-                cls = torch.tensor(self.fixed_class, device=p.device)
+                cls = self._fixed_tensor(probs.device)
             elif restart or fr.time - self._out_start < self.tau:   # still warming up
-                cls, self._stale = best, torch.zeros((), device=p.device)
+                cls, self._stale = best, probs.new_zeros(())
             else:
+                p = probs[i]
                 self._stale = torch.where(best == self._cls, 0.0,
                                           self._stale + (fr.time - self._out_time))
-                take = ((p[best] - p[self._cls] > self.margin)
-                        | (self._stale >= self.switch_hold - 1e-6))
+                lead = p.gather(0, best.view(1)) - p.gather(0, self._cls.view(1))
+                take = (lead[0] > self.margin) | (self._stale >= self.switch_hold - 1e-6)
                 cls = torch.where(take, best, self._cls)
                 self._stale = torch.where(take, 0.0, self._stale)
-            fm = self._frame_maps(fr)
-            frame_maps.append(fm)
-            raw = fm(cls.view(1)).float()                                   # (1, h, w)
-            lo, hi = raw.amin(dim=(1, 2)), raw.amax(dim=(1, 2))
-            if not restart:
-                a = self._alpha(fr.time - self._out_time)
-                same = cls == self._cls
+            classes.append(cls)
+            prev_cls.append(self._cls)
+            restarts.append(restart)
+            dts.append(fr.time - self._out_time)
+            self._cls, self._out_time = cls, fr.time
+        cls_t = torch.stack(classes).long()
+        frame_maps = [self._frame_maps(fr) for fr in ready]
+        raw = FrameMaps.raw_of(frame_maps, cls_t).float()               # (M, h, w)
+        lo_all, hi_all = raw.amin(dim=(1, 2)), raw.amax(dim=(1, 2))
+        los, his = [], []
+        for i in range(len(ready)):
+            lo, hi = lo_all[i:i + 1], hi_all[i:i + 1]
+            if not restarts[i]:
+                a = self._alpha(dts[i])
+                same = classes[i] == prev_cls[i]
                 lo = torch.where(same, torch.lerp(self._lo, lo, a), lo)
                 hi = torch.where(same, torch.maximum(torch.lerp(self._hi, hi, a), hi), hi)
-            self._cls, self._lo, self._hi, self._out_time = cls, lo, hi, fr.time
-            maps.append(minmax_normalize(raw, lo, hi))
-            classes.append(cls)
-        return Smoothed(torch.cat(maps), torch.stack(classes).long(),
-                        torch.stack([fr.s_prob for fr in ready]), [fr.cut for fr in ready],
-                        frame_maps)
+            self._lo, self._hi = lo, hi
+            los.append(lo)
+            his.append(hi)
+        maps = minmax_normalize(raw, torch.cat(los), torch.cat(his))
+        return Smoothed(maps, cls_t, probs, [fr.cut for fr in ready], frame_maps)
+
+    def _fixed_tensor(self, device: torch.device) -> Tensor:
+        """``fixed_class`` as a device scalar, made once (it can change: live's c key)."""
+        key = (self.fixed_class, device)
+        if self._fixed_cache is None or self._fixed_cache[0] != key:
+            self._fixed_cache = (key, torch.tensor(self.fixed_class, device=device))
+        return self._fixed_cache[1]

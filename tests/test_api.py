@@ -208,8 +208,9 @@ def test_stop_ends_a_stream_gracefully(pan_clip, lite0):
 
 def test_peak_memory_stays_flat_through_stream_and_annotate(tmp_path):
     """A 1200-frame clip through stream() and through annotate(), each in a child
-    process: resident memory after the clip exceeds the memory after its first 200
-    frames by little (nothing accumulates per frame)."""
+    process: the most resident memory over the last 600 frames exceeds that over frames
+    200-600 by little (nothing accumulates per frame; the allocator's own ups and downs,
+    about ±12 MiB here, are what is allowed for). Keeping each frame would add 50 MiB."""
     from camvideo.testing import synth
 
     clip = synth.make_clip("pan", tmp_path / "long.mp4", size=(320, 180), n=1200, fps=60)
@@ -219,7 +220,7 @@ def rss():
     return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20
 marks = {{}}
 def note(done, total):
-    if done in (200, 1200):
+    if done % 50 == 0 and done >= 200:
         marks[done] = rss()
 if sys.argv[1] == 'stream':
     with camvideo.stream({str(clip.path)!r}) as results:
@@ -228,7 +229,9 @@ if sys.argv[1] == 'stream':
 else:
     camvideo.annotate({str(clip.path)!r}, {str(tmp_path / 'o.mp4')!r}, overwrite=True,
                       progress=note)
-print(marks[200], marks[1200])
+early = max(v for k, v in marks.items() if k <= 600)
+late = max(v for k, v in marks.items() if k > 600)
+print(early, late)
 """
     for how in ("stream", "annotate"):
         out = subprocess.run([sys.executable, "-c", code, how], capture_output=True,

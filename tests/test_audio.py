@@ -247,7 +247,7 @@ def test_avi_output_has_the_input_rate_and_every_frame_in_order(tiny_model, tmp_
     assert all(2 < b - a < 6 for a, b in zip(xs, xs[1:])), xs  # each frame in its place
     caplog.clear()
     rc, err = run([out, tmp_path / "back.mp4"], capsys)  # reads back without complaint
-    assert rc == ExitCode.OK and "decoded" not in err and "truncated" not in caplog.text
+    assert rc == ExitCode.OK and "decodable" not in err and "truncated" not in caplog.text
 
 
 def test_avi_with_copied_aac_keeps_the_video_on_its_grid(tiny_model, tmp_path, capsys):
@@ -291,3 +291,59 @@ def test_bad_video_codec_is_one_line_usage_error(tiny_model, tmp_path, capsys, c
     assert len(err.splitlines()) == 1 and "internal error" not in err
     assert all(w in err for w in words), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+# --- --audio auto|copy|ENCODER ----------------------------------------------------------
+
+@pytest.fixture
+def ac3_clip(tmp_path) -> Path:
+    """1 s of video with an AC-3 tone from 0.2 s (as DVDs and TV recordings carry)."""
+    src = make_clip(tmp_path / "ac3.mkv", acodec="ac3", segments=((0.2, 1.0),))
+    assert audio_info(src)["codec"] == "ac3"
+    return src
+
+
+@pytest.mark.parametrize("out, args, codec", [
+    ("out.mp4", [], "aac"),                     # plays in browsers; AC-3 does not
+    ("out.mp4", ["--audio", "copy"], "ac3"),    # valid MP4, as asked
+    ("out.mkv", [], "ac3"),                     # Matroska players play anything
+    ("out.mkv", ["--audio", "aac"], "aac"),     # an encoder, as asked
+    ("out.mp4", ["--audio", "opus"], "opus"),   # a codec name for its encoder (libopus)
+])
+def test_audio_mode_picks_copy_or_reencode(tiny_model, tmp_path, capsys, ac3_clip, out,
+                                           args, codec):
+    dst = tmp_path / out
+    rc, err = run([ac3_clip, dst, *args], capsys)
+    assert rc == ExitCode.OK, err
+    a = audio_info(dst)
+    assert a["codec"] == codec
+    # copied or re-encoded, the tone starts where it did (AAC/Opus: within 3 ms)
+    assert onsets(a) == pytest.approx([0.2], abs=0.003)
+    if codec == "ac3":  # copied: the very packets of the input
+        with av.open(str(ac3_clip)) as i, av.open(str(dst)) as o:
+            assert [bytes(p) for p in i.demux(audio=0) if p.size] == \
+                [bytes(p) for p in o.demux(audio=0) if p.size]
+
+
+def test_aac_in_mp4_is_copied_by_auto(tiny_model, tmp_path, capsys):
+    src = make_clip(tmp_path / "in.mp4", acodec="aac")
+    dst = tmp_path / "out.mp4"
+    rc, err = run([src, dst], capsys)
+    assert rc == ExitCode.OK, err
+    with av.open(str(src)) as i, av.open(str(dst)) as o:
+        assert [bytes(p) for p in i.demux(audio=0) if p.size] == \
+            [bytes(p) for p in o.demux(audio=0) if p.size]
+
+
+@pytest.mark.parametrize("out, args, words", [
+    ("out.webm", ["--audio", "copy"], "--audio copy: webm files cannot hold ac3"),
+    ("out.avi", ["--audio", "opus"], "--audio libopus: avi files cannot hold opus"),
+    ("out.mp4", ["--audio", "nosuch"], "no encoder 'nosuch'"),
+    ("out.mp4", ["--audio", "libx264"], "not an audio one"),
+])
+def test_audio_mode_that_cannot_be_followed_is_one_line(tiny_model, tmp_path, capsys,
+                                                        ac3_clip, out, args, words):
+    rc, err = run([ac3_clip, tmp_path / out, *args], capsys)
+    assert rc == ExitCode.USAGE, err
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ac3.mkv"]

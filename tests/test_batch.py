@@ -152,7 +152,8 @@ def test_batch_done_failed_report_then_resume(tree, tmp_path, lite0):
     assert (rep["done"], rep["skipped"], rep["failed"]) == (4, 1, 3)
     assert {Path(r["path"]).name: r["status"] for r in rep["records"]}["trunc.mp4"] == FAILED
     for r in rep["records"]:
-        assert set(r) == {"path", "output", "status", "reason", "frames", "seconds"}
+        assert set(r) == {"path", "output", "status", "reason", "frames", "seconds",
+                          "warnings"}
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
 
     # A stale temporary file of a killed run: removed, and never taken for an output.

@@ -348,3 +348,69 @@ def test_device_and_trace_tests_pass_as_an_avx2_cpu():
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail, tail
+
+
+# ---------------------------------------------------------------------------------------
+# GPU machines, without a GPU here
+
+
+def test_auto_says_when_it_falls_back_to_the_cpu_on_a_gpu_machine(monkeypatch, tmp_path,
+                                                                  caplog):
+    """A machine with an NVIDIA driver whose GPU torch cannot use (driver too old for the
+    build, say): ``auto`` runs on the CPU and says why, at warning level (a benchmark
+    must not report CPU figures as GPU ones unseen); without a GPU it is an info line."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="camvideo.model.device"):
+        monkeypatch.setattr(device, "NVIDIA_DRIVER_FILES", (str(tmp_path / "none"),))
+        assert device.resolve_device("auto") == torch.device("cpu")
+        assert [r.levelname for r in caplog.records] == ["INFO"]
+        caplog.clear()
+        (tmp_path / "version").write_text("NVRM version: 470.00\n")
+        monkeypatch.setattr(device, "NVIDIA_DRIVER_FILES", (str(tmp_path / "version"),))
+        monkeypatch.setattr(torch.version, "cuda", "13.0")
+
+        def old_driver():
+            raise RuntimeError("The NVIDIA driver on your system is too old (found "
+                               "version 11040).\nPlease update your GPU driver.")
+
+        monkeypatch.setattr(torch.cuda, "init", old_driver)
+        assert device.resolve_device("auto") == torch.device("cpu")
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "driver on your system is too old" in warned[0].getMessage()
+    assert "running on the CPU" in warned[0].getMessage()
+
+
+def test_the_folding_check_runs_in_full_float32():
+    """TF32 (Ampere/Hopper) differs from float32 by ~1e-3 relative, as much as the check
+    against the original network allows: the check turns TF32 off, then restores it."""
+    from camvideo.model.rewrite import exact_float32
+
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cuda.matmul.allow_tf32,
+                         torch.backends.cudnn.allow_tf32,
+                         torch.get_float32_matmul_precision()))
+            return x
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        net = _conv_bn_net()
+        net.append(Spy())
+        model = from_modules(net, nn.Linear(6, 3), stride=1)
+        optimize_model(model)
+        assert model.backbone is not net  # folded: the check passed
+        # the probe runs (hooks) with the process's settings, the check in float32
+        assert (False, False, "highest") in seen
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                torch.get_float32_matmul_precision()) == (True, True, "high")
+        with exact_float32():
+            assert not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])

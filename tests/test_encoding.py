@@ -75,3 +75,69 @@ def test_malformed_x264_params_fail_cleanly(pan_clip, tiny_model, tmp_path, caps
     assert rc == ExitCode.OUTPUT, err
     assert len(err.splitlines()) == 1 and "libx264" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------
+# NVENC and its fallback (no NVENC here: a CPU machine, or a data-centre GPU)
+
+
+def _nvenc_opens() -> bool:
+    import av
+
+    try:
+        with av.open("/dev/null", "w", format="mp4") as c:
+            s = c.add_stream("h264_nvenc", rate=30)
+            s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+            s.codec_context.open()
+        return True
+    except Exception:  # noqa: BLE001 - no GPU, no driver, no NVENC
+        return False
+
+
+needs_no_nvenc = pytest.mark.skipif(_nvenc_opens(), reason="NVENC opens on this machine")
+
+
+def test_nvenc_presets_and_settings_for_a_fallback():
+    from camvideo.media.encoding import check_preset, settings_for
+
+    assert encoder_options("h264_nvenc", 20, "p6") == {"cq": "20", "preset": "p6"}
+    check_preset("h264_nvenc", "p5")
+    with pytest.raises(OptionError) as e:
+        check_preset("h264_nvenc", "superfast")
+    assert e.value.option == "preset" and "p7" in str(e.value)
+    # NVENC's preset means nothing to libx264: the fallback takes its own default
+    assert settings_for("libx264", "p5", None) == (None, None)
+    assert settings_for("libx264", "veryfast", "ref=2") == ("veryfast", "ref=2")
+    assert settings_for("libvpx-vp9", "p5", "ref=2") == (None, None)
+
+
+@needs_no_nvenc
+def test_nvenc_with_its_preset_falls_back_to_libx264_once_per_process(
+        pan_clip, tiny_model, tmp_path, caplog, monkeypatch):
+    """``--codec h264_nvenc --preset p5`` where NVENC cannot open: libx264 with its own
+    default settings (it was handed preset p5 and failed: 'cannot open encoder
+    libx264'); the next file goes straight to libx264 (NVENC is not retried)."""
+    import logging
+
+    from camvideo.media import sink
+
+    monkeypatch.setattr(sink, "_UNAVAILABLE", set())
+    opened = []
+    real = sink.FileSink._add_video
+
+    def spy(self, *a, **k):
+        stream = real(self, *a, **k)
+        opened.append(self.encoder)
+        return stream
+
+    monkeypatch.setattr(sink.FileSink, "_add_video", spy)
+    with caplog.at_level(logging.INFO, logger="camvideo.media.sink"):
+        for name in ("a.mp4", "b.mp4"):
+            camvideo.annotate(pan_clip.path, tmp_path / name, model=tiny_model,
+                              codec="h264_nvenc", preset="p5", audio=False)
+    assert opened == ["libx264", "libx264"]
+    s = x264_settings(tmp_path / "a.mp4")
+    assert (s["me"], s["subme"], s["mbtree"]) == ("dia", "1", "1")  # the default settings
+    tried = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(tried) == 1 and "default preset" in tried[0]
+    assert any("did not open earlier" in r.getMessage() for r in caplog.records)

@@ -263,3 +263,37 @@ def test_frame_rgb_and_size():
     assert f.size == (48, 64) and f.rgb().shape == (48, 64, 3)
     g = Frame(0, rgb, 0, 0.0)
     assert g.fmt == pixels.RGB and g.size == (48, 64) and g.rgb() is rgb
+
+
+def test_model_input_from_i420_on_a_device_matches_resize_rgb():
+    """The GPU path converts I420 for the model with tensor operations in float: within
+    a few levels of the CPU path (which rounds to uint8 twice), both ways of resizing."""
+    import cv2
+    import torch
+
+    from camvideo import pixels
+    from camvideo.testing import synth
+
+    img = cv2.resize(synth.load_photo("chelsea"), (320, 180))
+    i420 = pixels.from_rgb(img)
+    batch = torch.from_numpy(np.stack([i420, i420]))
+    y, u, v = pixels.tensor_planes(batch)
+    assert torch.equal(pixels.tensor_i420(y, u, v), batch)
+    for size in ((112, 192), (160, 288)):  # luma halved / chroma doubled
+        got = pixels.model_input_from_i420(batch, size)
+        ref = torch.from_numpy(pixels.resize_rgb(i420, size)).permute(2, 0, 1).float() / 255
+        assert got.shape == (2, 3, *size) and got.dtype == torch.float32
+        d = (got[0] - ref).abs() * 255
+        assert float(d.max()) <= 4 and float(d.mean()) <= 1
+
+
+def test_to_host_on_the_cpu_returns_the_tensors_own_memory():
+    import torch
+
+    from camvideo.transfer import to_host
+
+    a, b = torch.arange(6).view(2, 3), torch.rand(4)
+    ha, hb = to_host([a, b])
+    a[0, 0] = 99
+    assert ha[0, 0] == 99 and np.array_equal(hb, b.numpy())  # views, not copies
+    assert to_host([]) == []

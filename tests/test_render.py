@@ -38,3 +38,26 @@ def test_describe_gives_what_render_draws():
     assert [d.cls for d in described] == classes.tolist()
     # the frames themselves are not drawn on
     assert all((f == 60 * i).all() for i, f in enumerate(frames))
+
+
+def test_the_device_i420_blend_equals_the_cpu_one():
+    """The GPU path's I420 blend (tensor operations, run here on the CPU) gives the
+    OpenCV path's pixels (±1 level) and the same annotations, overlay and side by side."""
+    from camvideo import pixels
+    from camvideo.testing import synth
+
+    img = cv2.resize(synth.load_photo("chelsea"), (320, 180))
+    i420 = pixels.from_rgb(img)
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(2, 7, 12, generator=g)
+    probs = torch.softmax(torch.randn(2, 10, generator=g), 1)
+    classes = probs.argmax(1)
+    for layout in ("overlay", "side"):
+        r = Renderer([str(i) for i in range(10)], layout=layout, bbox=True)
+        cpu, cpu_notes = r.render([i420.copy(), i420.copy()], maps, probs, classes)
+        dev, peaks, small = r._colour_torch_i420(torch.from_numpy(np.stack([i420, i420])),
+                                                 maps)
+        _, dev_notes = r._annotate(dev, peaks, small, maps, probs, classes, 180, 320)
+        assert dev[0].shape == cpu[0].shape == ((270, 640) if layout == "side" else (270, 320))
+        assert np.abs(dev[0].astype(int) - cpu[0].astype(int)).max() <= 1
+        assert dev_notes == cpu_notes

@@ -200,6 +200,32 @@ def test_cut_reset_false_keeps_state():
     assert not torch.allclose(maps[12], ref[12], atol=1e-2)
 
 
+@pytest.mark.parametrize("cut_reset", [True, False])
+def test_a_frame_marked_as_a_start_resets_as_at_a_cut(cut_reset):
+    """A live source back after a gap marks its first frame (``Frame.cut``): the
+    smoother starts afresh there though the picture is the same (one shot throughout,
+    and not one detected cut), also with ``cut_reset`` off."""
+    n = 16
+    frames, times = static_clip(n)
+    feats = features_of(torch.stack([blob(3, 2) if i < 8 else blob(12, 4) for i in range(n)]))
+    logits = torch.stack([logits_for([0.6, 0.2]) if i < 8 else logits_for([0.1, 0.2, 0.6])
+                          for i in range(n)])
+    starts = [i == 8 for i in range(n)]
+    sm = Smoother(eye_weight(), cut_reset=cut_reset)
+    outs = [sm.push(feats[i:i + 4], logits[i:i + 4], times[i:i + 4], frames[i:i + 4],
+                    starts=starts[i:i + 4]) for i in range(0, n, 4)]
+    cuts = [c for o in outs for c in o.cut]
+    maps = torch.cat([o.maps for o in outs])
+    assert cuts == [True] + [False] * 7 + [True] + [False] * 7
+    ref, ref_cls = plain_cam(feats, logits, eye_weight())
+    assert torch.allclose(maps[8], ref[8], atol=1e-6)            # unsmoothed
+    assert torch.cat([o.classes for o in outs])[8] == ref_cls[8] == 2
+    unmarked = Smoother(eye_weight(), cut_reset=cut_reset)        # control: no start
+    maps_u = torch.cat([unmarked.push(feats[i:i + 4], logits[i:i + 4], times[i:i + 4],
+                                      frames[i:i + 4]).maps for i in range(0, n, 4)])
+    assert not torch.allclose(maps_u[8], ref[8], atol=1e-2)
+
+
 def test_reset_starts_a_new_stream():
     feats, logits, times, frames = _two_shots(12, 4)
     sm = Smoother(eye_weight())
@@ -396,3 +422,56 @@ def test_downsample_is_an_area_average(hw, layout):
                           atol=1e-6)
     if hw == (224, 384):  # 4x4 blocks: the mean of each
         assert torch.allclose(got[0, 0, 0, 0], x[0, 0, :4, :4].mean(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- GPU-ready
+class _HostSyncs(torch.overrides.TorchFunctionMode):
+    """Counts the tensor calls that make a GPU wait for the host (a value read back:
+    ``item``, ``tolist``, ``bool``/``int``/``float`` of a tensor, ``cpu``, ``numpy``)."""
+
+    SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu",
+             "numpy", "nonzero"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.SYNCS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["causal", "centered"])
+def test_the_smoother_reads_nothing_back_per_frame(mode):
+    """In the steady state a batch costs the same few host reads whatever its length
+    (the cut flags, the motion's small frames for the CPU optical flow): none per frame,
+    so on a GPU the smoother never waits frame by frame. The same check as
+    ``torch.cuda.set_sync_debug_mode`` (tests/test_cuda.py), here on the CPU."""
+    frames, times = static_clip(40)
+    n0 = torch.linspace(0, 1, 40)[:, None, None] * blob(4, 3)
+    feats, logits = features_of(n0), torch.stack([logits_for([0.5, 0.3])] * 40)
+    counts = {}
+    for batch in (2, 8):
+        sm = Smoother(eye_weight(), mode=mode)
+        sm.push(feats[:8], logits[:8], times[:8], frames[:8])  # past the warm-up
+        with _HostSyncs() as spy:
+            sm.push(feats[8:8 + batch], logits[8:8 + batch], times[8:8 + batch],
+                    frames[8:8 + batch])
+        counts[batch] = spy.count
+    assert counts[2] == counts[8] <= 4, counts
+
+
+def test_batched_samplings_equal_per_frame_ones_and_grid_sample():
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(3, GH, GW, 2, generator=g) * 2
+    mats, valid = mo.samplings(d)
+    state = torch.randn(1, 5, GH, GW, generator=g)
+    for i in range(3):
+        m, v = mo.sampling(d[i])
+        assert torch.equal(m, mats[i]) and torch.equal(v, valid[i])
+        xs = (torch.arange(GW)[None, :] + d[i, ..., 0] + 0.5) / GW * 2 - 1
+        ys = (torch.arange(GH)[:, None] + d[i, ..., 1] + 0.5) / GH * 2 - 1
+        ref = F.grid_sample(state, torch.stack((xs, ys), -1)[None], mode="bilinear",
+                            padding_mode="border", align_corners=False)
+        assert (mo.warp(state, mats[i]) - ref).abs().max() <= 1e-5

@@ -45,7 +45,9 @@ class Job:
 
 @dataclass
 class Record:
-    """What happened to one input: ``status`` is done, skipped, failed or interrupted."""
+    """What happened to one input: ``status`` is done, skipped, failed or interrupted;
+    ``warnings``: what decoding it warned about (``68 of 444 frames decodable``), also
+    in ``reason`` for a file done."""
 
     path: str
     output: str | None
@@ -53,6 +55,7 @@ class Record:
     reason: str = ""
     frames: int = 0
     seconds: float = 0.0
+    warnings: list = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

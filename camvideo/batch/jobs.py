@@ -47,6 +47,11 @@ class BatchSummary:
                        for s in (DONE, SKIPPED, FAILED, INTERRUPTED)}
 
     @property
+    def warned(self) -> int:
+        """Files done with decode warnings (:attr:`Record.warnings`)."""
+        return sum(r.status == DONE and bool(r.warnings) for r in self.records)
+
+    @property
     def frames(self) -> int:
         """Frames written by the files done in this run."""
         return sum(r.frames for r in self.records if r.status == DONE)
@@ -63,7 +68,7 @@ class BatchSummary:
 
     def as_dict(self) -> dict:
         return {"in_dir": self.in_dir, "out_dir": self.out_dir, **self.counts,
-                "frames": self.frames, "seconds": round(self.seconds, 3),
+                "warned": self.warned, "frames": self.frames, "seconds": round(self.seconds, 3),
                 "fps": round(self.fps, 2), "interrupted": self.interrupted,
                 "records": [r.as_dict() for r in self.records]}
 
@@ -77,6 +82,16 @@ class BatchSummary:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot write report {path}: {e.strerror or e}") from None
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a batch (raised by :func:`camvideo.batch.runner.run_batch` after the
+    files in progress were cleaned up and the report written); ``summary`` is what it did
+    so far."""
+
+    def __init__(self, summary: BatchSummary) -> None:
+        super().__init__()
+        self.summary = summary
 
 
 # --------------------------------------------------------------------------- one file
@@ -111,7 +126,9 @@ def process_job(job: Job, model: Any, options: Options, *,
         log.debug("internal error on %s", job.input, exc_info=True)
         return dataclasses.replace(base, reason=f"internal error: {type(e).__name__}: "
                                    f"{first_line(e)}", seconds=time.monotonic() - t0)
-    return dataclasses.replace(base, status=DONE, frames=s.frames, seconds=s.seconds)
+    warnings = list(s.extra.get("warnings", []))
+    return dataclasses.replace(base, status=DONE, frames=s.frames, seconds=s.seconds,
+                               warnings=warnings, reason="; ".join(warnings))
 
 
 class Tracker:
@@ -150,5 +167,7 @@ class Tracker:
             self._emit(rec)
         if rec.status == FAILED:
             log.info("failed: %s: %s", rec.path, rec.reason)
+        elif rec.status == DONE and rec.warnings:
+            log.info("done with warnings: %s: %s", rec.output, rec.reason)
         elif rec.status == DONE:
             log.info("done: %s (%d frames, %.1f s)", rec.output, rec.frames, rec.seconds)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 from .files import (DEFAULT_GLOBS, DONE, FAILED, INTERRUPTED, OUTPUT_EXTS, SKIPPED,
                     Job, Record, clean_stale_partials, find_videos, is_complete, plan)
-from .jobs import BatchProgress, BatchSummary, Tracker, process_job
+from .jobs import BatchInterrupted, BatchProgress, BatchSummary, Tracker, process_job
 from ..errors import InputError, OptionError, OutputError, first_line
 from ..media.sink import check_writable
 from ..options import Options
@@ -45,7 +45,8 @@ from ..options import Options
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_GLOBS", "OUTPUT_EXTS", "DONE", "SKIPPED", "FAILED", "INTERRUPTED",
-           "Job", "Record", "BatchProgress", "BatchSummary", "run_batch", "process_job",
+           "Job", "Record", "BatchProgress", "BatchSummary", "BatchInterrupted",
+           "run_batch", "process_job",
            "find_videos", "plan", "is_complete", "clean_stale_partials"]
 
 
@@ -88,8 +89,9 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Raises:
         InputError: ``in_dir`` missing or nothing matched. OutputError: ``out_dir``
         unusable. OptionError, ModelError: bad options or model (before any file).
-        KeyboardInterrupt: Ctrl-C (after the files in progress were cleaned up and the
-        report written).
+        BatchInterrupted: Ctrl-C (a KeyboardInterrupt, raised after the files in
+        progress were cleaned up and the report written; its ``summary`` is what was
+        done).
     """
     t0 = time.monotonic()
     # absolute: Ray workers do not run in this directory
@@ -133,7 +135,7 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
             tracker.finished(Record(str(job.input), str(job.output), SKIPPED,
                                     "output exists"))
     stop = stop or threading.Event()
-    interrupted = False
+    interrupted = ctrl_c = False
     try:
         if todo and ray:
             from .ray_backend import run_ray
@@ -142,8 +144,7 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
         elif todo:
             _run_local(todo, opts, model, tracker, jobs, stop)
     except KeyboardInterrupt:
-        interrupted = True
-        raise
+        interrupted = ctrl_c = True
     finally:
         interrupted = interrupted or stop.is_set()
         for job in todo:
@@ -155,6 +156,8 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                interrupted=interrupted)
         if report is not None:
             summary.write_report(report)
+    if ctrl_c:
+        raise BatchInterrupted(summary)
     return summary
 
 

@@ -100,6 +100,24 @@ def add_encoder_args(g: argparse._ActionsContainer) -> None:
                         f"default preset: {DEFAULT_X264_PARAMS}; with --preset: none]")
 
 
+def add_audio_arg(g: argparse._ActionsContainer) -> None:
+    """``--audio auto|copy|ENCODER`` (shared with ``camvideo live``)."""
+    from ..media.audio import parse_audio_mode
+
+    def mode(text: str) -> str:
+        try:
+            return parse_audio_mode(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    g.add_argument("--audio", dest="audio_codec", type=mode, default=_D.audio_codec,
+                   metavar="auto|copy|ENCODER",
+                   help="auto: copy audio the container plays widely (AAC, MP3, Opus in "
+                        ".mp4; anything in .mkv), re-encode the rest (AAC; Opus for "
+                        ".webm; MP3 for .avi); copy: copy whatever the container holds; "
+                        f"or an encoder: aac, opus, mp3, ac3, flac... [{_D.audio_codec}]")
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--codec", default=_D.codec,
@@ -108,7 +126,8 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
                    help=f"quality, lower is better [{_D.crf}]")
     add_encoder_args(g)
     g.add_argument("--no-audio", dest="audio", action="store_false",
-                   help="drop the audio (default: copied)")
+                   help="drop the audio")
+    add_audio_arg(g)
     g.add_argument("--json", metavar="PATH",
                    help="JSON Lines sidecar, one record per frame")
     g.add_argument("--json-cams", action="store_true",

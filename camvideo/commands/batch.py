@@ -9,8 +9,8 @@ import sys
 from typing import Sequence
 
 from . import args as cliargs
-from ..batch.runner import DEFAULT_GLOBS, FAILED, OUTPUT_EXTS, run_batch
-from ..batch.jobs import BatchProgress, BatchSummary
+from ..batch.runner import DEFAULT_GLOBS, DONE, FAILED, INTERRUPTED, OUTPUT_EXTS, run_batch
+from ..batch.jobs import BatchInterrupted, BatchProgress, BatchSummary
 
 
 def build_parser() -> cliargs.Parser:
@@ -62,10 +62,12 @@ def build_parser() -> cliargs.Parser:
 
 
 class _Bars:
-    """Two tqdm bars on a terminal (videos, frames) and the file in progress."""
+    """Two tqdm bars on a terminal (videos, frames) and the file in progress; elsewhere
+    (piped, scripted: ``lines``) one line per file as it ends."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, lines: bool = False) -> None:
         self.enabled = enabled
+        self.lines = lines and not enabled
         if not enabled:
             return
         from tqdm import tqdm
@@ -76,6 +78,14 @@ class _Bars:
         self._current = ""
 
     def __call__(self, p: BatchProgress) -> None:
+        if self.lines and p.last is not None and p.last.status in (DONE, FAILED,
+                                                                   INTERRUPTED):
+            r = p.last
+            what = f"{r.frames} frames, {r.seconds:.1f} s" if r.status == DONE else r.reason
+            if r.status == DONE and r.warnings:
+                what += f"; {r.reason}"
+            print(f"camvideo: {r.status}: {r.path} ({what}) [{p.videos_done}/"
+                  f"{p.videos_total}]", file=sys.stderr, flush=True)
         if not self.enabled:
             return
         if self.videos.total != p.videos_total:
@@ -99,11 +109,16 @@ class _Bars:
 
 def _print_summary(s: BatchSummary) -> None:
     c = s.counts
-    print(f"camvideo batch: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed; "
-          f"{s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} fps)", file=sys.stderr)
+    warned = f" ({s.warned} with warnings)" if s.warned else ""
+    stopped = f", {c['interrupted']} interrupted" if s.interrupted else ""
+    print(f"camvideo batch: {c['done']} done{warned}, {c['skipped']} skipped, "
+          f"{c['failed']} failed{stopped}; {s.frames} frames in {s.seconds:.1f} s "
+          f"({s.fps:.1f} fps)", file=sys.stderr)
     for r in s.records:
         if r.status == FAILED:
             print(f"  failed: {r.path}: {r.reason}", file=sys.stderr)
+        elif r.status == DONE and r.warnings:
+            print(f"  warning: {r.path}: {r.reason}", file=sys.stderr)
 
 
 def run_cli(argv: Sequence[str]) -> int:
@@ -114,13 +129,17 @@ def run_cli(argv: Sequence[str]) -> int:
     setup_logging(ns.verbose)
     # --json and -f/--force are the batch's own flags (json: a bool here)
     options = cliargs.options_from(ns).replace(json=None, overwrite=False)
-    bars = _Bars(not ns.quiet and sys.stderr.isatty())
+    bars = _Bars(not ns.quiet and sys.stderr.isatty(), lines=not ns.quiet)
     try:
         summary = run_batch(ns.in_dir, ns.out_dir, patterns=ns.patterns, ext=ns.ext,
                             json=ns.json, force=ns.force, jobs=ns.jobs,
                             ray=ns.ray is not None, ray_address=ns.ray or None,
                             ray_gpus=ns.ray_gpus, ray_cpus=ns.ray_cpus, report=ns.report,
                             progress=bars, options=options)
+    except BatchInterrupted as e:  # what was done so far, then the interrupted line
+        bars.close()
+        _print_summary(e.summary)
+        raise
     finally:
         bars.close()
     _print_summary(summary)

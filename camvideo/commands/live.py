@@ -15,6 +15,7 @@ from ..live.window import WINDOW_MODES
 from ..media.streams import DEFAULT_OPEN_TIMEOUT, DEFAULT_READ_TIMEOUT
 
 _D = cliargs.Options()
+DEFAULT_RECONNECT = 10  #: ``--reconnect`` without N
 
 
 def build_parser() -> cliargs.Parser:
@@ -37,7 +38,13 @@ def build_parser() -> cliargs.Parser:
                    f"counts as stalled [{DEFAULT_READ_TIMEOUT:g}]")
     g.add_argument("--open-timeout", type=cliargs._unit(0.1, 3600.0),
                    default=DEFAULT_OPEN_TIMEOUT, metavar="SECONDS",
-                   help=f"time to connect and find the video stream [{DEFAULT_OPEN_TIMEOUT:g}]")
+                   help="time to connect, find the video stream and get its first "
+                        "picture (a stream joined between keyframes waits for the next) "
+                        f"[{DEFAULT_OPEN_TIMEOUT:g}]")
+    g.add_argument("--reconnect", type=cliargs._unit(1, 1000, int), nargs="?",
+                   const=DEFAULT_RECONNECT, default=0, metavar="N",
+                   help="reopen a camera or stream that is lost or ends, up to N attempts "
+                        f"with back-off; the recording goes on [off; N: {DEFAULT_RECONNECT}]")
     g.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
                    help="FFmpeg input option, repeatable (video_size=1280x720, framerate=30, "
                         "input_format=mjpeg, rtsp_transport=tcp)")
@@ -52,6 +59,9 @@ def build_parser() -> cliargs.Parser:
     o.add_argument("--crf", type=cliargs._unit(0, 63, int), default=_D.crf,
                    help=f"recording quality, lower is better [{_D.crf}]")
     cliargs.add_encoder_args(o)
+    o.add_argument("--no-audio", dest="audio", action="store_false",
+                   help="record without the source's audio")
+    cliargs.add_audio_arg(o)
     o.add_argument("--serve", metavar="[HOST:]PORT",
                    help="serve a page with the live stream (MJPEG) on HOST:PORT "
                         "[host 127.0.0.1]")
@@ -86,12 +96,24 @@ def _parse_options(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _bare_reconnect(argv: Sequence[str]) -> list[str]:
+    """``--reconnect`` followed by no number takes the default here, so that a SOURCE
+    after it (``--reconnect udp://...``) is not read as its N."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--reconnect" and (i + 1 == len(out) or not out[i + 1].isdigit()):
+            out[i] = f"--reconnect={DEFAULT_RECONNECT}"
+    return out
+
+
 def run_cli(argv: Sequence[str]) -> int:
     """``camvideo live ...``: parse, run, exit code (errors are raised to cli.main)."""
     from .terminal import setup_logging
     from ..live.session import run_live
 
-    ns = build_parser().parse_args(list(argv))
+    ns = build_parser().parse_args(_bare_reconnect(argv))
     setup_logging(ns.verbose)
     quiet = ns.quiet
 
@@ -103,5 +125,5 @@ def run_cli(argv: Sequence[str]) -> int:
              duration=ns.duration, hud=ns.hud, realtime=ns.realtime, timeout=ns.timeout,
              open_timeout=ns.open_timeout, source_options=_parse_options(ns.source_option),
              snapshot_dir=ns.snapshot_dir, stats=ns.stats, notify=notify,
-             options=cliargs.options_from(ns))
+             reconnect=ns.reconnect, options=cliargs.options_from(ns))
     return ExitCode.OK

@@ -49,8 +49,12 @@ def run_main(argv: Sequence[str]) -> int:
         summary = annotate(ns.input, ns.output, options, progress=update)
     finally:
         close()
-    log.info("%s: %d frames in %.1f s (%.1f fps)", summary.output, summary.frames,
-             summary.seconds, summary.fps)
+    if not ns.quiet and not sys.stderr.isatty():  # piped or scripted: one line
+        print(f"camvideo: wrote {summary.output}: {summary.frames} frames in "
+              f"{summary.seconds:.1f} s ({summary.fps:.1f} fps)", file=sys.stderr)
+    else:
+        log.info("%s: %d frames in %.1f s (%.1f fps)", summary.output, summary.frames,
+                 summary.seconds, summary.fps)
     return ExitCode.OK
 
 

@@ -70,6 +70,7 @@ class LiveSummary:
     url: str | None = None
     network_frames: int = 0
     frames: list = field(default_factory=list)
+    gaps: list = field(default_factory=list)  # --reconnect: [Gap.as_dict()] per gap
 
 
 def run_live(source: str = "0", *, options: Options | None = None, model: Any = None,
@@ -78,7 +79,8 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
              timeout: float = DEFAULT_READ_TIMEOUT, open_timeout: float = DEFAULT_OPEN_TIMEOUT,
              source_options: dict[str, str] | None = None, snapshot_dir: str = ".",
              stats: str | None = None, notify: Callable[[str], None] | None = None,
-             stop: threading.Event | None = None, **overrides: Any) -> LiveSummary:
+             stop: threading.Event | None = None, reconnect: int = 0,
+             **overrides: Any) -> LiveSummary:
     """Annotate a live source until it ends, ``stop`` is set, ``--duration`` is reached,
     the window's q key, or Ctrl-C/SIGTERM (KeyboardInterrupt in this thread).
 
@@ -101,6 +103,8 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
             first; written on every normal stop and when the source is lost).
         notify: called with one-line messages for the user (preview URL, snapshots).
         stop: set it to stop (as q does).
+        reconnect: reopen a lost or ended camera or stream, up to this many attempts
+            (see :func:`camvideo.media.sources.open_live`); gaps go into ``stats``.
 
     Raises:
         SourceLostError: the source cannot be opened, disappears or stalls.
@@ -138,7 +142,8 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
     server = PreviewServer(*bind, source=source) if bind is not None else None  # binds now
     try:
         src: LiveSource = open_live(source, realtime=realtime, open_timeout=open_timeout,
-                                    read_timeout=timeout, options=source_options)
+                                    read_timeout=timeout, options=source_options,
+                                    reconnect=reconnect)
     except BaseException:
         if server is not None:
             server.close()
@@ -162,11 +167,6 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
         if use_window:
             viewer = WindowThread(f"camvideo live: {src.label}", controls)
             viewer.start()
-        if out_path is not None:
-            info = VideoInfo(str(source), 0, 0, _rate(src.nominal_fps), src.time_base, 0,
-                             None, "", 0)
-            recording = VideoFileSink(out_path, info, codec=opts.codec, crf=opts.crf,
-                                      preset=opts.preset, x264_params=opts.x264_params)
         views = [v for v in (server, viewer) if v is not None]
         meter = _Meter(src)
         error: BaseException | None = None
@@ -177,7 +177,15 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
                     latency = meter.add(r)
                     if hud:
                         draw_hud(r.image, meter.hud(latency))
-                    if recording is not None:
+                    if out_path is not None:
+                        if recording is None:  # the source's audio is known from now on
+                            info = VideoInfo(str(source), 0, 0, _rate(src.nominal_fps),
+                                             src.time_base, 0, None, "", 0)
+                            recording = VideoFileSink(
+                                out_path, info, codec=opts.codec, crf=opts.crf,
+                                preset=opts.preset, x264_params=opts.x264_params,
+                                audio_from=src.audio_from() if opts.audio else None,
+                                audio=opts.audio_codec)
                         recording.write(r)
                     controls.last_note = r
                     if not controls.paused:
@@ -302,4 +310,5 @@ def _summary(src: LiveSource, shown: int, fps: float, records: collections.deque
                        pct(50), pct(95), float(lat.max()) if lat.size else 0.0,
                        str(out_path) if out_path else None,
                        server.url if server is not None else None,
-                       int(getattr(engine, "network_frames", 0)), [list(r) for r in records])
+                       int(getattr(engine, "network_frames", 0)), [list(r) for r in records],
+                       [g.as_dict() for g in src.gaps])

@@ -1,36 +1,66 @@
 """Audio: the input's audio streams copied packet by packet into the output as the video
-advances (no decoding), or re-encoded where the output container refuses the codec.
+advances (no decoding), or re-encoded, as ``--audio`` asks (:func:`parse_audio_mode`):
 
-Re-encoding (AAC; Opus for WebM; MP3 for AVI) decodes, converts with PyAV's
-:class:`av.AudioResampler` to what the encoder takes (a named channel layout for the
-input's channel count, a sample rate the encoder supports, its sample format) and keeps
-the input's timing: frames are timed by their sample count from the input's first
-timestamp (a late start stays late) and follow the input's timestamps where those jump
-ahead: a gap is filled with silence, so the audio after it stays where it was (an
-encoder with a lapped transform cannot leave a hole without shifting what follows).
-Frames that overlap what was already encoded are dropped. AVI stores no timestamps at
-all, so there a late start is kept as leading silence (audio that starts late is
-re-encoded even where AVI could take its codec).
+- ``auto`` (the default) copies audio that the output container *plays widely*
+  (:data:`PLAYS_WIDELY`: AAC, MP3 and Opus in ``.mp4``, anything in ``.mkv``) and
+  re-encodes the rest to the container's usual codec (AAC; Opus for WebM; MP3 for AVI):
+  AC-3 copied into ``.mp4`` is valid, but web browsers do not play it;
+- ``copy`` copies whatever the container can hold (:data:`HOLDS`), else refuses;
+- an encoder name (``aac``, ``opus``, ``mp3``, ``ac3``, ``flac``...) re-encodes to it.
+
+Re-encoding decodes, converts with PyAV's :class:`av.AudioResampler` to what the encoder
+takes (a named channel layout for the input's channel count, a sample rate the encoder
+supports, its sample format) and keeps the input's timing: frames are timed by their
+sample count from the input's first timestamp (a late start stays late) and follow the
+input's timestamps where those jump ahead: a gap is filled with silence, so the audio
+after it stays where it was (an encoder with a lapped transform cannot leave a hole
+without shifting what follows). Frames that overlap what was already encoded are
+dropped. AVI stores no timestamps at all, so there a late start is kept as leading
+silence (audio that starts late is re-encoded even where AVI could take its codec).
+
+**Live recordings** (:mod:`camvideo.media.streams`) take their audio from a file played
+as a camera, moved to the recording's timeline (:class:`AudioFrom` with an ``offset``
+and a ``start``), or from an :class:`AudioFeed`: the audio packets a live stream's reader
+thread demuxes beside the video, each moved by the offset between the stream's clock and
+the recording's capture clock that its video frames set (:meth:`AudioFeed.anchor`).
 """
 from __future__ import annotations
 
+import collections
 import logging
+import threading
+from dataclasses import dataclass
 from fractions import Fraction
+from contextlib import nullcontext
+from typing import Union
 
 import av
 
-from ..errors import OutputError, first_line
+from ..errors import OptionError, OutputError, first_line
 
 log = logging.getLogger(__name__)
 
-# Audio codecs each output container takes as they are (otherwise: re-encode).
-_AUDIO_COPY = {
-    "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
-    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
-    "matroska": None,  # None: anything the muxer takes
-    "webm": {"opus", "vorbis"},
-    "avi": {"mp3", "mp2", "ac3", "aac", "pcm_s16le", "pcm_s24le", "pcm_u8"},
+#: Audio codecs each output container can hold as they are (``--audio copy``; None:
+#: anything the muxer takes).
+HOLDS: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}),
+    "mov": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le",
+                      "pcm_f32le"}),
+    "matroska": None,
+    "webm": frozenset({"opus", "vorbis"}),
+    "avi": frozenset({"mp3", "mp2", "ac3", "aac", "pcm_s16le", "pcm_s24le", "pcm_u8"}),
 }
+#: Audio codecs ``--audio auto`` copies: what players of each container play widely
+#: (web browsers for MP4 and WebM; QuickTime for MOV); the rest is re-encoded.
+PLAYS_WIDELY: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "opus"}),
+    "mov": frozenset({"aac", "mp3", "alac", "pcm_s16le", "pcm_s24le", "pcm_f32le"}),
+    "matroska": None,
+    "webm": HOLDS["webm"],
+    "avi": HOLDS["avi"],
+}
+#: The ``--audio`` modes besides an encoder's name.
+AUDIO_MODES = ("auto", "copy")
 # The audio encoder each container re-encodes to (the first one this FFmpeg has).
 _AUDIO_REENCODE = {"webm": ("libopus", "opus"), "avi": ("libmp3lame", "ac3")}
 _DEFAULT_REENCODE = ("aac",)
@@ -40,6 +70,42 @@ _LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "
             8: "7.1"}
 #: Timestamps within this of where the samples so far end count as contiguous.
 _JITTER = 0.005
+
+
+def parse_audio_mode(text: str) -> str:
+    """``--audio``'s value: ``auto``, ``copy``, or an audio encoder by its name or its
+    codec's (``opus`` is ``libopus``, ``mp3`` ``libmp3lame``): returns the mode or the
+    encoder's name.
+
+    Raises:
+        OptionError: not a mode, not an encoder this FFmpeg has, or not an audio one.
+    """
+    name = (text or "").strip().lower()
+    if name in AUDIO_MODES:
+        return name
+    try:
+        codec = av.codec.Codec(name, "w")
+    except (av.FFmpegError, ValueError):
+        raise OptionError(f"--audio must be auto, copy or an audio encoder (aac, opus, "
+                          f"mp3, ac3, flac...); no encoder {text!r}") from None
+    if codec.type != "audio":
+        raise OptionError(f"--audio {text}: {codec.name} is a {codec.type} encoder, not "
+                          "an audio one")
+    if codec.experimental:
+        raise OptionError(f"--audio {text}: FFmpeg's {codec.name} encoder is "
+                          "experimental; choose another")
+    return codec.name
+
+
+@dataclass(frozen=True)
+class AudioFrom:
+    """A recording's audio from a file: the audio streams of ``path``, their times moved
+    by ``offset`` seconds, from ``start`` (a time of the recording) on; None: all of it.
+    A packet that ends before ``start`` is left out (a copied packet cannot be cut)."""
+
+    path: str
+    offset: float = 0.0
+    start: float | None = None
 
 
 def audio_streams(container: av.container.InputContainer) -> list[av.audio.AudioStream]:
@@ -53,8 +119,9 @@ def audio_streams(container: av.container.InputContainer) -> list[av.audio.Audio
     return streams
 
 
-def _encoder(fmt: str) -> av.codec.Codec:
-    names = _AUDIO_REENCODE.get(fmt, _DEFAULT_REENCODE)
+def _encoder(fmt: str, name: str | None = None) -> av.codec.Codec:
+    """The encoder ``name``, else the container's usual one (the first this FFmpeg has)."""
+    names = (name,) if name else _AUDIO_REENCODE.get(fmt, _DEFAULT_REENCODE)
     for name in names:
         try:
             return av.codec.Codec(name, "w")
@@ -109,8 +176,8 @@ class _Reencoder:
     follow the sample count and the input's jumps."""
 
     def __init__(self, ins: av.audio.AudioStream, out: av.container.OutputContainer,
-                 fmt: str, lead_in: bool = False) -> None:
-        codec = _encoder(fmt)
+                 fmt: str, lead_in: bool = False, encoder: str | None = None) -> None:
+        codec = _encoder(fmt, encoder)
         self._lead_in = lead_in  # silence from 0 s to the first sample (AVI)
         icc = ins.codec_context
         rate = _rate(codec, icc.sample_rate or 48000)
@@ -191,65 +258,248 @@ class _Reencoder:
         return [p for f in frames for p in self.stream.encode(f)]
 
 
-class AudioRemuxer:
-    """Copies the audio packets of ``path`` into ``out`` as the video advances, or
-    re-encodes them (see the module's docstring) where the container refuses the codec."""
 
-    def __init__(self, path: str, out: av.container.OutputContainer, fmt: str) -> None:
-        self._in = av.open(path, "r")
-        self._pairs: dict[int, tuple[av.stream.Stream, _Reencoder | None]] = {}
+
+class AudioFeed:
+    """The audio packets of a live stream, handed from its reader thread to a recording.
+
+    The reader calls :meth:`begin` with each (re)opened container's audio streams (an
+    *epoch*), :meth:`put` for each audio packet it demuxes, and :meth:`end` before it
+    closes the container. Whoever delivers the video frames calls :meth:`anchor` with the
+    first frame of each epoch: the offset (seconds) from the stream's clock to the
+    recording's, by which every audio packet of that epoch is moved. A recording takes
+    the packets with :meth:`take`, in order; those of an epoch that never showed a
+    picture are dropped. At most ``maxlen`` packets are kept (the oldest go first: about
+    20 s of AAC at 48 kHz by default), whether or not anything records.
+    """
+
+    def __init__(self, maxlen: int = 1024) -> None:
+        self.lock = threading.RLock()  #: held while streams are added from the templates
+        self._packets: collections.deque[tuple[int, int, av.Packet]] = \
+            collections.deque(maxlen=maxlen)
+        self._streams: dict[int, list[av.audio.AudioStream]] = {}  # open epochs only
+        self._codecs: dict[int, list[str]] = {}
+        self._offsets: dict[int, float] = {}
+        self._epoch = 0
+
+    # ------------------------------------------------------------------ reader thread
+    def begin(self, streams: list[av.audio.AudioStream]) -> int:
+        """A container was (re)opened with these audio streams; returns its epoch."""
+        with self.lock:
+            self._epoch += 1
+            self._streams[self._epoch] = list(streams)
+            self._codecs[self._epoch] = [s.codec_context.name for s in streams]
+            return self._epoch
+
+    def put(self, epoch: int, slot: int, packet: av.Packet) -> None:
+        """An audio packet of the ``slot``-th audio stream of ``epoch``."""
+        if packet.dts is None and packet.pts is None:  # the demuxer's flush packets
+            return
+        with self.lock:
+            self._packets.append((epoch, slot, packet))
+
+    def end(self, epoch: int) -> None:
+        """The container of ``epoch`` is about to close: its streams are no templates any
+        more (its packets stay)."""
+        with self.lock:
+            self._streams.pop(epoch, None)
+
+    # ------------------------------------------------------------------ video side
+    def anchor(self, epoch: int, offset: float, again: bool = False) -> None:
+        """The recording time of ``epoch``'s first picture minus its stream time (once
+        per epoch: later calls are ignored, unless ``again``: the video left the
+        stream's clock, and the packets not taken yet follow it)."""
+        with self.lock:
+            if again:
+                self._offsets[epoch] = float(offset)
+            else:
+                self._offsets.setdefault(epoch, float(offset))
+
+    # ------------------------------------------------------------------ recording side
+    def streams(self) -> list[av.audio.AudioStream]:
+        """The audio streams of the newest open epoch (hold :attr:`lock` while using
+        them: the reader closes a container only after :meth:`end`)."""
+        with self.lock:
+            return list(self._streams[max(self._streams)]) if self._streams else []
+
+    def codec(self, epoch: int, slot: int) -> str | None:
+        """The codec name of ``slot`` in ``epoch`` (None: no such stream)."""
+        names = self._codecs.get(epoch, [])
+        return names[slot] if slot < len(names) else None
+
+    def take(self) -> tuple[int, int, av.Packet, float] | None:
+        """The oldest packet ready to go: ``(epoch, slot, packet, offset)``; None when
+        there is none yet (the next one's epoch has shown no picture yet)."""
+        with self.lock:
+            while self._packets:
+                epoch, slot, packet = self._packets[0]
+                offset = self._offsets.get(epoch)
+                if offset is None:
+                    if any(e > epoch for e in self._offsets) or \
+                            (epoch not in self._streams and epoch < self._epoch):
+                        self._packets.popleft()  # its epoch ended without a picture
+                        continue
+                    return None
+                self._packets.popleft()
+                return epoch, slot, packet, offset
+            return None
+
+
+AudioSource = Union[str, AudioFrom, AudioFeed]
+
+
+class _Pair:
+    """One input audio stream and where it goes: copied into ``out`` as it is
+    (``enc`` None) or re-encoded by ``enc`` (with ``decoder``, a feed's own)."""
+
+    def __init__(self, out: av.stream.Stream, enc: _Reencoder | None, codec: str,
+                 decoder: av.codec.context.CodecContext | None = None) -> None:
+        self.out, self.enc, self.codec, self.decoder = out, enc, codec, decoder
+
+
+def _own_decoder(ins: av.audio.AudioStream) -> av.codec.context.CodecContext:
+    """A decoder for ``ins``'s packets that does not depend on its container (which a
+    live reader may close): the codec, its extradata, rate and layout."""
+    icc = ins.codec_context
+    dec = av.codec.context.CodecContext.create(icc.name, "r")
+    if icc.extradata:
+        dec.extradata = icc.extradata
+    for name in ("sample_rate", "layout", "format"):
         try:
-            allowed = _AUDIO_COPY.get(fmt, None)
-            supported = out.supported_codecs
-            usable = audio_streams(self._in)
-            for ins in usable:
-                name = ins.codec_context.name
-                start = float(ins.start_time * ins.time_base) \
-                    if ins.start_time is not None and ins.time_base else 0.0
-                # AVI has no timestamps: audio that starts late needs leading silence
-                late = fmt == "avi" and start > _JITTER
-                if (allowed is None or name in allowed) and name in supported and \
-                        not late:
-                    outs = out.add_stream_from_template(ins)
-                    self._pairs[ins.index] = (outs, None)
-                else:
-                    enc = _Reencoder(ins, out, fmt, lead_in=fmt == "avi")
-                    self._pairs[ins.index] = (enc.stream, enc)
-                    log.info("audio %s cannot go into %s as is; re-encoding (%s)", name,
-                             fmt, enc.describe)
+            value = getattr(icc, name)
+            if value:
+                setattr(dec, name, value)
+        except (AttributeError, ValueError, TypeError, av.FFmpegError):
+            pass
+    return dec
+
+
+class AudioRemuxer:
+    """Puts the audio of ``source`` into ``out`` as the video advances: copied, or
+    re-encoded (see the module's docstring and ``mode``).
+
+    Args:
+        source: a file (its path, or an :class:`AudioFrom` that moves and trims it), or
+            a live stream's :class:`AudioFeed`.
+        out: the output container (before its first packet).
+        fmt: its FFmpeg format name (``mp4``, ``matroska``...).
+        mode: ``auto``, ``copy`` or an encoder (:func:`parse_audio_mode`).
+
+    Raises:
+        OptionError: ``mode`` is unknown, or asks for what the container cannot hold.
+        OutputError: no encoder can re-encode an audio stream.
+    """
+
+    def __init__(self, source: AudioSource, out: av.container.OutputContainer, fmt: str,
+                 mode: str = "auto") -> None:
+        mode = parse_audio_mode(mode)
+        self.dropped = 0
+        self.trimmed = 0  #: packets left out before the recording's start
+        self._pairs: list[_Pair] = []
+        self._feed = source if isinstance(source, AudioFeed) else None
+        self._in: av.container.InputContainer | None = None
+        if self._feed is None:
+            src = source if isinstance(source, AudioFrom) else AudioFrom(str(source))
+            self._offset, self._start = float(src.offset), src.start
+            self._in = av.open(src.path, "r")
+        else:
+            self._offset, self._start = 0.0, 0.0  # a live recording starts at 0
+        try:
+            with self._feed.lock if self._feed is not None else nullcontext():
+                usable = self._feed.streams() if self._feed is not None \
+                    else audio_streams(self._in)
+                self._pairs = [self._pair(ins, out, fmt, mode) for ins in usable]
         except BaseException:
-            self._in.close()
+            self.close()
             raise
         self._out = out
-        self._packets = self._in.demux(usable)
-        self._pending: av.Packet | None = None
+        self._packets = self._in.demux(usable) if self._in is not None else None
+        self._slots = {s.index: i for i, s in enumerate(usable)}
+        self._pending: tuple[int, int, av.Packet, float] | None = None
         self._ended = self._flushed = False
         self._last_dts: dict[int, int] = {}
         # AVI: audio that starts before 0 (AAC's priming packet at -1024) would make the
         # muxer shift the video by part of a frame; it is moved to start at 0 instead
         self._shift: dict[int, int] | None = {} if fmt == "avi" else None
-        self.dropped = 0
+        self._mismatch = False
 
+    @property
+    def streams(self) -> int:
+        """How many audio streams go into the output."""
+        return len(self._pairs)
+
+    def _pair(self, ins: av.audio.AudioStream, out: av.container.OutputContainer, fmt: str,
+              mode: str) -> _Pair:
+        name = ins.codec_context.name
+        holds, plays = HOLDS.get(fmt), PLAYS_WIDELY.get(fmt)
+        can_hold = (holds is None or name in holds) and name in out.supported_codecs
+        start = float(ins.start_time * ins.time_base) \
+            if ins.start_time is not None and ins.time_base else 0.0
+        # AVI has no timestamps: audio that starts late needs leading silence
+        late = fmt == "avi" and self._feed is None and start + self._offset > _JITTER
+        if mode == "copy" and not can_hold:
+            raise OptionError(f"--audio copy: {fmt} files cannot hold {name} audio; use "
+                              "--audio auto or name an encoder")
+        if mode == "copy" or (mode == "auto" and can_hold and not late and
+                              (plays is None or name in plays)):
+            if late:
+                log.warning("audio %s starts %.3f s late, which AVI cannot store: copied "
+                            "(--audio copy), it starts with the video", name, start)
+            return _Pair(out.add_stream_from_template(ins), None, name)
+        encoder = None
+        if mode != "auto":
+            codec = av.codec.Codec(mode, "w")
+            if codec.canonical_name not in out.supported_codecs:
+                raise OptionError(f"--audio {mode}: {fmt} files cannot hold "
+                                  f"{codec.canonical_name} audio")
+            encoder = mode
+        enc = _Reencoder(ins, out, fmt, lead_in=fmt == "avi" and self._feed is None,
+                         encoder=encoder)
+        why = (f"--audio {mode}" if encoder else
+               f"{fmt} files cannot hold it" if not can_hold else
+               "it starts late, which AVI cannot store" if late else
+               f"{fmt} players do not all play it")
+        log.info("audio %s re-encoded (%s): %s", name, why, enc.describe)
+        return _Pair(enc.stream, enc, name,
+                     _own_decoder(ins) if self._feed is not None else None)
+
+    # ------------------------------------------------------------------ muxing
     def mux_until(self, t: float) -> None:
-        """Mux every audio packet that starts before ``t`` seconds."""
-        while not self._ended:
-            pkt = self._pending or self._next()
-            if pkt is None:
+        """Mux every audio packet that starts before ``t`` seconds (of the output)."""
+        while True:
+            item = self._pending or self._next()
+            if item is None:
                 break
+            _, _, pkt, offset = item
             if pkt.pts is not None and pkt.time_base is not None and \
-                    float(pkt.pts * pkt.time_base) > t:
-                self._pending = pkt
+                    float(pkt.pts * pkt.time_base) + offset > t:
+                self._pending = item
                 return
             self._pending = None
-            self._mux(pkt)
-        if self._ended and not self._flushed:
-            self._flushed = True
-            for outs, enc in self._pairs.values():
-                if enc is not None:  # drain the re-encoders
-                    for p in self._reencode(enc, None):
-                        self._put(p, outs)
+            self._mux(*item)
+        if self._ended:
+            self._flush()
 
-    def _next(self) -> av.Packet | None:
+    def finish(self, until: float = float("inf")) -> None:
+        """Mux what starts before ``until`` (all of it by default), then drain the
+        re-encoders: the audio ends here."""
+        self.mux_until(until)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._flushed:
+            return
+        self._flushed = True
+        for pair in self._pairs:
+            if pair.enc is not None:  # drain the re-encoders
+                for p in self._reencode(pair.enc, None):
+                    self._put(p, pair.out)
+
+    def _next(self) -> tuple[int, int, av.Packet, float] | None:
+        if self._feed is not None:
+            return self._feed.take()
+        if self._ended:
+            return None
         try:
             pkt = next(self._packets)
         except StopIteration:
@@ -259,22 +509,43 @@ class AudioRemuxer:
             log.warning("audio stream broke off: %s", first_line(e))
             self._ended = True
             return None
-        return pkt
+        return 0, self._slots[pkt.stream.index], pkt, self._offset
 
-    def _mux(self, pkt: av.Packet) -> None:
-        outs, enc = self._pairs[pkt.stream.index]
-        if enc is None:
-            if pkt.dts is not None:  # None: the demuxer's flush packet
-                self._put(pkt, outs)
+    def _mux(self, epoch: int, slot: int, pkt: av.Packet, offset: float) -> None:
+        if slot >= len(self._pairs):
+            return
+        pair = self._pairs[slot]
+        if self._feed is not None and self._feed.codec(epoch, slot) != pair.codec:
+            if not self._mismatch:
+                self._mismatch = True
+                log.warning("the stream came back with %s audio instead of %s: its audio "
+                            "is left out", self._feed.codec(epoch, slot), pair.codec)
+            return
+        tb = pkt.time_base
+        if self._start is not None and pkt.pts is not None and tb is not None and \
+                float((pkt.pts + (pkt.duration or 0)) * tb) + offset < self._start:
+            self.trimmed += 1  # before the recording's start
+            return
+        if pair.enc is None:
+            if pkt.dts is None:  # None: the demuxer's flush packet
+                return
+            if offset and tb is not None:
+                ticks = round(Fraction(offset) / tb)
+                pkt.dts += ticks
+                if pkt.pts is not None:
+                    pkt.pts += ticks
+            self._put(pkt, pair.out)
             return
         try:
-            frames = pkt.decode()
+            frames = pair.decoder.decode(pkt) if pair.decoder is not None else pkt.decode()
         except av.FFmpegError as e:
             log.debug("skipping undecodable audio packet: %s", first_line(e))
             return
         for frame in frames:
-            for p in self._reencode(enc, frame):
-                self._put(p, outs)
+            if offset and frame.pts is not None and frame.time_base:
+                frame.pts += round(Fraction(offset) / frame.time_base)
+            for p in self._reencode(pair.enc, frame):
+                self._put(p, pair.out)
 
     @staticmethod
     def _reencode(enc: _Reencoder, frame: av.AudioFrame | None) -> list[av.Packet]:
@@ -307,8 +578,10 @@ class AudioRemuxer:
             log.debug("dropping audio packet: %s", first_line(e))
 
     def close(self) -> None:
-        dropped = self.dropped + sum(enc.dropped for _, enc in self._pairs.values()
-                                     if enc is not None)
+        dropped = self.dropped + sum(p.enc.dropped for p in self._pairs
+                                     if p.enc is not None)
         if dropped:
             log.warning("%d damaged audio packets dropped", dropped)
-        self._in.close()
+        if self._in is not None:
+            self._in.close()
+

@@ -14,6 +14,11 @@ DEFAULT_PRESET = "superfast"
 #: The default video encoder (WebM output, which cannot hold H.264, uses libvpx-vp9).
 DEFAULT_CODEC = "libx264"
 DEFAULT_X264_PARAMS = "mbtree=1:rc-lookahead=10"
+#: NVENC's presets (FFmpeg's ``-preset`` for ``*_nvenc``): p1 (fastest) .. p7, and the
+#: older names.
+NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7", "default", "slow", "medium",
+                 "fast", "hp", "hq", "bd", "ll", "llhq", "llhp", "lossless", "losslesshp")
+DEFAULT_NVENC_PRESET = "p4"
 
 
 def encoder_options(codec: str, crf: int, preset: str | None = None,
@@ -23,8 +28,9 @@ def encoder_options(codec: str, crf: int, preset: str | None = None,
     Args:
         codec: encoder name.
         crf: quality (``cq`` for NVENC; ignored by encoders without one).
-        preset: x264/x265 preset; None: :data:`DEFAULT_PRESET`, with
-            :data:`DEFAULT_X264_PARAMS` unless ``x264_params`` is given.
+        preset: x264/x265 preset (None: :data:`DEFAULT_PRESET`, with
+            :data:`DEFAULT_X264_PARAMS` unless ``x264_params`` is given), or NVENC's
+            (None: :data:`DEFAULT_NVENC_PRESET`).
         x264_params: extra libx264 options (``key=value:key=value``); None: the default
             ones with the default preset, none with a preset given.
     """
@@ -39,16 +45,34 @@ def encoder_options(codec: str, crf: int, preset: str | None = None,
     if codec.startswith(("libvpx", "libaom")):
         return {"crf": str(crf), "b": "0"}
     if "nvenc" in codec:
-        return {"cq": str(crf), "preset": "p4"}
+        return {"cq": str(crf), "preset": preset or DEFAULT_NVENC_PRESET}
     return {}
 
 
 def check_preset(codec: str, preset: str | None) -> None:
-    """Refuse an x264/x265 ``preset`` that is not one of :data:`X264_PRESETS`.
+    """Refuse a ``preset`` the encoder does not have (x264/x265: :data:`X264_PRESETS`;
+    NVENC: :data:`NVENC_PRESETS`).
 
     Raises:
         OptionError: naming the option (``preset``) and the known presets.
     """
-    if preset is not None and codec in ("libx264", "libx265") and preset not in X264_PRESETS:
-        raise OptionError(f"preset must be one of {', '.join(X264_PRESETS)}; "
+    if preset is None:
+        return
+    known = X264_PRESETS if codec in ("libx264", "libx265") else \
+        NVENC_PRESETS if "nvenc" in codec else None
+    if known is not None and preset not in known:
+        raise OptionError(f"preset must be one of {', '.join(known)} for {codec}; "
                           f"got {preset!r}", option="preset")
+
+
+def settings_for(codec: str, preset: str | None,
+                 x264_params: str | None) -> tuple[str | None, str | None]:
+    """The ``preset`` and ``x264_params`` that apply when ``codec`` opens in place of the
+    encoder they were given for (a fallback): an NVENC preset (``p5``) means nothing to
+    libx264 and the other way round, so the fallback gets its own default instead."""
+    if codec in ("libx264", "libx265"):
+        return (preset if preset in X264_PRESETS else None,
+                x264_params if codec == "libx264" else None)
+    if "nvenc" in codec:
+        return (preset if preset in NVENC_PRESETS else None), None
+    return None, None

@@ -6,9 +6,11 @@ iteration yields :class:`Frame` objects until the end, ``close()`` releases it.
 """
 from __future__ import annotations
 
+import collections
+import heapq
 import logging
+import math
 import os
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +26,12 @@ from ..errors import InputError, first_line
 log = logging.getLogger(__name__)
 
 _NOT_VIDEO = {"tty"}
+#: Frames held back to put their timestamps in order (doubled, up to the maximum, when a
+#: timestamp arrives that is earlier than one already given out).
+_REORDER, _MAX_REORDER = 2, 8
+#: A time base tick longer than this (seconds) is refined, so that a frame moved by one
+#: tick (a duplicate timestamp) stays within this of its time: 1/90000 s ticks then.
+_FINE = Fraction(1, 2000)
 
 
 def _is_i420(vf: av.VideoFrame) -> bool:
@@ -49,8 +57,18 @@ class FileSource:
     """Decode the first video stream of a file (threaded decoding).
 
     Undecodable packets are skipped and counted in :attr:`skipped`; a stream that breaks
-    off (truncated file) ends early with a warning. Missing timestamps are filled from the
-    frame rate; non-increasing ones are bumped so the output's are strictly increasing.
+    off (truncated file) ends early with a warning. What was warned about (skipped
+    packets, fewer frames than announced) is kept in :attr:`warnings`.
+
+    **Timing**: every frame keeps its presentation time. The decoder gives frames out in
+    display order, but the timestamps it hangs on them can be out of order (AVI stores
+    none, and packed B-frames, a DivX/Xvid habit, make FFmpeg's guesses swap pairs), so
+    the frames pass through a small window (:data:`_REORDER` frames, more when needed)
+    and each takes the smallest timestamp in it. A duplicate timestamp moves one tick on,
+    in a time base no coarser than 1/90000 s (:attr:`VideoInfo.time_base` is the input's
+    divided by a whole number where it was coarser than 0.5 ms: AVI's 1/fps, Matroska's
+    milliseconds). Missing timestamps follow on at the frame rate; timestamps that jump
+    back by more than a second (streams joined end to end) continue after the last one.
 
     Args:
         path: the file.
@@ -99,10 +117,16 @@ class FileSource:
         fps = vs.average_rate or vs.guessed_rate or vs.base_rate or Fraction(30)
         if self._container.format.flags & av.format.Flags.no_timestamps.value and cc.framerate:
             fps = cc.framerate  # e.g. the SPS timing of a raw .h264 file
-        tb = vs.time_base or Fraction(1, 90000)
+        tb = Fraction(vs.time_base or Fraction(1, 90000))
         duration = _stream_duration(vs, tb)
-        self._start = int(vs.start_time or 0)
+        # input ticks per output tick: a coarse time base is refined (see the class docs)
+        self._scale = math.ceil(tb * 90000) if tb > _FINE else 1
+        tb /= self._scale
+        self._start = int(vs.start_time or 0) * self._scale
         self.skipped = 0
+        self.bumped = 0  #: frames whose duplicate timestamp moved one tick on
+        self.warnings: list[str] = []  #: what was warned about, one line each
+        self._last_pts: int | None = None
         self._rotation = 0
         self._next_index = 0
         self._closed = False
@@ -128,56 +152,98 @@ class FileSource:
                 log.debug("skipping undecodable packet: %s", first_line(e))
 
     def __iter__(self) -> Iterator[Frame]:
-        tb = self.info.time_base
+        """Decoded frames in display order, each with its presentation time (see the
+        class docs: a small window of frames puts their timestamps in order)."""
+        tb, scale = self.info.time_base, self._scale
         step = max(1, round(1 / (self.info.fps * tb))) if self.info.fps else 1
-        last_pts: int | None = None
+        # a backward jump larger than any reordering: the timestamps started again
+        jump = max(round(Fraction(1) / tb), (_MAX_REORDER + 1) * step)
+        window: collections.deque[av.VideoFrame] = collections.deque()
+        stamps: list[int] = []  # heap of the window's timestamps
+        depth, offset = _REORDER, 0
+        high: int | None = None  # the highest timestamp so far
+        self._last_pts: int | None = None
         self._max_gap = step
         self._regular = 0  # gaps of one nominal frame: most of them in constant-rate video
         for vf in self._decoded():
-            pts = vf.pts
-            if pts is None:
-                pts = 0 if last_pts is None else last_pts + step
-            elif last_pts is not None and pts <= last_pts:
-                pts = last_pts + 1
-            if last_pts is not None:
-                self._max_gap = max(self._max_gap, pts - last_pts)
-                self._regular += abs(pts - last_pts - step) <= step // 10
-            last_pts = pts
-            rot = int(getattr(vf, "rotation", 0) or 0) % 360
-            fmt = pixels.I420 if self._i420 and not rot and _is_i420(vf) else pixels.RGB
-            try:
-                image = vf.to_ndarray(format=fmt)
-            except (av.FFmpegError, ValueError) as e:
-                self.skipped += 1
-                log.debug("skipping unconvertible frame: %s", first_line(e))
-                continue
-            if rot:
-                image = np.ascontiguousarray(np.rot90(image, k=rot // 90))
-            self._rotation = rot
-            yield Frame(self._next_index, image, int(pts), float(pts * tb), fmt)
-            self._next_index += 1
+            if vf.pts is None:
+                t = 0 if high is None else high + step
+            else:
+                t = int(vf.pts) * scale + offset
+                if high is not None and t < high - jump:
+                    self._warn(f"timestamps jump back {float((high - t) * tb):.3f} s "
+                               f"after {float(high * tb):.3f} s; the frames after it "
+                               "follow on")
+                    offset += high + step - t
+                    t = high + step
+                elif self._last_pts is not None and t < self._last_pts and \
+                        depth < _MAX_REORDER:
+                    depth = min(_MAX_REORDER, 2 * depth)  # reordered beyond the window
+            high = t if high is None else max(high, t)
+            heapq.heappush(stamps, t)
+            window.append(vf)
+            if len(window) > depth:
+                frame = self._frame(window.popleft(), heapq.heappop(stamps), step)
+                if frame is not None:
+                    yield frame
+        while window:
+            frame = self._frame(window.popleft(), heapq.heappop(stamps), step)
+            if frame is not None:
+                yield frame
         if self._next_index == 0:
             raise InputError(f"no decodable video frame in {self.path}")
         if self.skipped:
-            log.warning("%s: %d undecodable packets/frames skipped", self.path, self.skipped)
-        self._check_complete(last_pts)
+            self._warn(f"{self.skipped} undecodable packets/frames skipped")
+        self._check_complete(self._last_pts)
+
+    def _frame(self, vf: av.VideoFrame, pts: int, step: int) -> Frame | None:
+        """The :class:`Frame` of ``vf`` at ``pts`` (made strictly increasing: a duplicate
+        moves one tick on), or None when it cannot be converted."""
+        last = self._last_pts
+        if last is not None and pts <= last:
+            self.bumped += 1
+            pts = last + 1
+        if last is not None:
+            self._max_gap = max(self._max_gap, pts - last)
+            self._regular += abs(pts - last - step) <= step // 10
+        self._last_pts = pts
+        rot = int(getattr(vf, "rotation", 0) or 0) % 360
+        fmt = pixels.I420 if self._i420 and not rot and _is_i420(vf) else pixels.RGB
+        try:
+            image = vf.to_ndarray(format=fmt)
+        except (av.FFmpegError, ValueError) as e:
+            self.skipped += 1
+            log.debug("skipping unconvertible frame: %s", first_line(e))
+            return None
+        if rot:
+            image = np.ascontiguousarray(np.rot90(image, k=rot // 90))
+        self._rotation = rot
+        frame = Frame(self._next_index, image, int(pts), float(pts * self.info.time_base),
+                      fmt)
+        self._next_index += 1
+        return frame
+
+    def _warn(self, text: str) -> None:
+        """Log ``text`` as a warning about this file and keep it in :attr:`warnings`."""
+        self.warnings.append(text)
+        log.warning("%s: %s", self.path, text)
 
     def _check_complete(self, last_pts: int | None) -> None:
         """Warn when fewer frames came out than the container announced (truncation)."""
         info, got = self.info, self._next_index
         if info.frames and got < info.frames:
-            log.warning("%s: %d of %d frames decoded (truncated or damaged input?)",
-                        self.path, got, info.frames)
+            self._warn(f"{got} of {info.frames} frames decodable (truncated or damaged "
+                       "input?)")
         elif not info.frames and info.duration and last_pts is not None:
             end = float((last_pts - self._start) * info.time_base)
             # the rate's own period: a whole number of ticks is not one (1/30 s in ms)
             expected = info.duration * float(info.fps)
             if end + 1.5 * float(self._max_gap * info.time_base) < info.duration:
-                log.warning("%s: video ends at %.2f s of %.2f s (truncated input?)",
-                            self.path, end, info.duration)
+                self._warn(f"video ends at {end:.2f} s of {info.duration:.2f} s "
+                           "(truncated input?)")
             elif self._regular >= 0.8 * (got - 1) and got < expected - 0.5:
-                log.warning("%s: %d of %d frames decoded (truncated or damaged input?)",
-                            self.path, got, round(expected))
+                self._warn(f"{got} of {round(expected)} frames decodable (truncated or "
+                           "damaged input?)")
 
     def display_size(self) -> tuple[int, int]:
         """``(W, H)`` as displayed, from the first frame's rotation (call after it)."""

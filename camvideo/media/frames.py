@@ -21,6 +21,9 @@ class Frame:
         pts: presentation timestamp in ``time_base`` units (strictly increasing).
         time: presentation time in seconds.
         fmt: :data:`camvideo.pixels.RGB` or :data:`camvideo.pixels.I420`.
+        cut: the frame starts afresh whatever its picture: the first after a gap in a
+            live source that was lost and reopened (the smoother resets as at a scene
+            cut; see :mod:`camvideo.media.streams`).
     """
 
     index: int
@@ -28,6 +31,7 @@ class Frame:
     pts: int
     time: float
     fmt: str = pixels.RGB
+    cut: bool = False
 
     @property
     def size(self) -> tuple[int, int]:

@@ -21,8 +21,8 @@ import av
 import numpy as np
 
 from .. import pixels
-from .audio import AudioRemuxer
-from .encoding import DEFAULT_CODEC, encoder_options
+from .audio import AudioRemuxer, AudioSource
+from .encoding import DEFAULT_CODEC, encoder_options, settings_for
 from ..errors import OptionError, OutputError, first_line
 from .frames import VideoInfo
 
@@ -119,6 +119,12 @@ def source_of(output: str | os.PathLike) -> str | None:
     return tag[len(_SOURCE_TAG):] if tag.startswith(_SOURCE_TAG) else None
 
 
+#: Encoders that failed to open in this process (NVENC without a GPU, or a data-centre
+#: GPU without NVENC): later files go straight to the fallback instead of creating and
+#: destroying a CUDA context each time.
+_UNAVAILABLE: set[str] = set()
+
+
 def _temp_path(out: Path) -> Path:
     return out.with_name(f".{out.stem}.{os.getpid()}.{threading.get_ident() % 100000}"
                          f".partial{out.suffix}")
@@ -140,18 +146,28 @@ class FileSink:
         crf: constant rate factor (quality) for encoders that have one.
         preset: encoder speed preset (None: :data:`camvideo.media.encoding.DEFAULT_PRESET`).
         x264_params: extra libx264 options (see :func:`encoder_options`).
-        audio_from: file whose audio streams are copied (None: no audio).
+        audio_from: where the audio comes from (None: no audio): a file, whose audio
+            streams go in whole; or, for a live recording, an
+            :class:`~camvideo.media.audio.AudioFrom` or a live stream's
+            :class:`~camvideo.media.audio.AudioFeed`, whose audio ends with the video.
+        audio: ``auto``, ``copy`` or an audio encoder (see :mod:`camvideo.media.audio`).
         comment: the container's ``comment`` tag (see :func:`source_of`).
+
+    Raises:
+        OptionError: a video encoder the container cannot hold, or an ``audio`` mode
+            that cannot be followed.
+        OutputError: the file cannot be written.
     """
 
     def __init__(self, output: str | os.PathLike, info: VideoInfo, size: tuple[int, int], *,
                  codec: str = "libx264", crf: int = 20, preset: str | None = None,
-                 x264_params: str | None = None, audio_from: str | None = None,
-                 comment: str | None = None) -> None:
+                 x264_params: str | None = None, audio_from: AudioSource | None = None,
+                 audio: str = "auto", comment: str | None = None) -> None:
         self.output = Path(output)
         self.fmt = _FORMATS[self.output.suffix.lower()]
         self.tmp = _temp_path(self.output)
         self.frames = 0
+        self.encoder = ""  #: the video encoder that opened
         self._done = False
         try:
             self._container = av.open(str(self.tmp), "w", format=self.fmt)
@@ -159,8 +175,12 @@ class FileSink:
             raise OutputError(f"cannot write {output}: {first_line(e)}") from None
         try:
             self._stream = self._add_video(codec, info, size, crf, preset, x264_params)
-            self._audio = AudioRemuxer(audio_from, self._container, self.fmt) \
-                if audio_from and info.audio_streams else None
+            whole = isinstance(audio_from, (str, os.PathLike))
+            self._audio = AudioRemuxer(audio_from, self._container, self.fmt, audio) \
+                if audio_from and (info.audio_streams or not whole) else None
+            # a live recording's audio ends with its video (one frame after the last)
+            self._audio_tail = None if whole else 1 / float(info.fps or 30)
+            self._last_time: float | None = None
             if comment:
                 self._container.metadata["comment"] = comment
         except BaseException:
@@ -180,7 +200,14 @@ class FileSink:
         self._rescale = info.time_base / tb if self.fmt == "avi" else None
         self._first_pts: int | None = None
         self._last_pts: int | None = None
+        wanted = codec
+        if codec != default and codec in _UNAVAILABLE:
+            log.info("encoder %s did not open earlier in this process; using %s", codec,
+                     default)
+            codec = default
         for attempt in dict.fromkeys((codec, default)):
+            a_preset, a_params = (preset, x264_params) if attempt == wanted else \
+                settings_for(attempt, preset, x264_params)
             stream = self._container.add_stream(attempt, rate=rate)
             formats = {f.name for f in (stream.codec_context.codec.video_formats or [])}
             odd = w % 2 or h % 2
@@ -193,7 +220,7 @@ class FileSink:
             stream.time_base = tb
             stream.codec_context.time_base = tb
             stream.codec_context.thread_type = "FRAME"
-            options = encoder_options(attempt, crf, preset, x264_params)
+            options = encoder_options(attempt, crf, a_preset, a_params)
             if self.fmt == "avi":
                 stream.codec_context.max_b_frames = 0
                 if "x264-params" in options:  # x264's own options would win: last word
@@ -201,13 +228,18 @@ class FileSink:
             stream.codec_context.options = options
             try:
                 stream.codec_context.open()
+                self.encoder = attempt
                 return stream
             except av.FFmpegError as e:
                 if attempt == default:
                     raise OutputError(f"cannot open encoder {attempt}: {first_line(e)}"
                                       ) from None
-                log.warning("encoder %s unavailable (%s); falling back to %s",
-                            attempt, first_line(e), default)
+                _UNAVAILABLE.add(attempt)  # not retried for the next file (a batch)
+                dropped = [f"preset {preset}"] if preset and \
+                    settings_for(default, preset, None)[0] is None else []
+                log.warning("encoder %s unavailable (%s); falling back to %s%s",
+                            attempt, first_line(e), default,
+                            f" with its default {dropped[0].split()[0]}" if dropped else "")
                 self._container.close()
                 self._container = av.open(str(self.tmp), "w", format=self.fmt)
         raise AssertionError("unreachable")
@@ -217,6 +249,7 @@ class FileSink:
         ``(H * 3 // 2, W)`` uint8 I420 (:mod:`camvideo.pixels`; a 2-D array)."""
         if self._audio is not None:
             self._audio.mux_until(time)
+        self._last_time = time
         i420 = self._stream.pix_fmt == pixels.I420
         if image.ndim == 2 and not i420:
             image = pixels.to_rgb(image)
@@ -252,7 +285,10 @@ class FileSink:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
             if self._audio is not None:
-                self._audio.mux_until(float("inf"))
+                until = float("inf")
+                if self._audio_tail is not None:
+                    until = (self._last_time or 0.0) + self._audio_tail
+                self._audio.finish(until)
             self._container.close()
         except (av.FFmpegError, OSError) as e:
             self.abort()

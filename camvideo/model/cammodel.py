@@ -115,8 +115,12 @@ class CamModel(nn.Module):
             x = nn.functional.interpolate(x, size=size, mode="bilinear",
                                           align_corners=False, antialias=True)
             x = x.clamp_(0.0, 1.0)
-        norm = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return norm, x
+        return self.normalize(x), x
+
+    def normalize(self, frames01: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` RGB in ``[0, 1]`` → the network's input (its mean and std,
+        channels_last)."""
+        return ((frames01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` ``(N, 3, H, W)`` normalised → ``(features (N, C, h, w), logits (N, K))``."""

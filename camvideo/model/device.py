@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -62,7 +63,15 @@ def resolve_device(spec: str) -> torch.device:
     """
     dev = parse_device(spec)
     if dev is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        why = gpu_unusable_reason()
+        if why:  # a benchmark or a batch must not report CPU figures as GPU ones unseen
+            log.warning("device auto: this machine has an NVIDIA GPU, but torch cannot use "
+                        "it (%s); running on the CPU", why)
+        else:
+            log.info("device auto: no CUDA GPU; running on the CPU")
+        return torch.device("cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise OptionError("device cuda asked for, but no CUDA GPU is available",
@@ -139,6 +148,26 @@ def _onednn_runs_bf16() -> bool:
         return True
     except (AttributeError, RuntimeError):
         return False
+
+
+#: Files that exist where an NVIDIA driver is loaded.
+NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
+
+
+def gpu_unusable_reason() -> str | None:
+    """Why torch cannot use an NVIDIA GPU that this machine has (its driver is loaded), or
+    None when there is no such GPU (or torch can use it)."""
+    if not any(Path(p).exists() for p in NVIDIA_DRIVER_FILES):
+        return None
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build"
+    try:
+        torch.cuda.init()
+    except Exception as e:  # noqa: BLE001 - the reason is the message
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return "torch.cuda.is_available() is False"
 
 
 def cpu_has_native_bf16() -> bool:

@@ -7,9 +7,15 @@ features and class scores, ``stride`` carrying); :meth:`CamEngine.finish` the re
 - CPU frames are converted once: each decoded RGB array is resized as uint8 (antialiased
   bilinear on a channels_last view, no copy, no full-resolution float tensor) and rendered
   from the same array; I420 frames (the file pipeline's) are resized plane by plane, only
-  the model's small input is made RGB, and they are rendered as I420. CUDA frames go
-  through reused pinned host buffers, uploaded ``non_blocking``; everything after that
-  stays on the device.
+  the model's small input is made RGB, and they are rendered as I420.
+- On CUDA, frames go up as they were decoded (I420: half the bytes of RGB) through two
+  reused pinned buffers, ``non_blocking``, on the model's device; they are converted for
+  the model (:func:`camvideo.pixels.model_input_from_i420`) and blended as I420 there,
+  and come back once per batch into pinned memory (:mod:`camvideo.transfer`). Smoothing
+  and rendering (:meth:`CamEngine.finish`) run on a CUDA stream of their own, after an
+  event of the batch's forward pass, so the next forward pass does not hold them up;
+  nothing reads a value back frame by frame (tests/test_cuda.py checks it with
+  ``torch.cuda.set_sync_debug_mode("error")``, tests/test_smoothing.py on the CPU).
 - On the CPU the backbone runs as fused TorchScript graphs (:mod:`camvideo.model.trace`).
 - ``stride`` > 1 runs the network on every ``stride``-th frame only (and on scene cuts);
   frames in between carry the last features and class scores, moved with the image
@@ -25,6 +31,7 @@ features and class scores, ``stride`` carrying); :meth:`CamEngine.finish` the re
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -51,6 +58,7 @@ from ..pixels import resize_u8
 from ..options import FrameResult, Options
 from ..render import Renderer
 from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
+from ..transfer import to_host
 from .clips import ClipStage, FramesOut
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,7 @@ class Inferred:
         logits: ``(N, K)`` float32 class scores.
         frames01: ``(N, 3, H', W')`` float RGB in ``[0, 1]``, the model-input frames (the
             smoother's motion and cut cues).
+        device_frames, event: CUDA only (see below).
         cues: the smoother's :class:`~camvideo.motion.Cues` of the batch when ``stride``
             already needed them (None: the smoother computes them).
         end: the end-of-stream marker (:meth:`CamEngine.infer_flush`): the smoother
@@ -100,9 +109,25 @@ class Inferred:
     frames01: Tensor | None = None
     cues: mo.Cues | None = None
     end: bool = False
+    device_frames: Tensor | None = None   #: CUDA: the uploaded batch (``images``' base)
+    event: Any = None                     #: CUDA: recorded when the batch was ready
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def device_tensors(self) -> list[Tensor]:
+        """The batch's tensors made on the inference stream (CUDA), to mark as used by
+        the rendering stream."""
+        out = [t for t in (self.features, self.logits, self.frames01, self.device_frames)
+               if t is not None]
+        # a video network's frames can come from earlier batches' uploads
+        out += [t for t in self.images if isinstance(t, Tensor)]
+        if self.cues is not None:
+            out.append(self.cues.small)
+            out += [d for d in self.cues.disps if d is not None]
+            for mat, valid in self.cues._samplings.values():
+                out += [mat, valid]
+        return [t for t in out if t.is_cuda]
 
 
 class CamEngine:
@@ -193,6 +218,7 @@ class CamEngine:
         self._pinned: list[Tensor] = []
         self._pin_events: list[Any] = []
         self._pin_next = 0
+        self._render_stream: Any = None  # CUDA: where finish() runs
 
     @property
     def held_frames(self) -> int:
@@ -213,50 +239,87 @@ class CamEngine:
     @torch.inference_mode()
     def infer(self, frames: Sequence[Frame]) -> Inferred:
         """The network's part of one batch (frames in stream order): resize, normalise,
-        forward pass (only on key frames with ``stride``), fp32 features and scores."""
+        forward pass (only on key frames with ``stride``), fp32 features and scores.
+        On CUDA it runs on the calling thread's current stream of the model's device and
+        records an event there that :meth:`finish` waits for."""
         frames = list(frames)
         if not frames:
             return Inferred([], [])
         h, w = frames[0].size
         if self._size is None:
             self._size = self.model.input_size(h, w, self.short_side)
-        if self.device.type == "cuda":
-            dev_frames = self._upload(frames)
-            x, frames01 = self.model.preprocess(dev_frames, self._size)
-            images: Sequence[Tensor] | Sequence[np.ndarray] = dev_frames.unbind(0)
-        else:
+        if self.device.type != "cuda":
             x, frames01 = self._preprocess_cpu(frames)
-            images = [f.image for f in frames]
+            return self._infer(frames, [f.image for f in frames], x, frames01)
+        with torch.cuda.device(self.device):
+            dev_frames = self._upload(frames)
+            if dev_frames.dim() == 3:  # I420: converted for the model on the device
+                frames01 = pixels.model_input_from_i420(dev_frames, self._size)
+                x = self.model.normalize(frames01)
+            else:
+                x, frames01 = self.model.preprocess(dev_frames, self._size)
+            out = self._infer(frames, dev_frames.unbind(0), x, frames01)
+            out.device_frames = dev_frames
+            out.event = torch.cuda.Event()
+            out.event.record(torch.cuda.current_stream(self.device))
+            return out
+
+    def _infer(self, frames: list[Frame], images: Sequence[Any], x: Tensor,
+               frames01: Tensor) -> Inferred:
         if self._clips is not None:   # a video network: the frames whose clip has run
             return self._inferred(self._clips.push(frames, images, x, frames01))
         cues = None
         if self.stride == 1:
             features, logits = self._forward(x)
         else:
-            keys = self._keys(frames01)
-            features, logits = self._forward(x[torch.tensor(keys)] if not all(keys) else x)
+            keys = [k or f.cut for k, f in zip(self._keys(frames01), frames)]
+            if not all(keys):
+                idx = torch.tensor([i for i, k in enumerate(keys) if k], dtype=torch.long,
+                                   device=x.device)
+                x = x.index_select(0, idx)
+            features, logits = self._forward(x)
             features, logits, cues = self._carry_between(features, logits, keys, frames01)
         return Inferred(frames, images, features, logits, frames01, cues)
 
     def infer_flush(self) -> Inferred:
         """The end-of-stream marker for :meth:`finish` (a video network's: with the
         frames of the stream's last clip)."""
-        if self._clips is not None:
-            with torch.inference_mode():
-                out = self._inferred(self._clips.flush())
-            out.end = True
-            return out
-        return Inferred([], [], end=True)
+        if self._clips is None:
+            return Inferred([], [], end=True)
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), (torch.cuda.device(self.device) if cuda
+                                      else nullcontext()):
+            out = self._inferred(self._clips.flush())
+            if cuda and len(out):
+                out.event = torch.cuda.Event()
+                out.event.record(torch.cuda.current_stream(self.device))
+        out.end = True
+        return out
 
     @torch.inference_mode()
     def finish(self, batch: Inferred) -> list[FrameResult]:
         """Smooth and render (or only describe) a batch from :meth:`infer` (one thread,
         batches in order: the smoother is stateful). Returns the results of the frames
-        that are ready."""
+        that are ready. On CUDA it runs on a stream of its own (the next batch's forward
+        pass does not hold up this one's smoothing, drawing and copies back), after
+        waiting on the batch's event."""
+        if self.device.type != "cuda":
+            return self._finish(batch)
+        with torch.cuda.device(self.device):
+            if self._render_stream is None:
+                self._render_stream = torch.cuda.Stream(self.device)
+            stream = self._render_stream
+            if batch.event is not None:
+                stream.wait_event(batch.event)
+            for t in batch.device_tensors():  # the allocator must not reuse them meanwhile
+                t.record_stream(stream)
+            with torch.cuda.stream(stream):
+                return self._finish(batch)
+
+    def _finish(self, batch: Inferred) -> list[FrameResult]:
         if batch.end and len(batch):   # a video network's last clip, then the end
-            return self.finish(Inferred(batch.frames, batch.images, batch.features,
-                                        batch.logits, batch.frames01)) + \
-                self.finish(Inferred([], [], end=True))
+            return self._finish(dataclasses.replace(batch, end=False)) + \
+                self._finish(Inferred([], [], end=True))
         if batch.end:
             smoothed = self.smoother.flush()
         elif len(batch) == 0:
@@ -264,7 +327,7 @@ class CamEngine:
         else:
             smoothed = self.smoother.push(batch.features, batch.logits,
                                           [f.time for f in batch.frames], batch.frames01,
-                                          batch.cues)
+                                          batch.cues, [f.cut for f in batch.frames])
             self._pending.extend(zip(batch.frames, batch.images))
         m = int(smoothed.maps.shape[0])
         if m == 0:
@@ -284,9 +347,8 @@ class CamEngine:
             out = [None] * m
         if self.tensors:
             maps, probs = smoothed.maps, smoothed.probs
-        else:  # one copy per batch
-            maps, probs = smoothed.maps.float().cpu().numpy(), \
-                smoothed.probs.float().cpu().numpy()
+        else:  # one copy per batch (pinned, one wait, on a GPU)
+            maps, probs = to_host([smoothed.maps.float(), smoothed.probs.float()])
         cuts = smoothed.cut or [False] * m
         fms = smoothed.frame_maps or [None] * m
         return [FrameResult(
@@ -325,18 +387,22 @@ class CamEngine:
         return self.model.preprocess(batch, self._size)
 
     def _upload(self, frames: list[Frame]) -> Tensor:
-        """Copy the frames once into a reused pinned buffer and upload it asynchronously;
-        returns ``(N, H, W, 3)`` uint8 on the device."""
+        """Copy the frames once into a reused pinned buffer and upload it asynchronously
+        on the current stream of the engine's device: I420 frames as they were decoded
+        (1.5 bytes a pixel), others as RGB. Returns ``(N, H * 3 // 2, W)`` (I420) or
+        ``(N, H, W, 3)`` (RGB) uint8 on the device. Two buffers are used in turn; before
+        one is refilled, the host waits for its last upload (an event on this stream)."""
         n = len(frames)
-        shape = (*frames[0].size, 3)
+        i420 = all(f.fmt == pixels.I420 for f in frames)
+        shape = tuple(frames[0].image.shape) if i420 else (*frames[0].size, 3)
+        stream = torch.cuda.current_stream(self.device)
         slot = self._pin_next
         self._pin_next = (slot + 1) % 2
         if len(self._pinned) < 2 or self._pinned[slot].shape[0] < n or \
-                tuple(self._pinned[slot].shape[1:]) != tuple(shape):
-            if self._pin_events:
-                for ev in self._pin_events:
-                    ev.synchronize()
-            self._pinned = [torch.empty((n, *shape), dtype=torch.uint8).pin_memory()
+                tuple(self._pinned[slot].shape[1:]) != shape:
+            for ev in self._pin_events:
+                ev.synchronize()
+            self._pinned = [torch.empty((n, *shape), dtype=torch.uint8, pin_memory=True)
                             for _ in range(2)]
             self._pin_events = [torch.cuda.Event(), torch.cuda.Event()]
             self._pin_next, slot = 1, 0
@@ -345,9 +411,9 @@ class CamEngine:
         host = self._pinned[slot][:n]
         arr = host.numpy()
         for i, f in enumerate(frames):
-            np.copyto(arr[i], f.rgb())
+            np.copyto(arr[i], f.image if i420 else f.rgb())
         dev = host.to(self.device, non_blocking=True)
-        self._pin_events[slot].record()
+        self._pin_events[slot].record(stream)
         return dev
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -384,7 +450,7 @@ class CamEngine:
             dist = mo.histogram_distance(hist, torch.cat((prev, hist[:-1])))
             self._prev_hist = hist[-1:]
             threshold = getattr(self.smoother, "cut_threshold", DEFAULT_CUT_THRESHOLD)
-            cut = (dist > threshold).tolist()
+            cut = to_host([dist > threshold])[0].tolist()
         keys = []
         for i in range(n):
             first = self._carry is None and i == 0  # the stream's first frame

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from .. import pixels
 from ..errors import OutputError
@@ -50,17 +50,19 @@ class VideoFileSink:
         output: the video file (container from its extension).
         info: the source's :class:`~camvideo.media.frames.VideoInfo` (time base, rate).
         codec, crf, preset, x264_params: encoder settings (see FileSink).
-        audio_from: the file whose audio is copied (None: no audio).
+        audio_from: where the audio comes from (a file, or a live source's audio; see
+            FileSink; None: no audio); ``audio``: ``auto``, ``copy`` or an encoder.
         comment: the container's comment tag.
     """
 
     def __init__(self, output: str | os.PathLike, info: VideoInfo, *, codec: str = "libx264",
                  crf: int = 20, preset: str | None = None, x264_params: str | None = None,
-                 audio_from: str | None = None, comment: str | None = None) -> None:
+                 audio_from: Any = None, audio: str = "auto",
+                 comment: str | None = None) -> None:
         self.output = Path(output)
         self._info = info
         self._settings = dict(codec=codec, crf=crf, preset=preset, x264_params=x264_params,
-                              audio_from=audio_from, comment=comment)
+                              audio_from=audio_from, audio=audio, comment=comment)
         self._file: FileSink | None = None
         self._closed = False
 
@@ -68,6 +70,11 @@ class VideoFileSink:
     def frames(self) -> int:
         """Frames written so far."""
         return self._file.frames if self._file is not None else 0
+
+    @property
+    def encoder(self) -> str:
+        """The video encoder that opened ("" before the first result)."""
+        return self._file.encoder if self._file is not None else ""
 
     def write(self, result: FrameResult) -> None:
         if result.image is None:

@@ -178,3 +178,84 @@ def write_clip(path: str | Path, frames: Iterable[np.ndarray], *, fps: float = 3
     logger.debug("wrote %s: %d frames %dx%d, %s, audio %.2fs", path, n, *size,
                  "VFR" if times is not None else f"{float(rate):g} fps", clip.audio_seconds)
     return clip
+
+
+def _vop_type(data: bytes) -> str:
+    """``I``, ``P``, ``B`` or ``S``: the coding type of the first MPEG-4 Part 2 VOP."""
+    i = data.find(b"\x00\x00\x01\xb6")
+    return "IPBS"[data[i + 4] >> 6] if i >= 0 else "?"
+
+
+def _nvop(fps: int) -> bytes:
+    """A not-coded P-VOP (an "N-VOP", the placeholder chunk of packed B-frames) for the
+    time increment resolution ``fps``: start code, then the bits ``01`` (P), ``0`` (no
+    modulo time base), marker, the time increment, marker, ``0`` (not coded), stuffing."""
+    width = max(1, (fps - 1).bit_length())
+    bits = "01" + "0" + "1" + "0" * width + "1" + "0"
+    bits += "0" + "1" * ((-len(bits) - 1) % 8)
+    return b"\x00\x00\x01\xb6" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def write_bframes_avi(path: str | Path, frames: Iterable[np.ndarray], *, fps: int = 24,
+                      packed: bool = True) -> Clip:
+    """MPEG-4 Part 2 with B-frames in AVI, as DivX and Xvid wrote it: with ``packed``,
+    "packed B-frames" (each P-frame and the B-frame shown before it in one chunk, an
+    N-VOP chunk in the P-frame's own slot, and the ``DivX503b1393p`` user data that tells
+    decoders so); without, one frame per chunk in decoding order (as FFmpeg writes it).
+
+    AVI stores no presentation times: FFmpeg reads such a file one frame late (the
+    decoder's delay, which AVI cannot signal), the times the returned :class:`Clip`
+    records (``(i + 1) / fps``). Decoding a packed file, FFmpeg's own timestamps come out
+    swapped in pairs (1, 3, 2, 5, 4, ...) while the pictures come in order.
+
+    Args:
+        path: the ``.avi`` to write.
+        frames: ``(H, W, 3)`` uint8 RGB frames of even size.
+        fps: whole frames per second.
+        packed: pack the B-frames.
+    """
+    path = Path(path)
+    chunks: list[bytes] = []
+    size = (0, 0)
+    codec = av.CodecContext.create("mpeg4", "w")
+    n = 0
+    for frame in frames:
+        if n == 0:
+            size = (frame.shape[1], frame.shape[0])
+            codec.width, codec.height, codec.pix_fmt = size[0], size[1], "yuv420p"
+            codec.time_base, codec.framerate = Fraction(1, fps), Fraction(fps)
+            codec.max_b_frames, codec.gop_size = 1, 12
+            codec.open()
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = n
+        chunks += [bytes(p) for p in codec.encode(vf.reformat(format="yuv420p"))]
+        n += 1
+    if n == 0:
+        raise ValueError("no frames to write")
+    chunks += [bytes(p) for p in codec.encode(None)]
+    if packed:
+        out, i = [], 0
+        while i < len(chunks):
+            if _vop_type(chunks[i]) in "IP" and i + 1 < len(chunks) and \
+                    _vop_type(chunks[i + 1]) == "B":
+                out += [chunks[i] + chunks[i + 1], _nvop(fps)]
+                i += 2
+            else:
+                out.append(chunks[i])
+                i += 1
+        first = out[0].find(b"\x00\x00\x01\xb6")
+        out[0] = out[0][:first] + b"\x00\x00\x01\xb2DivX503b1393p" + out[0][first:]
+        chunks = out
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = size
+        stream.codec_context.time_base = stream.time_base = Fraction(1, fps)
+        for k, data in enumerate(chunks):
+            packet = av.Packet(data)
+            packet.pts = packet.dts = k
+            packet.time_base = Fraction(1, fps)
+            packet.is_keyframe = _vop_type(data) == "I"
+            packet.stream = stream
+            container.mux(packet)
+    return Clip(path=path, frames=n, fps=float(fps), size=size,
+                times=[(i + 1) / fps for i in range(n)], boxes=[None] * n)

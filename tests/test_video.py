@@ -274,6 +274,21 @@ def test_short_stream_is_one_padded_clip_and_frames_keep_their_times():
     assert rs.engine.network_frames == 16
 
 
+def test_no_clip_spans_a_source_cut():
+    """A frame its source marks as a cut (a live source reopened after a gap) ends the
+    clips so far: 10 + 30 frames give one padded clip, then clips of their own (at 0
+    and 8 of the new part, and its last 16 frames); every frame comes out once, in order."""
+    model = brightness_net(2)
+    frames, _, _ = synth.blob_frames((64, 32), 40, radius=4)
+    from camvideo.media.frames import Frame
+    src = [Frame(i, f, i, i / 30, cut=i == 10) for i, f in enumerate(frames)]
+    with camvideo.stream(src, model, size=32, topk=1, batch_size=4) as rs:
+        out = list(rs)
+    assert [r.index for r in out] == list(range(40))
+    assert rs.engine._clips.clips == 4 and rs.engine.network_frames == 4 * 16
+    assert out[10].cut and not any(r.cut for r in out[11:])   # the smoothing restarts
+
+
 def test_time_axis_of_pointwise_and_unknown_layers():
     conv = nn.Conv3d(2, 2, (5, 1, 1), stride=(3, 1, 1), padding=(1, 0, 0), dilation=(2, 1, 1))
     axis = time_axis_of(nn.Sequential(conv, nn.BatchNorm3d(2), nn.ReLU()))

@@ -14,6 +14,9 @@ Which clips run, and which frames each one gives maps to (:class:`ClipSchedule`)
 - The end of the stream: the frames not yet given maps get them from one last clip, the
   stream's last ``T`` frames (so it is never partial). A stream shorter than ``T`` is one
   clip, padded to ``T`` with copies of its last frame.
+- A frame marked ``cut`` by its source (the first after a live source was lost and
+  reopened, :attr:`Frame.cut <camvideo.media.frames.Frame.cut>`) ends the stream so far
+  as the end of the stream does, and starts the schedule afresh: no clip spans the gap.
 - A frame's features are the clip's features at that frame's time
   (:meth:`VideoCamModel.frame_features`: the network's time axis mapped onto the clip's
   frames, interpolated where the network downsamples time); its class scores are the
@@ -156,6 +159,7 @@ class ClipStage:
         self._held: collections.deque[_Held] = collections.deque()
         self._base = 0        # stream index of _held[0]
         self._received = 0
+        self._segment = 0     # stream index where the schedule started (0, or a cut)
         self.clips = 0        #: clips run so far
 
     @property
@@ -174,32 +178,40 @@ class ClipStage:
             x: ``(n, 3, H', W')`` normalised model inputs.
             frames01: ``(n, 3, H', W')`` float RGB in ``[0, 1]``.
         """
+        outs = []
         for i, f in enumerate(frames):
+            if f.cut and self._received > self._segment:   # no clip across the gap
+                outs += [self._run(self.schedule.ready(self._received - self._segment)),
+                         self.flush()]
             self._held.append(_Held(f, images[i], x[i], frames01[i]))
-        self._received += len(frames)
-        out = self._run(self.schedule.ready(self._received))
-        keep = ClipSchedule.keep_from(self._received, self.model.clip_len)
+            self._received += 1
+        outs.append(self._run(self.schedule.ready(self._received - self._segment)))
+        keep = self._segment + ClipSchedule.keep_from(self._received - self._segment,
+                                                      self.model.clip_len)
         while self._base < keep and self._held and self._held[0].frame is None:
             self._held.popleft()
             self._base += 1
-        return out
+        return _joined(outs)
 
     def flush(self) -> FramesOut | None:
-        """At the end of the stream: the frames no clip has given maps to yet (from the
-        stream's last clip), or None."""
-        plan = self.schedule.end(self._received)
+        """At the end of the stream (or before a cut): the frames no clip has given maps
+        to yet (from the stream's last clip), or None; the schedule starts afresh."""
+        plan = self.schedule.end(self._received - self._segment)
         out = self._run([plan]) if plan is not None else None
         self._held.clear()
-        self._base = self._received
+        self._base = self._segment = self._received
+        self.schedule = ClipSchedule(self.model.clip_len, self.hop)
         return out
 
     def _run(self, plans: list[ClipPlan]) -> FramesOut | None:
+        """Run ``plans`` (indices from the segment's start) as one batch of clips."""
         if not plans:
             return None
+        at = self._segment - self._base    # the segment's start in _held
         t = self.model.clip_len
         clips = []
         for p in plans:
-            xs = [self._held[i - self._base].x for i in range(p.start, p.start + p.length)]
+            xs = [self._held[at + i].x for i in range(p.start, p.start + p.length)]
             xs += [xs[-1]] * (t - len(xs))     # a stream shorter than a clip
             clips.append(self.model.clip(xs))
         features, logits = self._forward(torch.stack(clips))
@@ -210,10 +222,21 @@ class ClipStage:
             feats.append(self.model.frame_features(features[c], pos))
             scores.append(logits[c:c + 1].expand(p.stop - p.first, -1))
             for i in range(p.first, p.stop):
-                held = self._held[i - self._base]
+                held = self._held[at + i]
                 frames.append(held.frame)
                 images.append(held.image)
                 smalls.append(held.frame01)
                 held.frame = held.image = None   # given out: only its input stays
         return FramesOut(frames, images, torch.cat(feats), torch.cat(scores),
                          torch.stack(smalls))
+
+
+def _joined(outs: list[FramesOut | None]) -> FramesOut | None:
+    """Consecutive outputs as one (None when there are none)."""
+    parts = [o for o in outs if o is not None]
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    return FramesOut([f for o in parts for f in o.frames], [m for o in parts for m in o.images],
+                     torch.cat([o.features for o in parts]),
+                     torch.cat([o.logits for o in parts]),
+                     torch.cat([o.frames01 for o in parts]))

@@ -5,6 +5,7 @@ brightness shows the map is aligned in time; clips cover every frame once; optio
 live streams and batches."""
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -318,6 +319,25 @@ def test_s3d_weights_are_one_at_its_own_size_and_follow_the_pooling_when_wider()
     assert w.tolist() == pytest.approx([c * 9 / 21 for c in (1, 2, 3, 3, 3, 3, 3, 2, 1)])
     with pytest.raises(ModelError, match="not a stride-1 average pooling"):
         heads.pooled_class_map_head(nn.Identity(), nn.AvgPool3d(2), nn.Conv3d(4, 3, 1), "m")
+
+
+def test_probe_check_refuses_s3d_maps_without_the_pooling_weights(family):
+    """The probe check holds video networks too: S3D's class maps without their cell
+    weights (a plain mean where the network's 2x7x7 pooling counts border cells less)
+    do not reproduce its logits on the probe (224x256: 7x8 maps), and are refused."""
+    name, net, _, _ = family
+    if name != "s3d":
+        pytest.skip("S3D's head")
+    net = copy.deepcopy(net)
+    with torch.no_grad():   # logits of a trained network's size (random ones are ~0.1,
+        net.classifier[1].weight.mul_(100.0)   # under the check's absolute floor)
+    split = heads.split_torchvision(net, "s3d", name, "class maps")
+    probe = (1, 3, 16, 224, 256)
+    assert heads.verify_split(name, split, probe_shape=probe) is None
+    maps = split.backbone
+    split.backbone = nn.Sequential(maps.body, maps.conv)          # unweighted
+    with pytest.raises(ModelError, match=r"probe error .*class maps does not reproduce"):
+        heads.verify_split(name, split, probe_shape=probe)
 
 
 def test_weights_from_torchvisions_cache_with_kinetics_labels(tmp_path, monkeypatch, capsys):

@@ -20,8 +20,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {"stream": "api", "annotate": "api", "Options": "options", "Summary": "options",
-         "FrameResult": "options", "Stream": "runtime.stream", "load_model": "model.registry"}
-__all__ = ["FrameResult", "Options", "Stream", "Summary", "annotate", "load_model", "stream",
+         "FrameResult": "options", "ClassResult": "options", "Stream": "runtime.stream", "load_model": "model.registry"}
+__all__ = ["ClassResult", "FrameResult", "Options", "Stream", "Summary", "annotate", "load_model", "stream",
            "__version__"]
 
 

@@ -19,7 +19,8 @@ from .model.device import default_batch_size, resolve_device
 from .model.registry import load_model
 from .options import Options, Summary
 from .runtime.engine import build_engine
-from .runtime.sinks import JsonLinesSink, Sink, VideoFileSink
+from .report import HtmlReportSink
+from .runtime.sinks import JsonLinesSink, Sink, TracksSink, VideoFileSink
 from .runtime.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
         output: output file (``.mp4``, ``.mkv``, ``.mov``, ``.webm``, ``.avi``); written
             to a temporary file and renamed on success.
         options, **overrides: as for :func:`stream` (``json``, ``json_cams``,
-            ``overwrite``, ``codec``, ``crf``, ``preset``, ``x264_params``, ``audio``
-            are the output's).
+            ``tracks``, ``html_report``, ``overwrite``, ``codec``, ``crf``, ``preset``,
+            ``x264_params``, ``audio`` are the output's).
         model: a loaded model to reuse (batch jobs load it once), or a registry name.
         progress: called as ``progress(frames_done, frames_total_or_0)`` after each frame.
         stop: set it to stop early: the output is then discarded and the call raises
@@ -116,8 +117,12 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
     check_preset(opts.codec, opts.preset)
     out_path = check_output_path(output, [input], opts.overwrite)
     check_video_codec(opts.codec, out_path.suffix.lower())
-    if opts.json:
-        _check_sidecar_path(opts.json, [input, output], opts.overwrite)
+    others = [input, output]
+    for path, flag in ((opts.json, "--json"), (opts.tracks, "--tracks"),
+                       (opts.html_report, "--report")):
+        if path:
+            _check_sidecar_path(path, others, opts.overwrite, flag)
+            others.append(path)
     stop = stop or threading.Event()
     t0 = time.monotonic()
     # frames stay I420 from decoder to encoder where they can (camvideo.pixels)
@@ -134,6 +139,11 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
                                        comment=source_comment(input)))
             if opts.json:
                 sinks.append(JsonLinesSink(opts.json, cams=opts.json_cams))
+            if opts.tracks:
+                sinks.append(TracksSink(opts.tracks))
+            if opts.html_report:
+                sinks.append(HtmlReportSink(opts.html_report, s.engine.model.labels, opts,
+                                            source=Path(input).name, output=str(out_path)))
             total = s.info.frames if s.info is not None else 0
             for r in s:
                 for sink in sinks:
@@ -195,13 +205,15 @@ def _close(src: Any) -> None:
             return
 
 
-def _check_sidecar_path(path: str | os.PathLike, inputs: list, overwrite: bool) -> None:
-    """Refuse a ``json`` path that is an input or the video output, exists without
-    ``overwrite``, or lies in a missing/unwritable folder."""
+def _check_sidecar_path(path: str | os.PathLike, inputs: list, overwrite: bool,
+                        flag: str = "--json") -> None:
+    """Refuse a sidecar path (``json``, ``tracks``, ``html_report``) that is an input,
+    the video output or another sidecar, exists without ``overwrite``, or lies in a
+    missing/unwritable folder."""
     p = Path(path)
     for inp in inputs:
         if Path(inp).resolve() == p.resolve():
-            raise OutputError(f"json {path} would overwrite {inp}")
-    check_writable(p, "--json")
+            raise OutputError(f"{flag.lstrip('-')} {path} would overwrite {inp}")
+    check_writable(p, flag)
     if p.exists() and not overwrite:
         raise OutputError(f"output exists: {path} (use -y/--overwrite)")

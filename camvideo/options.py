@@ -24,8 +24,12 @@ LAYOUTS = ("overlay", "side")
 SMOOTH_MODES = ("causal", "centered")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
+DEFAULT_TIMELINE = 10.0      #: seconds the ``--timeline`` strip shows
+MAX_CLASSES = 7              #: most classes shown at once (the palette's colours)
+
 __all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_SIZE", "DEFAULT_TAU",
-           "LAYOUTS", "PRECISIONS", "SMOOTH_MODES", "FrameResult", "Options", "Summary"]
+           "DEFAULT_TIMELINE", "LAYOUTS", "MAX_CLASSES", "PRECISIONS", "SMOOTH_MODES",
+           "ClassResult", "FrameResult", "Options", "Summary", "parse_classes"]
 
 
 #: OpenCV's colormaps (``cv2.COLORMAP_<NAME>``), by lower-case name: listed here so that
@@ -33,6 +37,23 @@ __all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_SIZE", "DEFA
 COLORMAPS = ("autumn", "bone", "cividis", "cool", "deepgreen", "hot", "hsv", "inferno",
              "jet", "magma", "ocean", "parula", "pink", "plasma", "rainbow", "spring",
              "summer", "turbo", "twilight", "twilight_shifted", "viridis", "winter")
+
+
+def parse_classes(text: str) -> int | tuple[str, ...]:
+    """``--classes``' value: a count (``"3"``) or class names or indexes separated by
+    commas (``"tabby,cup"``, ``"281,967"``), blanks around each stripped.
+
+    Raises:
+        OptionError: empty, or an empty name between commas.
+    """
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    names = tuple(t.strip() for t in text.split(","))
+    if not text or any(not t for t in names):
+        raise OptionError(f"classes must be a count or names separated by commas, got "
+                          f"{text!r}", option="classes")
+    return names
 
 
 def _check(ok: bool, option: str, message: str) -> None:
@@ -51,11 +72,18 @@ class Options:
     the model's own, 224 for image networks and the side a video network's weights were
     trained at, 112 for ``r3d_18``), ``clip_hop`` (video networks: frames from one clip's
     start to the next's; None: half the clip).
-    Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold``, ``layout``.
-    Smoothing: ``smooth`` (time constant, seconds; 0 = off), ``smooth_mode``,
+    Several classes: ``classes`` (``--classes``: a count of distinct objects' classes to
+    show at once, or a tuple of class names/indexes; None = one class, as ``cls``).
+    Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold`` (a fraction of
+    the map's maximum, or ``"auto"``: the model's calibrated one,
+    :data:`camvideo.cam.BBOX_THRESHOLDS`), ``layout``, ``timeline`` (seconds of the
+    class-probability strip along the bottom; 0 = none). Smoothing: ``smooth`` (time
+    constant, seconds; 0 = off), ``smooth_mode``,
     ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``, ``crf``, ``preset``
     (None: x264 superfast with mb-tree, see :mod:`camvideo.media.encoding`),
-    ``x264_params``, ``audio``, ``json``, ``json_cams``, ``overwrite``. Device:
+    ``x264_params``, ``audio``, ``json``, ``json_cams``, ``tracks`` (MOTChallenge rows,
+    or JSON for ``.json``), ``html_report`` (a self-contained HTML page), ``overwrite``.
+    Device:
     ``device``, ``precision``, ``batch_size`` (None = automatic), ``stride`` (run the
     network on every Nth frame, carrying the maps between with the image motion).
 
@@ -67,14 +95,16 @@ class Options:
     weights: str | None = None
     labels: str | None = None
     cls: str | int | None = None
+    classes: int | tuple[str | int, ...] | None = None
     size: int | None = None
     clip_hop: int | None = None
     topk: int = 3
     colormap: str = "jet"
     alpha: float = 0.5
     bbox: bool = False
-    bbox_threshold: float = 0.2
+    bbox_threshold: float | str = "auto"
     layout: str = "overlay"
+    timeline: float = 0.0
     smooth: float = DEFAULT_TAU
     smooth_mode: str = "causal"
     switch_margin: float = DEFAULT_MARGIN
@@ -88,6 +118,8 @@ class Options:
     audio_codec: str = "auto"  # --audio: auto, copy or an encoder (camvideo.media.audio)
     json: str | None = None
     json_cams: bool = False
+    tracks: str | None = None
+    html_report: str | None = None
     overwrite: bool = False
     device: str = "auto"
     precision: str = "auto"
@@ -104,8 +136,10 @@ class Options:
                f"must be in 1..1000 frames, got {self.clip_hop}")
         _check(0 <= self.topk <= 1000, "topk", f"must be in 0..1000, got {self.topk}")
         _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in 0..1, got {self.alpha}")
-        _check(0.0 < self.bbox_threshold <= 1.0, "bbox_threshold",
-               f"must be in (0, 1], got {self.bbox_threshold}")
+        _check(self.bbox_threshold == "auto" or (
+            not isinstance(self.bbox_threshold, (str, bool))
+            and 0.0 < self.bbox_threshold <= 1.0), "bbox_threshold",
+            f"must be 'auto' or in (0, 1], got {self.bbox_threshold!r}")
         _check(self.layout in LAYOUTS, "layout",
                f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         _check(self.smooth >= 0, "smooth", f"must be ≥ 0 seconds, got {self.smooth}")
@@ -121,6 +155,22 @@ class Options:
         _check(1 <= self.stride <= 1000, "stride", f"must be in 1..1000, got {self.stride}")
         _check(not self.json_cams or bool(self.json), "json_cams",
                "needs json, the sidecar's path")
+        c = self.classes
+        if isinstance(c, str):
+            object.__setattr__(self, "classes", c := parse_classes(c))
+        elif isinstance(c, list):
+            object.__setattr__(self, "classes", c := tuple(c))
+        if c is not None:
+            if isinstance(c, bool) or not isinstance(c, (int, tuple)):
+                raise OptionError(f"classes must be a count or a tuple of class names, "
+                                  f"got {c!r}", option="classes")
+            n = c if isinstance(c, int) else len(c)
+            _check(1 <= n <= MAX_CLASSES, "classes",
+                   f"must be 1..{MAX_CLASSES} classes, got {n}")
+            _check(self.cls is None, "classes",
+                   "and cls (--class) exclude each other: give the classes as a list")
+        _check(0.0 <= self.timeline <= 600.0, "timeline",
+               f"must be in 0..600 seconds, got {self.timeline}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -164,6 +214,35 @@ class Summary:
 
 
 @dataclass(frozen=True, eq=False)
+class ClassResult:
+    """One of a frame's shown classes (``classes`` option), in :attr:`FrameResult.classes`.
+
+    Attributes:
+        cls: the class index.
+        label: its name.
+        score: its smoothed probability, in ``[0, 1]``.
+        map: ``(h, w)`` float32 in ``[0, 1]``: its map at feature resolution, normalised
+            against its own range smoothed over time (numpy, or a device tensor for a
+            ``tensors=True`` stream).
+        peak: ``(x, y)`` of the map's maximum in output-frame pixels.
+        bbox: the box of its map ``(x0, y0, x1, y1)`` in output-frame pixels (x1, y1
+            exclusive), or None.
+        track: the ID (from 1) of the box's track, or None when the box has none.
+        slot: its place among the shown classes, which picks its colour (stable while
+            the class is shown).
+    """
+
+    cls: int
+    label: str
+    score: float
+    map: Any
+    peak: tuple[int, int]
+    bbox: tuple[int, int, int, int] | None
+    track: int | None = None
+    slot: int = 0
+
+
+@dataclass(frozen=True, eq=False)
 class FrameResult:
     """One frame's result from :func:`camvideo.stream`, in stream order.
 
@@ -184,14 +263,18 @@ class FrameResult:
         map: ``(h, w)`` float32 in ``[0, 1]``: the map that is drawn, at feature
             resolution (normalised against a range smoothed over time).
         peak: ``(x, y)`` of the map's maximum in output-frame pixels.
-        bbox: the paper's box ``(x0, y0, x1, y1)`` in output-frame pixels (with the
-            ``bbox`` option), else None.
+        bbox: the paper's box ``(x0, y0, x1, y1)`` in output-frame pixels (drawn with the
+            ``bbox`` option, given either way; None when the map is nowhere positive).
         cut: the frame starts a new shot (or the stream): the smoothing restarted here.
         image: the annotated frame when the stream renders (``render=True``), as the
             pipeline holds it: ``(H, W', 3)`` uint8 RGB, or ``(H * 3 // 2, W')`` uint8
             I420 when ``fmt`` is I420 (see :meth:`annotated`); else None.
         fmt: the pixel format of ``image`` (:data:`camvideo.pixels.RGB` or ``I420``).
         rgb: the source frame as ``(H, W, 3)`` uint8 RGB when asked (``frames=True``).
+        classes: the shown classes with the ``classes`` option (:class:`ClassResult`, in
+            slot order; ``cls``, ``map``, ``peak`` and ``bbox`` above are then the most
+            probable of them); with ``tracks`` or ``timeline`` alone, one entry: the class
+            above (with its track); else empty.
     """
 
     index: int
@@ -209,6 +292,7 @@ class FrameResult:
     image: "np.ndarray | None" = None
     fmt: str = "rgb24"
     rgb: "np.ndarray | None" = None
+    classes: list[ClassResult] = field(default_factory=list)
     _raw_maps: Callable[[Sequence[int]], Any] | None = field(default=None, repr=False)
 
     def map_for(self, classes: int | Sequence[int], normalize: bool = True) -> Any:

@@ -217,3 +217,33 @@ def long_tree(tmp_path) -> Path:
         synth.make_clip("pan", src / f"s{i % 2}" / f"v{i}.mp4", size=(160, 96), n=30,
                         fps=24)
     return src
+
+
+# ---------------------------------------------------------------------------------------
+# Several classes at once (tests/test_multiclass.py, test_tracks.py, test_report.py)
+
+
+@pytest.fixture(scope="session")
+def pair_clip(clip_dir: Path) -> Clip:
+    """The cat and the coffee cup side by side, each moving (synth.pair_frames): 384x192,
+    90 frames at 30 fps (3 s); ``objects`` holds both boxes per frame."""
+    return synth.make_clip("pair", clip_dir / "pair.mp4", size=(384, 192), n=90, fps=30)
+
+
+@pytest.fixture(scope="session")
+def pair_run(pair_clip: Clip, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``camvideo pair.mp4 out.mp4 --classes 2 --bbox --timeline`` with every result file
+    (``--json``, ``--tracks`` MOT and ``.json``, ``--report``), run once per session
+    through the command line (the default model), with the default, calibrated box
+    threshold (``auto``)."""
+    from camvideo.commands.main import main
+
+    d = tmp_path_factory.mktemp("pair_run")
+    paths = {"video": d / "out.mp4", "json": d / "out.jsonl", "mot": d / "tracks.txt",
+             "report": d / "report.html"}
+    rc = main([str(pair_clip.path), str(paths["video"]), "--classes", "2", "--bbox",
+               "--timeline", "--json", str(paths["json"]),
+               "--tracks", str(paths["mot"]), "--report", str(paths["report"]), "-q",
+               "--precision", "fp32"])
+    assert rc == 0
+    return paths

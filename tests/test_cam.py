@@ -8,8 +8,10 @@ import torchvision
 from torchcam.methods import CAM
 
 from camvideo.testing import synth
-from camvideo.cam import (cam_maps, logits_from_features, minmax_normalize, paper_bbox,
+from camvideo.cam import (BBOX_THRESHOLDS, PAPER_THRESHOLD, bbox_threshold, cam_maps,
+                          logits_from_features, map_bbox, minmax_normalize, paper_bbox,
                           peak_xy)
+from camvideo.errors import OptionError
 from camvideo.model.registry import from_modules, load_model
 
 
@@ -111,6 +113,77 @@ def test_paper_bbox_hand_worked_case():
     # a flat or non-positive map has no box
     assert paper_bbox(np.zeros((4, 4)), 0.2) is None
     assert paper_bbox(-np.ones((4, 4)), 0.2) is None
+
+
+def _blobs(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A CAM-like map: one to three Gaussian blobs over a little noise."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    cam = 0.05 * rng.random((h, w))
+    for _ in range(rng.integers(1, 4)):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        sd, a = rng.uniform(0.7, 3), rng.uniform(0.3, 1)
+        cam += a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sd * sd))
+    return cam.astype(np.float32)
+
+
+def _box_at_frame_size(cam: np.ndarray, size: tuple[int, int], t: float):
+    """The reference: upsample to the frame, threshold at ``t`` x the map's maximum and
+    label every pixel."""
+    import cv2
+    up = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
+    mask = (up >= t * cam.max()).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    x, y, w, h = (int(v) for v in stats[1 + int(np.argmax(stats[1:, 4])), :4])
+    return x, y, x + w, y + h
+
+
+def _close(a, b) -> bool:
+    """Same box up to a pixel (float rounding where the map crosses the level)."""
+    return a is not None and b is not None and max(abs(p - q) for p, q in zip(a, b)) <= 1
+
+
+@pytest.mark.parametrize("size", [(640, 360), (1280, 720), (161, 95), (50, 30)])
+def test_map_bbox_equals_labelling_the_whole_frame(size):
+    rng = np.random.default_rng(sum(size))
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(3, 15, 2))
+        cam, t = _blobs(rng, h, w), float(rng.uniform(0.1, 0.9))
+        assert _close(map_bbox(cam, size, t), _box_at_frame_size(cam, size, t)), (h, w, t)
+    # a tensor map gives the same box; a flat or non-positive map none
+    cam = _blobs(rng, 7, 12)
+    assert map_bbox(torch.from_numpy(cam), size, 0.3) == map_bbox(cam, size, 0.3)
+    assert map_bbox(np.zeros((7, 12), np.float32), size, 0.3) is None
+    assert map_bbox(-np.ones((7, 12), np.float32), size, 0.3) is None
+
+
+def test_map_bbox_hand_worked_case():
+    # a 2x4 map upsampled to 8x16 (4 px per cell): the single hot cell at (x=1, y=0)
+    # spreads bilinearly over the pixels whose sample point lies within a cell of it
+    cam = np.array([[0, 1, 0, 0], [0, 0, 0, 0]], np.float32)
+    # pixel X samples x = (X + 0.5) / 4 - 0.5: X = 3..8 give weights 0.375, 0.625, 0.875,
+    # 0.875, 0.625, 0.375 on the hot column; rows Y = 0..4 give 1, 1, 0.875, 0.625, 0.375
+    # (the top rows clamp to row 0). Level 0.5: X 4..7 with Y 0..2, and (5..6, 3) at
+    # 0.875 x 0.625 = 0.55; (4, 3) is 0.39.
+    assert map_bbox(cam, (16, 8), 0.5) == (4, 0, 8, 4)
+    assert map_bbox(cam, (16, 8), 0.2) == _box_at_frame_size(cam, (16, 8), 0.2)
+    # the largest region wins, as the paper's
+    cam = np.zeros((4, 8), np.float32)
+    cam[0, 0] = 1.0                       # the peak, alone
+    cam[2:4, 4:8] = 0.6                   # a wider, weaker region
+    assert _close(map_bbox(cam, (80, 40), 0.5), _box_at_frame_size(cam, (80, 40), 0.5))
+    assert map_bbox(cam, (80, 40), 0.5)[0] >= 35          # the right-hand region
+    assert map_bbox(cam, (80, 40), 0.5, component="peak")[2] <= 20  # the peak's
+
+
+def test_bbox_threshold_auto_is_the_calibrated_one():
+    assert bbox_threshold("auto", "efficientnet_lite0") == BBOX_THRESHOLDS["efficientnet_lite0"]
+    assert BBOX_THRESHOLDS["efficientnet_lite0"] != PAPER_THRESHOLD  # it was calibrated
+    assert bbox_threshold("AUTO", "resnet50") == BBOX_THRESHOLDS["*"]
+    assert bbox_threshold(0.2, "efficientnet_lite0") == 0.2
+    assert bbox_threshold("0.45", "efficientnet_lite0") == 0.45
+    for bad in (0.0, 1.5, -0.1, "half", "nan"):
+        with pytest.raises(OptionError):
+            bbox_threshold(bad, "efficientnet_lite0")
 
 
 def test_from_modules_tiny_network_end_to_end():

@@ -124,6 +124,29 @@ def test_audio_reencoded_when_container_refuses_codec(pan_clip, lite0, tmp_path)
 
 # --------------------------------------------------------------------- what is drawn
 
+@pytest.mark.parametrize("threshold, expected", [(None, 0.3), ("0.2", 0.2), ("auto", 0.3)])
+def test_sidecar_box_is_the_maps_box_at_frame_size(pan_clip, lite0, tmp_path, threshold,
+                                                   expected):
+    """The box is the drawn map's, upsampled to the frame, at the calibrated threshold by
+    default (``auto``) or the one given (the paper's 0.2)."""
+    from camvideo.cam import BBOX_THRESHOLDS, map_bbox
+    from camvideo.commands.args import main_parser
+    assert BBOX_THRESHOLDS["efficientnet_lite0"] == 0.3
+    argv = [str(pan_clip.path), str(tmp_path / "o.mp4")]
+    argv += ["--bbox-threshold", threshold] if threshold else []
+    opts = vars(main_parser().parse_args(argv))
+    assert opts["bbox_threshold"] == ("auto" if threshold in (None, "auto") else 0.2)
+    side = tmp_path / "o.jsonl"
+    camvideo.annotate(pan_clip.path, tmp_path / "o.mp4", model=lite0, json=str(side),
+                      json_cams=True, bbox=True, bbox_threshold=opts["bbox_threshold"])
+    recs = [json.loads(line) for line in side.read_text().splitlines()]
+    near = 0
+    for r in recs:
+        want = map_bbox(np.array(r["cam"], np.float32), (320, 180), expected)
+        near += max(abs(a - b) for a, b in zip(r["bbox"], want)) <= 1  # cam rounded to 1e-4
+    assert near == len(recs)
+
+
 def test_json_sidecar_records(pan_clip, lite0, tmp_path):
     out, side = tmp_path / "o.mp4", tmp_path / "o.jsonl"
     camvideo.annotate(pan_clip.path, out, model=lite0, json=str(side), json_cams=True,
@@ -219,6 +242,8 @@ def test_output_rules(pan_clip, tmp_path, capsys):
     (["--device", "tpu"], ExitCode.USAGE, "unknown device"),
     (["--json-cams"], ExitCode.USAGE, "--json-cams needs json"),
     (["--codec", "nosuchcodec"], ExitCode.USAGE, "unknown video encoder"),
+    (["--bbox-threshold", "automatic"], ExitCode.USAGE, "not a number"),
+    (["--bbox-threshold", "0"], ExitCode.USAGE, "outside 0.01..1.0"),
 ])
 def test_bad_options(pan_clip, tmp_path, capsys, args, code, words):
     out = tmp_path / "o.mp4"
@@ -370,3 +395,15 @@ def test_answered_without_importing_torch(args, code, pan_clip, tmp_path):
     assert (torch_loaded, int(rc)) == ("False", code), proc.stderr
     if code != ExitCode.OK:
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_the_sidecar_carries_the_box_without_bbox(pan_clip, lite0, tmp_path):
+    """--bbox only draws the box: the sidecar (and stream()) carry it either way, the
+    same one as with --bbox."""
+    side, side_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    camvideo.annotate(pan_clip.path, tmp_path / "a.mp4", model=lite0, json=str(side))
+    camvideo.annotate(pan_clip.path, tmp_path / "b.mp4", model=lite0, json=str(side_b),
+                      bbox=True)
+    plain = [json.loads(line)["bbox"] for line in side.read_text().splitlines()]
+    drawn = [json.loads(line)["bbox"] for line in side_b.read_text().splitlines()]
+    assert all(b is not None and len(b) == 4 for b in plain) and plain == drawn

@@ -367,3 +367,46 @@ def test_no_display_means_no_window(monkeypatch):
     assert not lv.display_available()
     with pytest.raises(OptionError, match="no display"):
         run_live("0", window="on")
+
+
+def test_while_no_frame_comes_the_hud_shows_the_source_s_status_and_duration_ends():
+    """A stream waiting for a keyframe (or reconnecting) sends no frames: the window and
+    the preview get the last frame with the source's status drawn on it (--hud), and
+    --duration ends the session by the wall clock, which frames' times cannot."""
+    from camvideo.live.session import _Meter, _Watch
+
+    class Src:
+        status = "waiting for a keyframe"
+        drop = True
+
+    class View:
+        def __init__(self):
+            self.shown = []
+
+        def publish(self, image):
+            self.shown.append(image)
+
+    meter = _Meter(Src())
+    meter.last_image = np.full((120, 160, 3), 200, np.uint8)
+    now = time.monotonic()
+    meter.span = [now - 2.0, now - 1.5]  # the last frame 1.5 s ago
+    view, stop = View(), threading.Event()
+    watch = _Watch(Src(), meter, [view], duration=None, stop=stop, period=0.05)
+    watch.start()
+    time.sleep(0.3)
+    watch.close()
+    assert view.shown and not stop.is_set()
+    img = view.shown[-1]
+    assert (img[-10:, :40] != 200).any() and (meter.last_image == 200).all()  # a copy
+    watch = _Watch(Src(), meter, [], duration=1.0, stop=stop, period=0.05)
+    watch.start()
+    assert stop.wait(2.0)  # 2 s since the first frame > 1 s
+    watch.close()
+    unpaced = Src()
+    unpaced.drop = False  # a file as fast as the model goes: its own times count
+    stop2 = threading.Event()
+    watch = _Watch(unpaced, meter, [], duration=1.0, stop=stop2, period=0.05)
+    watch.start()
+    time.sleep(0.3)
+    watch.close()
+    assert not stop2.is_set()

@@ -475,3 +475,36 @@ def test_batched_samplings_equal_per_frame_ones_and_grid_sample():
         ref = F.grid_sample(state, torch.stack((xs, ys), -1)[None], mode="bilinear",
                             padding_mode="border", align_corners=False)
         assert (mo.warp(state, mats[i]) - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("zoom", [1.05, 1 / 1.05])
+def test_motion_follows_zoom_as_the_flow_divergence(zoom):
+    """A zoom about a point off centre (a real photo, 5 % per frame, in and out): the
+    per-cell displacement is the zoom's field ``d(p) = (p - c) (1/s - 1)``, not one
+    translation (what phase correlation gives)."""
+    import cv2
+    from camvideo.testing import synth
+    grid = (7, 12)
+    img = cv2.resize(synth.load_photo("china"), (384, 256))[:224]
+    cx, cy = 230.0, 100.0                                      # fixed point, pixels
+    m = np.float32([[zoom, 0, (1 - zoom) * cx], [0, zoom, (1 - zoom) * cy]])
+    cur = cv2.warpAffine(img, m, (384, 224), borderMode=cv2.BORDER_REFLECT)
+
+    def small(a):
+        t = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+        return mo.gray_u8(mo.downsample(t, grid))[0]
+
+    px, py = 384 / 12, 224 / 7                                 # pixels per cell
+    gx, gy = np.meshgrid((np.arange(12) + 0.5) * px, (np.arange(7) + 0.5) * py)
+    want = np.stack(((gx - cx) * (1 / zoom - 1) / px, (gy - cy) * (1 / zoom - 1) / py), -1)
+    inner = (slice(1, -1), slice(1, -1))                       # border cells see the edge
+    errs = {}
+    for method in ("dis", "phase"):
+        got = mo.MotionEstimator(method).estimate(small(img), small(cur), grid)
+        errs[method] = float(np.abs(got[inner] - want[inner]).mean())
+        if method == "dis":
+            # the field diverges (zoom in) or converges (out): dx grows with x at 1/s - 1
+            slope = np.polyfit(gx[inner].ravel(), got[inner][..., 0].ravel(), 1)[0] * px
+            assert abs(slope - (1 / zoom - 1)) < 0.02, slope
+    assert errs["dis"] < 0.06, errs
+    assert errs["phase"] > 1.5 * errs["dis"], errs  # one translation cannot follow a zoom

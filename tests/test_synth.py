@@ -220,3 +220,85 @@ def test_blob_is_where_its_centres_say(tmp_path: Path) -> None:
         assert outside.max() < 200
     clip = synth.make_clip("blob", tmp_path / "blob.mp4", size=(160, 64), n=9)
     assert clip.frames == 9 and clip.boxes == synth.blob_frames((160, 64), 9)[2]
+
+
+def test_move_frames_boxes_are_the_placed_photos() -> None:
+    """A dolly and two objects: each box holds its photo's pixels (the photo is a solid
+    colour here, so its placement is exact), it grows as asked, and outside every box is
+    the backdrop."""
+    red = np.zeros((50, 100, 3), np.uint8)
+    red[..., 0] = 255
+    blue = np.zeros((40, 40, 3), np.uint8)
+    blue[..., 2] = 255
+    size, n = (160, 90), 5
+    frames, boxes = synth.move_frames([(red, (0.2, 0.6), ((0.3, 0.3), (0.35, 0.5))),
+                                       (blue, (0.3, 0.3), ((0.85, 0.7), (0.8, 0.7)))],
+                                      size, n)
+    assert len(frames) == len(boxes) == n and all(len(b) == 2 for b in boxes)
+    heights = [b[0][3] - b[0][1] for b in boxes]
+    assert heights[0] == round(0.2 * 90) and heights[-1] == round(0.6 * 90)
+    assert all(a < b for a, b in zip(heights, heights[1:]))          # grows, eased
+    for i in (0, n - 1):
+        img = frames[i].astype(int)
+        for (x0, y0, x1, y1), ch in zip(boxes[i], (0, 2)):
+            core = img[y0 + 1:y1 - 1, x0 + 1:x1 - 1]
+            assert (core[..., ch] > 240).all() and (core[..., 1] < 15).all()
+        outside = np.ones(img.shape[:2], bool)
+        for x0, y0, x1, y1 in boxes[i]:
+            outside[max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1] = False
+        assert (np.abs(img[outside][:, 0] - img[outside][:, 2]) < 40).all()  # grey backdrop
+    # centres follow the given path (fractions of the frame)
+    (x0, y0, x1, y1) = boxes[-1][0]
+    assert abs((x0 + x1) / 2 - 0.35 * 160) <= 1 and abs((y0 + y1) / 2 - 0.5 * 90) <= 1
+
+
+def test_zoom_frames_start_pans_to_the_object() -> None:
+    frames, boxes = synth.zoom_frames("flower", (160, 90), 8, zoom=(1.5, 2.0),
+                                      start=(0.9, 0.2))
+    box = synth.OBJECT_BOXES["flower"]
+    centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes if b is not None]
+    # the view starts right of the dahlia (it sits left of centre) and ends on it
+    assert centres[0][0] < 80 - 10
+    assert abs(centres[-1][0] - 80) <= 2 and abs(centres[-1][1] - 45) <= 2
+    # the last box is the object at 2x the cover scale
+    s = max(160 / 640, 90 / 427) * 2.0
+    b = boxes[-1]
+    assert abs((b[2] - b[0]) - s * (box[2] - box[0])) <= 2 or b[2] == 160 or b[0] == 0
+
+
+def test_scene_boxes_lie_inside_their_photos() -> None:
+    for photo, objs in synth.SCENE_BOXES.items():
+        img = synth.load_photo(photo)
+        assert len(objs) >= 2
+        for box in objs.values():
+            assert _inside(box, (img.shape[1], img.shape[0]))
+
+
+def test_pair_frames_two_moving_objects_with_exact_boxes():
+    frames, boxes = synth.pair_frames(("chelsea", "coffee"), (384, 192), 30)
+    assert len(frames) == len(boxes) == 30 and all(len(b) == 2 for b in boxes)
+    cup = synth.load_photo("coffee")
+    for i in (0, 15, 29):
+        (a, b), img = boxes[i], frames[i]
+        assert img.shape == (192, 384, 3)
+        assert a[2] <= 192 <= b[0]                   # each object keeps its half
+        for x0, y0, x1, y1 in (a, b):
+            assert 0 <= x0 < x1 <= 384 and 0 <= y0 < y1 <= 192
+            assert img[y0:y1, x0:x1].std() > 20      # a photo, not the backdrop
+    # the right box is the cup photo's object box, scaled: the cup's rim (white) and the
+    # dark coffee sit inside it, the box is as big as the scaled object box
+    s = round(192 * 0.55) / cup.shape[0]
+    ob = synth.OBJECT_BOXES["coffee"]
+    b = boxes[0][1]
+    assert abs((b[2] - b[0]) - (ob[2] - ob[0]) * s) <= 2
+    assert abs((b[3] - b[1]) - (ob[3] - ob[1]) * s) <= 2
+    # both move: the left one right and up-down, the right one left
+    assert boxes[-1][0][0] > boxes[0][0][0] and boxes[-1][1][0] < boxes[0][1][0]
+    ys = [bx[0][1] for bx in boxes]
+    assert max(ys) - min(ys) >= 20
+
+
+def test_make_clip_pair_records_both_boxes(tmp_path):
+    clip = synth.make_clip("pair", tmp_path / "p.mp4", size=(192, 96), n=6)
+    assert clip.frames == 6 and len(clip.objects) == 6 and len(clip.objects[0]) == 2
+    assert clip.boxes == [o[0] for o in clip.objects]

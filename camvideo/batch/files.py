@@ -35,12 +35,14 @@ _PARTIAL = (re.compile(r"^\..+\.(\d+)\.\d+\.partial\.[A-Za-z0-9]+$"),
 
 @dataclass(frozen=True)
 class Job:
-    """One input and where its results go (``json`` is None without ``--json``)."""
+    """One input and where its results go (``json`` is None without ``--json``, ``html``
+    without ``--report-html``)."""
 
     input: Path
     output: Path
     json: Path | None
     rel: str  #: input path relative to IN_DIR, ``/``-separated
+    html: Path | None = None  #: its HTML report page
 
 
 @dataclass

@@ -111,7 +111,8 @@ def process_job(job: Job, model: Any, options: Options, *,
     try:
         s = annotate(job.input, job.output,
                      options.replace(overwrite=True,
-                                     json=str(job.json) if job.json else None),
+                                     json=str(job.json) if job.json else None,
+                                     html_report=str(job.html) if job.html else None),
                      model=model, progress=progress, stop=stop)
     except ModelError:
         raise

@@ -3,7 +3,9 @@
 ``camvideo batch IN_DIR OUT_DIR`` annotates every video under ``IN_DIR`` (recursively;
 ``--glob`` patterns, default: common video extensions, case-insensitive) into the same
 relative path under ``OUT_DIR`` with the output extension (``.mp4`` by default), and with
-``--json`` a ``NAME.jsonl`` sidecar beside each output.
+``--json`` a ``NAME.jsonl`` sidecar beside each output. With ``--report-html DIR``, each
+video's HTML report page goes to the same relative path under ``DIR`` (``NAME.html``),
+and ``DIR/index.html`` lists them all (:mod:`camvideo.report`).
 
 - **Resume.** Outputs are only ever renamed into place when complete (the sinks write a
   hidden ``.NAME.PID.TID.partial.EXT`` first), so an existing output *is* a finished one: a
@@ -27,6 +29,7 @@ relative path under ``OUT_DIR`` with the output extension (``.mp4`` by default),
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -58,6 +61,7 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
               json: bool = False, force: bool = False, jobs: int = 2,
               ray: bool = False, ray_address: str | None = None, ray_gpus: float = 1.0,
               ray_cpus: float = 1.0, report: str | os.PathLike | None = None,
+              report_html: str | os.PathLike | None = None,
               progress: Callable[[BatchProgress], None] | None = None,
               stop: threading.Event | None = None, **overrides: Any) -> BatchSummary:
     """Annotate every video under ``in_dir`` into the mirrored tree under ``out_dir``.
@@ -80,6 +84,9 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
             per task when the cluster has GPUs (a fraction shares one), ``ray_cpus`` CPUs
             per task. Folders must be on a filesystem all nodes share.
         report: write the JSON report there (also when interrupted).
+        report_html: a folder: each video's HTML report page at its relative path there
+            (``NAME.html``, written with the video), and ``index.html`` listing every
+            input (also when interrupted).
         progress: called with a :class:`BatchProgress` as files start, advance and end.
         stop: set it to stop: files in progress are aborted and recorded as interrupted.
 
@@ -101,6 +108,13 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise OptionError(f"jobs must be ≥ 1, got {jobs}", option="jobs")
     if report is not None:
         check_writable(Path(report), "--report")
+    html_dir = Path(report_html).absolute() if report_html is not None else None
+    if html_dir is not None:
+        try:
+            html_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create {report_html}: {e.strerror or e}") from None
+        check_writable(html_dir / "index.html", "--report-html")
     if not src.is_dir():
         raise InputError(f"input folder not found: {in_dir}")
     if isinstance(model, str):
@@ -134,6 +148,10 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
             todo.remove(job)
             tracker.finished(Record(str(job.input), str(job.output), SKIPPED,
                                     "output exists"))
+    if html_dir is not None:
+        todo = [dataclasses.replace(j, html=_page(html_dir, j.rel)) for j in todo]
+        for j in todo:
+            j.html.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
     stop = stop or threading.Event()
     interrupted = ctrl_c = False
     try:
@@ -156,9 +174,32 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                interrupted=interrupted)
         if report is not None:
             summary.write_report(report)
+        if html_dir is not None:
+            _write_index(html_dir, src, recs)
     if ctrl_c:
         raise BatchInterrupted(summary)
     return summary
+
+
+def _page(html_dir: Path, rel: str) -> Path:
+    """The report page of the input at ``rel`` (``a/b.mov`` → ``html_dir/a/b.mov.html``:
+    the input's whole name, so twins ``b.mov`` and ``b.mkv`` get their own pages)."""
+    return html_dir / f"{rel}.html"
+
+
+def _write_index(html_dir: Path, src: Path, records: Sequence[Record]) -> None:
+    from ..report import write_index
+
+    entries = []
+    for r in records:
+        try:
+            rel = Path(r.path).relative_to(src).as_posix()
+        except ValueError:
+            rel = r.path
+        page = _page(html_dir, rel)
+        entries.append({"input": rel, "status": r.status, "reason": r.reason,
+                        "page": str(page) if page.is_file() else None})
+    write_index(html_dir, entries)
 
 
 def _check_ext(ext: str) -> str:
@@ -180,6 +221,9 @@ def _validate_options(opts: Options, ext: str) -> Options:
     if opts.json or opts.overwrite:
         raise OptionError("json and overwrite are not batch options (see run_batch's "
                           "json and force)", option="json" if opts.json else "overwrite")
+    if opts.tracks or opts.html_report:
+        raise OptionError("tracks and html_report are not batch options (see run_batch's "
+                          "report_html)", option="tracks" if opts.tracks else "html_report")
     check_preset(opts.codec, opts.preset)
     check_video_codec(opts.codec, ext)
     parse_device(opts.device)
@@ -199,6 +243,9 @@ def _run_local(todo: list[Job], opts: Options, model: Any, tracker: Tracker, job
                            device=resolve_device(opts.device))  # once, for every file
     if opts.cls is not None:
         model.class_index(opts.cls)  # an unknown class is fatal, not per file
+    if isinstance(opts.classes, tuple):
+        for c in opts.classes:
+            model.class_index(c)
     pending: queue.SimpleQueue[Job] = queue.SimpleQueue()
     for job in todo:
         pending.put(job)

@@ -11,8 +11,9 @@ from typing import NoReturn
 
 from .. import __version__
 from ..media.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, X264_PRESETS
-from ..options import (COLORMAPS, DEFAULT_MODEL, DEFAULT_SIZE, LAYOUTS, PRECISIONS,
-                       Options)
+from ..errors import OptionError
+from ..options import (COLORMAPS, DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_TIMELINE, LAYOUTS,
+                       MAX_CLASSES, PRECISIONS, Options, parse_classes)
 
 _D = Options()
 
@@ -36,6 +37,12 @@ def _unit(lo: float, hi: float, kind=float):
     return parse
 
 
+def _auto_or(parse):
+    def parse_auto(text: str):
+        return "auto" if text.strip().lower() == "auto" else parse(text)
+    return parse_auto
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("-m", "--model", default=DEFAULT_MODEL,
@@ -54,6 +61,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "1..the clip length [half the clip]")
 
 
+def _classes(text: str) -> int | tuple[str, ...]:
+    try:
+        value = parse_classes(text)
+    except OptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    n = value if isinstance(value, int) else len(value)
+    if not 1 <= n <= MAX_CLASSES:
+        raise argparse.ArgumentTypeError(f"{text!r}: 1..{MAX_CLASSES} classes")
+    return value
+
+
 def add_render_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("render")
     g.add_argument("-k", "--topk", type=_unit(0, 20, int), default=_D.topk, metavar="K",
@@ -65,11 +83,19 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
                    help=f"heatmap opacity, 0..1 [{_D.alpha}]")
     g.add_argument("--bbox", action="store_true",
                    help="draw the paper's box (largest region >= threshold x max)")
-    g.add_argument("--bbox-threshold", type=_unit(0.01, 1.0), default=_D.bbox_threshold,
-                   metavar="T", help=f"box threshold, fraction of the map's max "
-                                     f"[{_D.bbox_threshold}]")
+    g.add_argument("--bbox-threshold", type=_auto_or(_unit(0.01, 1.0)),
+                   default=_D.bbox_threshold, metavar="T",
+                   help="box threshold, fraction of the map's max; auto: the model's "
+                        f"calibrated one, 0.2: the paper's [{_D.bbox_threshold}]")
     g.add_argument("--layout", choices=LAYOUTS, default=_D.layout,
                    help="heatmap over the frame, or original and overlay side by side")
+    g.add_argument("--classes", type=_classes, metavar="N|NAME,NAME",
+                   help=f"show several classes at once, each in its own colour: N distinct "
+                        f"objects' classes (not synonyms), or these classes (1..{MAX_CLASSES})")
+    g.add_argument("--timeline", type=_unit(1.0, 600.0), nargs="?", const=DEFAULT_TIMELINE,
+                   default=0.0, metavar="SECONDS",
+                   help="a strip along the bottom with the shown classes' probabilities "
+                        f"over the last seconds [{DEFAULT_TIMELINE:g} s when given]")
 
 
 def add_smooth_args(p: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
@@ -136,6 +162,17 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
                    help="replace an existing output")
 
 
+def add_result_args(p: argparse.ArgumentParser) -> None:
+    """Outputs of one video beside the annotated file (the main command only)."""
+    g = p.add_argument_group("results")
+    g.add_argument("--tracks", metavar="FILE",
+                   help="the tracked boxes as MOTChallenge rows (frame,id,x,y,w,h,conf,"
+                        "-1,-1,-1; frames from 1), or JSON for a .json name")
+    g.add_argument("--report", dest="html_report", metavar="FILE.html",
+                   help="a self-contained HTML page: the class timeline, screen times, "
+                        "thumbnails at class changes and cuts, the settings")
+
+
 def add_device_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device")
     g.add_argument("--device", default=_D.device, metavar="auto|cpu|cuda[:N]",
@@ -168,6 +205,7 @@ def main_parser() -> Parser:
     add_render_args(p)
     add_smooth_args(p, ("causal", "centered"))
     add_output_args(p)
+    add_result_args(p)
     add_device_args(p)
     add_terminal_args(p)
     return p

@@ -50,6 +50,10 @@ def build_parser() -> cliargs.Parser:
     g.add_argument("--report", metavar="FILE.json",
                    help="write one record per input (path, output, status, reason, "
                         "frames, seconds)")
+    g.add_argument("--report-html", metavar="DIR",
+                   help="an HTML report page per video in DIR (its relative path + .html: "
+                        "class timeline, screen times, thumbnails, settings) and "
+                        "DIR/index.html listing them")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run one task per video on a Ray cluster (pip install "
                         "'camvideo[ray]'); ADDRESS as for ray.init (auto, HOST:PORT, "
@@ -135,6 +139,7 @@ def run_cli(argv: Sequence[str]) -> int:
                             json=ns.json, force=ns.force, jobs=ns.jobs,
                             ray=ns.ray is not None, ray_address=ns.ray or None,
                             ray_gpus=ns.ray_gpus, ray_cpus=ns.ray_cpus, report=ns.report,
+                            report_html=ns.report_html,
                             progress=bars, options=options)
     except BatchInterrupted as e:  # what was done so far, then the interrupted line
         bars.close()

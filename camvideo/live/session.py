@@ -170,13 +170,16 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
         views = [v for v in (server, viewer) if v is not None]
         meter = _Meter(src)
         error: BaseException | None = None
+        watch = _Watch(src, meter, views if hud else [], duration, stop)
         src.start()  # a file plays from the moment the model is ready
+        watch.start()
         try:
             with frames:
                 for r in frames:
                     latency = meter.add(r)
                     if hud:
                         draw_hud(r.image, meter.hud(latency))
+                    meter.last_image = r.image
                     if out_path is not None:
                         if recording is None:  # the source's audio is known from now on
                             info = VideoInfo(str(source), 0, 0, _rate(src.nominal_fps),
@@ -195,6 +198,8 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
             log.info("interrupted: finalising")
         except SourceLostError as e:
             error = e
+        finally:
+            watch.close()
         seconds = meter.seconds()
         if isinstance(error, SourceLostError):
             message, kept = str(error), None
@@ -234,6 +239,50 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
         src.stop()
 
 
+class _Watch(threading.Thread):
+    """While no frame comes (a stream waiting for its first keyframe, or reconnecting):
+    shows the source's status on the last frame in the window and the preview (with
+    ``--hud``), and ends the session at ``--duration``, which frames' times otherwise
+    measure (a gap keeps wall-clock spacing, so for a source paced in real time, wall
+    time since the first frame is the source time it will have)."""
+
+    IDLE_S = 1.0   #: no frame for this long: the source is waiting
+
+    def __init__(self, src: Any, meter: "_Meter", views: list, duration: float | None,
+                 stop: threading.Event, period: float = 0.5) -> None:
+        super().__init__(name="camvideo-watch", daemon=True)
+        self.src, self.meter, self.views = src, meter, views
+        self.duration, self.stop, self.period = duration, stop, period
+        self._halt = threading.Event()
+
+    def close(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(2.0)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.period):
+            first, last = self.meter.span
+            if not last:
+                continue  # nothing shown yet: the source's own open timeout applies
+            now = time.monotonic()
+            idle = now - last
+            if idle < self.IDLE_S:
+                continue
+            paced = bool(getattr(self.src, "drop", False))  # a camera, a stream, --realtime
+            if self.duration is not None and paced and now - first >= self.duration:
+                log.info("--duration reached while the source sends no frames")
+                self.stop.set()
+                return
+            status = getattr(self.src, "status", None)
+            image = self.meter.last_image
+            if status and image is not None and self.views:
+                shown = image.copy()
+                draw_hud(shown, [status])
+                for view in self.views:
+                    (view.publish if hasattr(view, "publish") else view.show)(shown)
+
+
 class _Meter:
     """Per shown frame: capture→annotated latency, the recent rate, the records kept for
     the :class:`LiveSummary`."""
@@ -245,6 +294,7 @@ class _Meter:
         self.span = [0.0, 0.0]  # first and last time a frame was shown (monotonic)
         self.shown = 0
         self.t0 = time.monotonic()
+        self.last_image: np.ndarray | None = None  #: the last frame shown (as drawn)
 
     def add(self, r: Any) -> float:
         """Record result ``r`` as shown now; returns its latency in seconds."""

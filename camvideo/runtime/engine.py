@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .. import motion as mo
 from .. import pixels
-from ..cam import logits_from_features, minmax_normalize
+from ..cam import bbox_threshold, logits_from_features, minmax_normalize
 from ..model.device import (default_infer_workers, parse_device, pipeline_threads,
                             resolve_precision)
 from ..model.rewrite import optimize_model
@@ -55,10 +55,11 @@ from ..media.frames import Frame
 from ..model.cammodel import CamModel
 from ..model.video import VideoCamModel
 from ..pixels import resize_u8
-from ..options import FrameResult, Options
+from ..options import ClassResult, FrameResult, Options
 from ..render import Renderer
 from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
 from ..transfer import to_host
+from .classes import ClassStage, class_stage
 from .clips import ClipStage, FramesOut
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class CamEngine:
             labels).
         keep_rgb: give each result its source frame as RGB.
         tensors: results' probabilities and maps stay torch tensors on the device.
+        classes: the shown classes' stage (several classes, boxes, tracks, timeline), or
+            None: one class, drawn by ``renderer``.
         clip_hop: video networks: frames from one clip's start to the next's (None: half
             the clip; see :mod:`camvideo.runtime.clips`). Video networks run one
             :meth:`infer` at a time, with ``stride`` 1, eagerly (no tracing or folding).
@@ -169,7 +172,8 @@ class CamEngine:
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
                  infer_workers: int | None = None, trace: bool = False,
                  equal_batches: bool = True, draw: bool = True, keep_rgb: bool = False,
-                 tensors: bool = False, clip_hop: int | None = None) -> None:
+                 tensors: bool = False, classes: ClassStage | None = None,
+                 clip_hop: int | None = None) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
@@ -184,6 +188,7 @@ class CamEngine:
         self.model = optimize_model(model) if optimize and not video else model
         self.renderer = renderer
         self.smoother = smoother
+        self.classes = classes
         self.short_side = short_side
         self.precision = precision
         self.stride = int(stride)
@@ -325,26 +330,51 @@ class CamEngine:
         elif len(batch) == 0:
             return []
         else:
+            cues = batch.cues
+            if cues is None and self.classes is not None and self.classes.needs_motion:
+                assert batch.features is not None and batch.frames01 is not None
+                cues = self.smoother.cues(batch.frames01, (int(batch.features.shape[2]),
+                                                           int(batch.features.shape[3])))
+            if cues is not None and self.classes is not None:
+                self.classes.record_motion(batch.frames, cues.disps)
             smoothed = self.smoother.push(batch.features, batch.logits,
                                           [f.time for f in batch.frames], batch.frames01,
-                                          batch.cues, [f.cut for f in batch.frames])
+                                          cues, [f.cut for f in batch.frames])
             self._pending.extend(zip(batch.frames, batch.images))
         m = int(smoothed.maps.shape[0])
         if m == 0:
             return []
         ready = [self._pending.popleft() for _ in range(m)]
+        frames = [f for f, _ in ready]
+        results: list[list[ClassResult]] | None = None
+        shown = None
+        if self.classes is not None:
+            smoothed, results, shown = self.classes.step(smoothed, frames)
         out: list[np.ndarray] | list[None]
         if self.draw:
             if self.device.type == "cuda":
                 images: Any = torch.stack([t for _, t in ready])  # type: ignore[misc]
             else:
                 images = [img for _, img in ready]
-            out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
-                                              smoothed.classes)
+            if shown is not None:
+                out = self.classes.paint(images, shown)  # type: ignore[union-attr]
+            else:
+                out, notes = self.renderer.render(images, smoothed.maps, smoothed.probs,
+                                                  smoothed.classes)
+            if self.classes is not None:
+                self.classes.draw(out, frames, results,  # type: ignore[arg-type]
+                                  smoothed.probs)
         else:
-            notes = self.renderer.describe(smoothed.maps, smoothed.probs, smoothed.classes,
-                                           ready[0][0].size)
+            if shown is None:
+                notes = self.renderer.describe(smoothed.maps, smoothed.probs,
+                                               smoothed.classes, ready[0][0].size)
             out = [None] * m
+        if shown is not None:
+            notes = self.classes.notes(smoothed, results)  # type: ignore[union-attr,arg-type]
+        elif results is not None:  # one class: its box is the stage's (the tracked one)
+            keep = self.classes.boxes  # type: ignore[union-attr]
+            for n, rs in zip(notes, results):
+                n.bbox = rs[0].bbox if keep else n.bbox
         if self.tensors:
             maps, probs = smoothed.maps, smoothed.probs
         else:  # one copy per batch (pinned, one wait, on a GPU)
@@ -357,6 +387,7 @@ class CamEngine:
             cut=bool(cuts[i]), image=img,
             fmt=pixels.I420 if img is not None and img.ndim == 2 else pixels.RGB,
             rgb=f.rgb() if self.keep_rgb else None,
+            classes=results[i] if results is not None else [],
             _raw_maps=_MapReader(fms[i], self.tensors) if fms[i] is not None else None)
             for i, ((f, _), img, n) in enumerate(zip(ready, out, notes))]
 
@@ -505,13 +536,16 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     precision = resolve_precision(opts.precision, device)
     fixed = model.class_index(opts.cls) if opts.cls is not None else None
     renderer = Renderer(model.labels, colormap=opts.colormap, alpha=opts.alpha,
-                        topk=opts.topk, bbox=opts.bbox, bbox_threshold=opts.bbox_threshold,
+                        topk=opts.topk, bbox=opts.bbox,
+                        bbox_threshold=bbox_threshold(opts.bbox_threshold, model.name),
                         layout=opts.layout)
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
+    stage = class_stage(opts, model, renderer, tensors=tensors)
     return CamEngine(model, renderer, smoother,
                      short_side=opts.size if opts.size is not None else model.default_side,
                      precision=precision, stride=opts.stride, infer_workers=infer_workers,
                      trace=trace, equal_batches=equal_batches, draw=draw,
-                     keep_rgb=keep_rgb, tensors=tensors, clip_hop=opts.clip_hop)
+                     keep_rgb=keep_rgb, tensors=tensors, classes=stage,
+                     clip_hop=opts.clip_hop)

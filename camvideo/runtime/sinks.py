@@ -25,7 +25,7 @@ from ..media.frames import VideoInfo
 from ..media.sink import FileSink
 from ..options import FrameResult
 
-__all__ = ["JsonLinesSink", "Sink", "VideoFileSink", "json_record"]
+__all__ = ["JsonLinesSink", "Sink", "TracksSink", "VideoFileSink", "json_record"]
 
 
 @runtime_checkable
@@ -101,10 +101,16 @@ class VideoFileSink:
 
 def json_record(r: FrameResult, cams: bool = False) -> dict:
     """The sidecar's record of one result (README, "sidecar"); ``cams``: with the drawn
-    map at feature resolution, rounded to 4 decimals."""
+    map at feature resolution, rounded to 4 decimals. With shown classes
+    (:attr:`FrameResult.classes`), ``"classes"`` lists each one's class, label, score,
+    peak, box and track ID."""
     rec = {"frame": r.index, "time": round(r.time, 6), "class": r.cls, "label": r.label,
            "score": round(r.score, 6), "topk": [[i, lab, round(p, 6)] for i, lab, p in r.topk],
            "peak": list(r.peak), "bbox": list(r.bbox) if r.bbox else None}
+    if r.classes:
+        rec["classes"] = [{"class": c.cls, "label": c.label, "score": round(c.score, 6),
+                           "peak": list(c.peak), "bbox": list(c.bbox) if c.bbox else None,
+                           "track": c.track} for c in r.classes]
     if cams:
         m = r.map.float().cpu().numpy() if hasattr(r.map, "cpu") else r.map  # a tensor
         rec["cam"] = m.round(4).tolist()
@@ -156,4 +162,77 @@ class JsonLinesSink:
             pass  # a full disk again: the file goes anyway
         self.tmp.unlink(missing_ok=True)
         if self._placed:  # closed, then the video failed: no sidecar without its video
+            self.path.unlink(missing_ok=True)
+
+
+class TracksSink:
+    """The tracked boxes of a stream (:attr:`FrameResult.classes` with track IDs) as
+    MOTChallenge rows, ``frame,id,x,y,w,h,conf,-1,-1,-1`` (frames from 1; ``x, y`` the
+    box's top-left pixel counted from 1, as MOTChallenge's files count them (the sidecar's
+    ``bbox`` counts from 0); ``w, h`` its size in output-frame pixels; ``conf`` the
+    class's probability), or for a ``.json`` path one JSON document:
+    ``{"tracks": [{"id", "class", "label", "start", "end", "boxes": [[frame, time, x, y,
+    w, h, score], ...]}, ...]}`` (frames from 0, as the sidecar; a track's class is the
+    one of its last box). Written to a temp file and renamed into place on :meth:`close`.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.json = self.path.suffix.lower() == ".json"
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._tracks: dict[int, dict] = {}
+        self._placed = False
+        try:
+            self._fh: IO[str] = open(self.tmp, "w", encoding="utf-8")
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> OutputError:
+        return OutputError(f"cannot write {self.path}: {e.strerror or e}")
+
+    def write(self, result: FrameResult) -> None:
+        for c in result.classes:
+            if c.track is None or c.bbox is None:
+                continue
+            x0, y0, x1, y1 = c.bbox
+            if self.json:
+                t = self._tracks.setdefault(c.track, {"id": c.track, "boxes": []})
+                t["class"], t["label"] = c.cls, c.label
+                t["boxes"].append([result.index, round(result.time, 6), x0, y0, x1 - x0,
+                                   y1 - y0, round(c.score, 6)])
+                continue
+            try:
+                self._fh.write(f"{result.index + 1},{c.track},{x0 + 1},{y0 + 1},{x1 - x0},"
+                               f"{y1 - y0},{c.score:.6f},-1,-1,-1\n")
+            except OSError as e:
+                raise self._error(e) from None
+
+    def close(self) -> None:
+        if self._placed:
+            return
+        try:
+            if self.json:
+                tracks = []
+                for t in sorted(self._tracks.values(), key=lambda t: t["id"]):
+                    tracks.append({"id": t["id"], "class": t["class"], "label": t["label"],
+                                   "start": t["boxes"][0][0], "end": t["boxes"][-1][0],
+                                   "boxes": t["boxes"]})
+                json.dump({"tracks": tracks}, self._fh)
+                self._fh.write("\n")
+            self._fh.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise self._error(e) from None
+        self._placed = True
+
+    def abort(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+        if self._placed:
             self.path.unlink(missing_ok=True)

@@ -34,6 +34,8 @@ class Clip:
     times: list[float]                          #: presentation time of every frame, s
     boxes: list[Box | None] = field(default_factory=list)  #: object box per frame, or None
     cuts: list[int] = field(default_factory=lambda: [0])   #: indices that start a shot
+    #: several objects' boxes per frame (multi-object clips: ``[[box, box], ...]``)
+    objects: list[list[Box | None]] = field(default_factory=list)
     has_audio: bool = False
     audio_seconds: float = 0.0
     rotation: int | None = None                 #: display rotation, degrees CCW

@@ -57,14 +57,15 @@ def logits_from_features(features: Tensor, weight: Tensor, bias: Tensor | None) 
     """Class scores of a GAP + linear head.
 
     Args:
-        features: ``(N, C, h, w)`` last convolutional features.
+        features: ``(N, C, h, w)`` last convolutional features (``(N, C, t, h, w)`` for a
+            video network: the mean is then over time too).
         weight: ``(K, C)`` linear layer weight.
         bias: ``(K,)`` linear layer bias, or None.
 
     Returns:
         ``(N, K)`` logits in ``weight``'s dtype (the pooled features are cast to it).
     """
-    pooled = features.mean(dim=(2, 3))
+    pooled = features.mean(dim=tuple(range(2, features.dim())))
     return torch.nn.functional.linear(pooled.to(weight.dtype), weight, bias)
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_SIZE = 224           #: model input short side of image networks, pixels
 DEFAULT_TAU = 0.3            #: smoothing time constant, seconds
 DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over at once
 LAYOUTS = ("overlay", "side")
@@ -26,9 +27,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 DEFAULT_TIMELINE = 10.0      #: seconds the ``--timeline`` strip shows
 MAX_CLASSES = 7              #: most classes shown at once (the palette's colours)
 
-__all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_TAU", "DEFAULT_TIMELINE",
-           "LAYOUTS", "MAX_CLASSES", "PRECISIONS", "SMOOTH_MODES", "ClassResult",
-           "FrameResult", "Options", "Summary", "parse_classes"]
+__all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_SIZE", "DEFAULT_TAU",
+           "DEFAULT_TIMELINE", "LAYOUTS", "MAX_CLASSES", "PRECISIONS", "SMOOTH_MODES",
+           "ClassResult", "FrameResult", "Options", "Summary", "parse_classes"]
 
 
 #: OpenCV's colormaps (``cv2.COLORMAP_<NAME>``), by lower-case name: listed here so that
@@ -67,7 +68,10 @@ class Options:
 
     Model: ``model`` (registry name; a loaded model is a separate parameter of
     :func:`camvideo.stream` and :func:`camvideo.annotate`), ``weights``, ``labels``,
-    ``cls`` (``--class``: name or index; None = top-1), ``size`` (input short side).
+    ``cls`` (``--class``: name or index; None = top-1), ``size`` (input short side; None:
+    the model's own, 224 for image networks and the side a video network's weights were
+    trained at, 112 for ``r3d_18``), ``clip_hop`` (video networks: frames from one clip's
+    start to the next's; None: half the clip).
     Several classes: ``classes`` (``--classes``: a count of distinct objects' classes to
     show at once, or a tuple of class names/indexes; None = one class, as ``cls``).
     Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold`` (a fraction of
@@ -92,7 +96,8 @@ class Options:
     labels: str | None = None
     cls: str | int | None = None
     classes: int | tuple[str | int, ...] | None = None
-    size: int = 224
+    size: int | None = None
+    clip_hop: int | None = None
     topk: int = 3
     colormap: str = "jet"
     alpha: float = 0.5
@@ -125,7 +130,10 @@ class Options:
         _check(isinstance(self.model, str) and bool(self.model), "model",
                f"must be a model name (a loaded model is the `model` parameter), "
                f"got {self.model!r}")
-        _check(32 <= self.size <= 2048, "size", f"must be in 32..2048, got {self.size}")
+        _check(self.size is None or 32 <= self.size <= 2048, "size",
+               f"must be in 32..2048, got {self.size}")
+        _check(self.clip_hop is None or 1 <= self.clip_hop <= 1000, "clip_hop",
+               f"must be in 1..1000 frames, got {self.clip_hop}")
         _check(0 <= self.topk <= 1000, "topk", f"must be in 0..1000, got {self.topk}")
         _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in 0..1, got {self.alpha}")
         _check(self.bbox_threshold == "auto" or (

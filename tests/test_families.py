@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_table_matches_the_installed_torchvision():
     """Names, input sizes (the default weights' crop), checkpoint file names and minimum
-    input sizes are torchvision's own; every other torchvision classifier has a refusal."""
-    installed = set(tvm.list_models(module=tvm))
+    input sizes (and clip lengths) are torchvision's own; every other torchvision image or
+    video classifier has a refusal."""
+    installed = set(tvm.list_models(module=tvm)) | set(tvm.list_models(module=tvm.video))
+    video = set(tvm.list_models(module=tvm.video))
     ran = set()
     for fam in FAMILIES:
         if fam.source != "torchvision":
@@ -35,6 +37,8 @@ def test_table_matches_the_installed_torchvision():
             assert family_of(name) is fam
             assert size == w.transforms().crop_size[0], name
             assert file == Path(w.url).name, name
+            assert (fam.kind == "video") == (fam.clip_len > 0) == (name in video), name
+            assert fam.kind == "image" or fam.clip_len >= w.meta.get("min_temporal_size", 1)
             smallest = max(fam.min_side, 32)          # inputs are >= 32 px
             if smallest < w.meta["min_size"][0] and fam.name not in ran:
                 # torchvision's figure is conservative (EfficientNetV2: 33): it runs
@@ -65,8 +69,14 @@ def test_listing_rows():
     assert rows["inception_v3"].size == 299 and rows["efficientnet_b7"].size == 600
     assert rows[DEFAULT_MODEL].weights == "bundled (offline)"
     assert rows["squeezenet1_1"].family == "squeezenet" and rows["convnext_tiny"].kind == "image"
+    assert [(rows[n].kind, rows[n].size, rows[n].clip_len) for n in
+            ("r3d_18", "mc3_18", "r2plus1d_18", "s3d")] == [("video", 112, 16)] * 3 + \
+        [("video", 224, 16)]
     notes = dict(describe_models())
     assert notes["inception_v3"].split()[:3] == ["image", "299", "px"]
+    assert notes["r3d_18"].split()[:3] == ["video", "112", "px"]
+    assert notes["r3d_18"].endswith("; clips of 16 frames")
+    assert "clips" not in notes["resnet18"]
     assert notes[DEFAULT_MODEL].endswith("; default")
 
 

@@ -205,6 +205,23 @@ def test_short_audio_and_failed_write_leaves_nothing(tmp_path: Path) -> None:
     assert not bad.exists()
 
 
+def test_blob_is_where_its_centres_say(tmp_path: Path) -> None:
+    """The moving disc: white (255) at each reported centre, its box around it, the
+    backdrop darker than 200 outside; it crosses left to right at a constant speed."""
+    frames, centres, boxes = synth.blob_frames((160, 64), 9, radius=6)
+    xs = [x for x, _ in centres]
+    assert np.allclose(np.diff(xs), np.diff(xs)[0]) and xs[0] < xs[-1]
+    for frame, (x, y), box in zip(frames, centres, boxes):
+        assert frame.shape == (64, 160, 3)
+        assert (frame[round(y), round(x)] == 255).all()
+        x0, y0, x1, y1 = box
+        outside = frame.copy()
+        outside[max(0, y0):y1, max(0, x0):x1] = 0
+        assert outside.max() < 200
+    clip = synth.make_clip("blob", tmp_path / "blob.mp4", size=(160, 64), n=9)
+    assert clip.frames == 9 and clip.boxes == synth.blob_frames((160, 64), 9)[2]
+
+
 def test_move_frames_boxes_are_the_placed_photos() -> None:
     """A dolly and two objects: each box holds its photo's pixels (the photo is a solid
     colour here, so its placement is exact), it grows as asked, and outside every box is

@@ -12,8 +12,8 @@ from typing import NoReturn
 from .. import __version__
 from ..media.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, X264_PRESETS
 from ..errors import OptionError
-from ..options import (COLORMAPS, DEFAULT_MODEL, DEFAULT_TIMELINE, LAYOUTS, MAX_CLASSES,
-                       PRECISIONS, Options, parse_classes)
+from ..options import (COLORMAPS, DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_TIMELINE, LAYOUTS,
+                       MAX_CLASSES, PRECISIONS, Options, parse_classes)
 
 _D = Options()
 
@@ -54,7 +54,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-c", "--class", dest="cls", metavar="NAME|INDEX",
                    help="show this class's map (default: the top-1 class)")
     g.add_argument("--size", type=_unit(32, 2048, int), default=_D.size, metavar="S",
-                   help=f"model input short side, aspect ratio kept [{_D.size}]")
+                   help=f"model input short side, aspect ratio kept [{DEFAULT_SIZE}; video "
+                        "networks: their weights' own, 112 for r3d_18]")
+    g.add_argument("--clip-hop", type=_unit(1, 1000, int), default=_D.clip_hop, metavar="N",
+                   help="video networks: frames from one clip's start to the next's, "
+                        "1..the clip length [half the clip]")
 
 
 def _classes(text: str) -> int | tuple[str, ...]:

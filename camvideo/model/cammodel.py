@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..cam import logits_from_features
 from ..pixels import resize_u8
 from ..errors import ClassNameError
+from ..options import DEFAULT_SIZE
 
 __all__ = ["CamModel"]
 
@@ -43,12 +44,19 @@ class CamModel(nn.Module):
         native_side: the input side its weights were trained at (pixels; 299 for
             Inception v3, 224 for most).
         head: how the head was decomposed (text, for logs).
+        kind: ``"image"`` (a :class:`~camvideo.model.video.VideoCamModel` is ``"video"``).
+        clip_len: frames per clip (0: an image network).
+        default_side: the input short side used when none is given
+            (:data:`camvideo.options.DEFAULT_SIZE`, 224).
 
     A model read from the cache (:func:`deferred`) has its head, labels and preprocessing
     but not its backbone yet: the backbone is built (timm/torchvision imported, weights
     loaded) the first time anything reads :attr:`backbone`, which camvideo's own paths
     avoid when the traced or int8 network is cached (:attr:`backbone_built`, :meth:`defer`).
     """
+
+    kind = "image"
+    clip_len = 0
 
     def __init__(self, name: str, backbone: nn.Module, fc: nn.Linear, labels: list[str],
                  mean: tuple[float, float, float], std: tuple[float, float, float],
@@ -123,6 +131,10 @@ class CamModel(nn.Module):
     def bias(self) -> Tensor | None:
         """``(K,)`` linear bias."""
         return self.fc.bias
+
+    @property
+    def default_side(self) -> int:
+        return DEFAULT_SIZE
 
     @property
     def device(self) -> torch.device:

@@ -1,9 +1,10 @@
 """Which models exist: the registry's table, as plain data (no torch import).
 
-Each :class:`Family` says which names it holds, what kind of network it is (``image``; video
-networks will be ``video``), how its head decomposes into CAM's "features + one linear
+Each :class:`Family` says which names it holds, what kind of network it is (``image``: one
+frame in, one map out; ``video``: a clip of frames in, a map per frame out, see
+:mod:`camvideo.model.video`), how its head decomposes into CAM's "features + one linear
 layer" (:mod:`camvideo.model.heads` does the splitting), the input size its weights were
-trained at, and where the weights come from:
+trained at (and for video networks the clip length), and where the weights come from:
 
 - ``bundled``: shipped with a Python package (the default model; offline);
 - ``torchvision``: torchvision's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where
@@ -47,6 +48,8 @@ class Family:
             in checkpoints and ignored.
         head_key: the state_dict key whose first dimension is the number of classes (None:
             the last 2-D weight, see :func:`camvideo.model.weights.classes_in`).
+        clip_len: video networks: frames per clip (0 for image networks).
+        stride: the backbone's spatial downsampling (input sides are multiples of it).
     """
 
     name: str
@@ -58,6 +61,8 @@ class Family:
     min_side: int = 1
     aux_prefixes: tuple[str, ...] = ()
     head_key: str | None = None
+    clip_len: int = 0
+    stride: int = 32
 
 
 _GAP = "pool + linear"
@@ -140,6 +145,21 @@ FAMILIES: tuple[Family, ...] = (
                ("convnext_small", 224, "convnext_small-0c510722.pth"),
                ("convnext_base", 224, "convnext_base-6075fbad.pth"),
                ("convnext_large", 224, "convnext_large-ea097f82.pth"))),
+    # Kinetics-400 video classifiers. Clip length 16: the clips torchvision evaluates its
+    # R3D/MC3/R(2+1)D weights on (``meta["_docs"]``); S3D's shortest multiple of 8 above its
+    # 14-frame minimum (it was evaluated on 128-frame clips). Input sizes are the weights'
+    # crops (112, S3D 224: its 7x7x2 pooling needs at least 224 px).
+    Family("video_resnet", "video", "torchvision",
+           "3-D pool + linear; maps over time x height x width",
+           ("r3d_", "mc3_", "r2plus1d_"), (
+               ("r3d_18", 112, "r3d_18-b3b3357e.pth"),
+               ("mc3_18", 112, "mc3_18-a90a0ba3.pth"),
+               ("r2plus1d_18", 112, "r2plus1d_18-91a641e6.pth")),
+           clip_len=16, stride=16),
+    Family("s3d", "video", "torchvision",
+           "class maps before the 2x7x7 pooling (1x1x1 conv), weighted as it pools them",
+           ("s3d",), (("s3d", 224, "s3d-d76dad2f.pth"),),
+           min_side=224, head_key="classifier.1.weight", clip_len=16, stride=32),
     Family("timm", "image", "timm",
            "pool + linear, or pool + LayerNorm + linear", ("timm:",), (("timm:NAME", 0, ""),)),
 )
@@ -153,6 +173,8 @@ REFUSED: dict[str, str] = {
     "vit": "it is a transformer: there is no last convolutional feature map",
     "swin": "it is a transformer: there is no last convolutional feature map",
     "maxvit": "it is a transformer hybrid whose head is not pool + linear",
+    "mvit": "it is a video transformer: there is no last convolutional feature map",
+    "swin3d": "it is a video transformer: there is no last convolutional feature map",
 }
 
 
@@ -165,6 +187,7 @@ class ModelRow(NamedTuple):
     size: int      #: input side the weights were trained at (pixels); 0: the model's own
     weights: str   #: where the weights come from (and whether they are there)
     head: str      #: how the head decomposes
+    clip_len: int = 0  #: video networks: frames per clip (0: an image network)
 
 
 def family_of(name: str) -> Family | None:
@@ -212,7 +235,8 @@ def model_table() -> list[ModelRow]:
             else:
                 where = "torchvision cache: " + ("cached" if (ckpt / file).is_file()
                                                  else "downloaded on first use")
-            rows.append(ModelRow(name, fam.name, fam.kind, size, where, fam.head))
+            rows.append(ModelRow(name, fam.name, fam.kind, size, where, fam.head,
+                                 fam.clip_len))
     return rows
 
 
@@ -225,6 +249,8 @@ def describe_models() -> list[tuple[str, str]]:
     for r in rows:
         size = f"{r.size} px" if r.size else "own size"
         note = f"{r.kind:<5}  {size:>8}  {r.family:<{fam_w}}  {r.weights}"
+        if r.clip_len:
+            note += f"; clips of {r.clip_len} frames"
         if r.name == DEFAULT_MODEL:
             note += "; default"
         out.append((r.name, note))

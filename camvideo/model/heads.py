@@ -26,6 +26,16 @@ the split must reproduce the network's own logits, or the model is refused with 
   themselves, and the linear layer is the identity ``(K, K)`` without bias
   (:func:`class_map_head`): ``M_c`` is exactly the map the network pools into ``logit_c``
   (bias and ReLU included), and averaging features over time averages each class's map.
+- **video networks** (:mod:`camvideo.model.video`): the same forms with a time axis, the
+  features ``(N, C, t, h, w)`` and the pooling over time × height × width. R3D, MC3 and
+  R(2+1)D end in 3-D pool + linear. S3D ends in average pooling with a ``2×7×7`` kernel
+  and stride 1, a 1×1×1 convolution (no activation) and the mean of its outputs:
+  ``logit = mean_windows(W · avgpool(f) + b)``. The convolution is linear, so it commutes
+  with the pooling: the features are the ``K`` class maps ``W f + b`` before the pooling
+  (as SqueezeNet's), each cell weighted by how much the pooling counts it
+  (:class:`PooledClassMaps`: at the weights' own 16×224×224 input a ``2×7×7`` map and one
+  window, so every weight is 1; at a wider input the border columns count less, as they
+  do for the network), and the linear layer is the identity.
 - Anything else (a hidden layer after the pooling as in MobileNetV3, attention pooling,
   transformers) is refused.
 """
@@ -40,11 +50,14 @@ from torch import Tensor, nn
 from ..cam import logits_from_features
 from ..errors import ModelError, first_line
 
-__all__ = ["NormalizedFeatures", "Split", "class_map_head", "fold_input_transform",
-           "norm_linear_head", "split_timm", "split_torchvision", "verify_split"]
+__all__ = ["NormalizedFeatures", "PooledClassMaps", "Split", "class_map_head",
+           "fold_input_transform", "norm_linear_head", "pooled_class_map_head", "split_timm",
+           "split_torchvision", "verify_split"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)   #: torchvision's Kinetics-400 weights
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 #: torchvision's ``transform_input`` (GoogLeNet, Inception v3): channel ``i`` of the
 #: ImageNet-normalised input becomes ``x * SCALE[i] + SHIFT[i]`` (their ``_transform_input``).
@@ -61,12 +74,15 @@ class Split:
     Attributes:
         full: the original network (eval mode), the probe check's reference.
         backbone: ``(N, 3, H, W)`` input normalised with ``mean``/``std`` →
-            ``(N, C, h, w)`` features.
+            ``(N, C, h, w)`` features (video: ``(N, 3, T, H, W)`` → ``(N, C, t, h, w)``).
         fc: ``nn.Linear(C, K)``: ``logits = fc(mean_xy(features))``.
         mean, std: RGB normalisation (of inputs in ``[0, 1]``) the backbone expects.
         full_mean, full_std: the normalisation ``full`` expects (differs from ``mean``/
             ``std`` when an input transform was folded).
         head: how the head was decomposed (for logs and ``camvideo models``).
+        trunk: video networks: the part of the backbone whose output has the features'
+            time axis (what :func:`camvideo.model.video.time_axis_of` reads; the layers
+            after it are pointwise in time). None: the backbone.
     """
 
     full: nn.Module
@@ -77,6 +93,7 @@ class Split:
     full_mean: Triple
     full_std: Triple
     head: str = "pool + linear"
+    trunk: nn.Module | None = None
 
 
 class NormalizedFeatures(nn.Module):
@@ -164,6 +181,91 @@ def class_map_head(body: nn.Module, conv: nn.Module, act: nn.Module,
     return nn.Sequential(body, conv, act), eye.to(conv.weight.dtype)
 
 
+class PooledClassMaps(nn.Module):
+    """The class maps of a 1×1×1-convolution classifier after a stride-1 3-D average
+    pooling (S3D's head), weighted so that their plain mean is the logit.
+
+    With ``M = conv(body(x))`` ``(N, K, t, h, w)`` (bias included) and the pooling's
+    kernel ``k`` (no padding, stride 1; ``P = t − k_t + 1`` windows along time, likewise
+    in space), the network's logit is the mean over windows of the window means of ``M``,
+    i.e. ``Σ_cell ω(cell) M(cell)`` with ``ω = (windows covering the cell) /
+    (windows · kernel volume)``, ``Σ ω = 1``. The output is ``M · ω · (t h w)``, whose mean
+    over time × height × width is the logit. ``ω`` is separable and made once per
+    feature shape.
+
+    Args:
+        body: the network up to the last feature map ``(N, C, t, h, w)``.
+        pool: the ``nn.AvgPool3d`` (stride 1, no padding).
+        conv: the 1×1×1 ``nn.Conv3d`` classifier ``C → K``.
+    """
+
+    def __init__(self, body: nn.Module, pool: nn.AvgPool3d, conv: nn.Conv3d) -> None:
+        super().__init__()
+        self.body, self.conv = body, conv
+        k = pool.kernel_size
+        self.kernel = tuple(int(v) for v in (k if isinstance(k, (tuple, list)) else (k,) * 3))
+        self._omega: dict[tuple, Tensor] = {}
+
+    def weights(self, shape: tuple[int, int, int], device: torch.device,
+                dtype: torch.dtype) -> Tensor:
+        """``ω · (t h w)`` for a ``(t, h, w)`` map: ``(1, 1, t, h, w)``.
+
+        Raises:
+            ValueError: the map is smaller than the pooling kernel (the network fails
+                there too).
+        """
+        key = (tuple(shape), device, dtype)
+        if key not in self._omega:
+            factors = []
+            for n, k in zip(shape, self.kernel):
+                windows = n - k + 1
+                if windows < 1:
+                    raise ValueError(f"a {tuple(shape)} feature map is smaller than the "
+                                     f"{self.kernel} pooling")
+                i = torch.arange(n, dtype=torch.float64)
+                covering = (torch.minimum(i, torch.tensor(windows - 1.0))
+                            - torch.clamp(i - k + 1, min=0) + 1)
+                factors.append(covering * n / (windows * k))
+            w = factors[0][:, None, None] * factors[1][None, :, None] * factors[2][None, None]
+            self._omega[key] = w.to(device, dtype)[None, None]
+        return self._omega[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.conv(self.body(x))
+        return m * self.weights(tuple(m.shape[2:]), m.device, m.dtype)  # type: ignore
+
+    def _apply(self, fn, recurse=True):  # .to(): forget the cached weights
+        self._omega = {}
+        return super()._apply(fn, recurse)
+
+
+def pooled_class_map_head(body: nn.Module, pool: nn.Module, conv: nn.Module,
+                          name: str) -> tuple[nn.Module, nn.Linear]:
+    """``(PooledClassMaps, identity)`` for a stride-1 3-D average pooling → 1×1×1 conv →
+    mean head (S3D; see the module notes).
+
+    Raises:
+        ModelError: the pooling is not a stride-1 ``AvgPool3d`` without padding, or the
+            classifier not a 1×1×1 convolution.
+    """
+    def _t(v: object) -> tuple:
+        return tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
+
+    if not isinstance(pool, nn.AvgPool3d) or _t(pool.stride) != (1, 1, 1) \
+            or _t(pool.padding) != (0, 0, 0) or pool.divisor_override is not None:
+        raise ModelError(f"model {name} is not supported for CAM: its pooling before the "
+                         "classifier is not a stride-1 average pooling")
+    if not isinstance(conv, nn.Conv3d) or tuple(conv.kernel_size) != (1, 1, 1) \
+            or tuple(conv.stride) != (1, 1, 1) or conv.groups != 1:
+        raise ModelError(f"model {name} is not supported for CAM: its classifier is not a "
+                         "1x1x1 convolution")
+    k = conv.out_channels
+    eye = nn.Linear(k, k, bias=False)
+    with torch.no_grad():
+        eye.weight.copy_(torch.eye(k))
+    return PooledClassMaps(body, pool, conv), eye.to(conv.weight.dtype)
+
+
 def fold_input_transform(mean: Triple, std: Triple, scale: Triple,
                          shift: Triple) -> tuple[Triple, Triple]:
     """``(mean', std')`` such that normalising with them equals normalising with
@@ -206,6 +308,15 @@ _TV_SPLITS: dict[str, Callable[[nn.Module, str], tuple[nn.Module, nn.Linear]]] =
     "squeezenet": lambda m, n: class_map_head(m.features, m.classifier[1], m.classifier[2], n),
     "convnext": lambda m, n: norm_linear_head(m.features, m.classifier[0], m.classifier[-1],
                                               n),
+    # video (Kinetics-400): (N, 3, T, H, W) clips
+    "video_resnet": lambda m, n: (_seq(m, ["stem", "layer1", "layer2", "layer3", "layer4"]),
+                                  m.fc),
+    "s3d": lambda m, n: pooled_class_map_head(m.features, m.avgpool, m.classifier[1], n),
+}
+#: video families: Kinetics normalisation; the trunk whose output has the time axis
+_TV_TRUNKS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "video_resnet": lambda backbone: backbone,
+    "s3d": lambda backbone: backbone.body,
 }
 
 
@@ -213,8 +324,12 @@ _TV_SPLITS: dict[str, Callable[[nn.Module, str], tuple[nn.Module, nn.Linear]]] =
 def split_torchvision(model: nn.Module, family: str, name: str,
                       head: str = "pool + linear") -> Split:
     """Split a torchvision classifier of a supported ``family`` (eval mode); ``head``
-    describes the decomposition. A ``transform_input`` is folded into the mean/std."""
+    describes the decomposition. A ``transform_input`` is folded into the mean/std; video
+    families are normalised as torchvision's Kinetics-400 weights expect."""
     backbone, fc = _TV_SPLITS[family](model, name)
+    if family in _TV_TRUNKS:
+        return Split(model, backbone, fc, KINETICS_MEAN, KINETICS_STD, KINETICS_MEAN,
+                     KINETICS_STD, head, trunk=_TV_TRUNKS[family](backbone))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if getattr(model, "transform_input", False):
         mean, std = fold_input_transform(mean, std, TRANSFORM_SCALE, TRANSFORM_SHIFT)
@@ -275,23 +390,28 @@ def split_timm(model: nn.Module, name: str, mean: Triple, std: Triple) -> Split:
 # The probe check
 
 
-def verify_split(name: str, split: Split, tolerance: float = 1e-3) -> None:
+def verify_split(name: str, split: Split, tolerance: float = 1e-3,
+                 probe_shape: tuple[int, ...] = (2, 3, 128, 160)) -> None:
     """Refuse a split that does not reproduce the network's own logits on a probe.
 
-    The probe is two random ``128×160`` inputs, given to ``split.full`` normalised its way
+    The probe is random inputs of ``probe_shape`` (two ``128×160`` frames; a video
+    network's is ``(N, 3, T, H, W)`` clips), given to ``split.full`` normalised its way
     and to the backbone normalised the split's way (they differ when an input transform
-    was folded). Passes when ``|fc(mean_xy(backbone(x'))) − full(x)|`` is at most
-    ``tolerance`` times the largest logit (or ``tolerance`` when that is below 1).
+    was folded). Passes when ``|fc(mean(backbone(x'))) − full(x)|`` (the mean over every
+    axis after the channels) is at most ``tolerance`` times the largest logit (or
+    ``tolerance`` when that is below 1).
 
     Raises:
-        ModelError: the forward pass fails, the features are not ``(N, C, h, w)``, their
-            channels are not the linear layer's inputs, or the logits differ.
+        ModelError: the forward pass fails, the features are not ``(N, C, h, w)`` (video:
+            ``(N, C, t, h, w)``), their channels are not the linear layer's inputs, or the
+            logits differ.
     """
     g = torch.Generator().manual_seed(0)
-    probe = torch.randn(2, 3, 128, 160, generator=g)
+    probe = torch.randn(*probe_shape, generator=g)
+    nd = len(probe_shape)
     if (split.mean, split.std) != (split.full_mean, split.full_std):
-        x01 = probe * _col(split.full_std) + _col(split.full_mean)
-        ours_in = (x01 - _col(split.mean)) / _col(split.std)
+        x01 = probe * _col(split.full_std, nd) + _col(split.full_mean, nd)
+        ours_in = (x01 - _col(split.mean, nd)) / _col(split.std, nd)
     else:
         ours_in = probe
     unsupported = f"model {name} is not supported for CAM: its head is not global " \
@@ -306,9 +426,10 @@ def verify_split(name: str, split: Split, tolerance: float = 1e-3) -> None:
                              f"{first_line(e)[:200]}") from None
         if isinstance(ref, (tuple, list)):
             ref = ref[0]
-        if not isinstance(feats, Tensor) or feats.ndim != 4:
+        if not isinstance(feats, Tensor) or feats.ndim != nd:
             raise ModelError(f"model {name} is not supported for CAM: its features are not "
-                             "a (N, C, h, w) convolutional map")
+                             "a " + ("(N, C, h, w)" if nd == 4 else "(N, C, t, h, w)")
+                             + " convolutional map")
         if feats.shape[1] != fc.in_features:  # e.g. timm's conv_head after the pooling
             raise ModelError(f"{unsupported}: it has layers between the last feature map "
                              f"({feats.shape[1]} channels) and the linear layer "
@@ -324,5 +445,5 @@ def verify_split(name: str, split: Split, tolerance: float = 1e-3) -> None:
                          f"{split.head} does not reproduce its logits)")
 
 
-def _col(v: Triple) -> Tensor:
-    return torch.tensor(v).view(1, 3, 1, 1)
+def _col(v: Triple, ndim: int = 4) -> Tensor:
+    return torch.tensor(v).view(1, 3, *([1] * (ndim - 2)))

@@ -17,6 +17,9 @@ Names:
     ``weights=FILE`` (a state_dict as torchvision saves it; GoogLeNet's and Inception v3's
     auxiliary-head keys are accepted and ignored).
     ``timm:NAME``: any timm model with a pool + linear or pool + LayerNorm + linear head.
+    Video networks (``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``): torchvision's
+    Kinetics-400 classifiers, as a :class:`~camvideo.model.video.VideoCamModel` (clips in,
+    per-frame maps out), with Kinetics-400's class names from torchvision's metadata.
 
 GoogLeNet and Inception v3 run with torchvision's ``transform_input`` (as its ImageNet
 weights, and networks fine-tuned from them, expect), folded into the preprocessing: their
@@ -41,13 +44,14 @@ from .families import (DEFAULT_MODEL, Family, available_models, describe_models,
                        refusal)
 from .heads import IMAGENET_MEAN, IMAGENET_STD, Split, split_timm, split_torchvision, \
     verify_split
+from .video import VideoCamModel, time_axis_of
 from .weights import (apply_state_dict, classes_in, drop_keys, load_state_dict, read_labels,
                       rename_legacy_keys)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL", "CamModel", "available_models", "describe_models",
-           "from_modules", "imagenet_labels", "load_model"]
+__all__ = ["DEFAULT_MODEL", "CamModel", "VideoCamModel", "available_models", "describe_models",
+           "from_modules", "imagenet_labels", "kinetics_labels", "load_model"]
 
 #: torchvision constructor arguments per family: GoogLeNet and Inception v3 built as
 #: torchvision builds them for its ImageNet weights (input transform on), without the
@@ -68,6 +72,20 @@ def imagenet_labels() -> list[str]:
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def kinetics_labels() -> list[str]:
+    """The 400 Kinetics-400 class names, in index order (torchvision's metadata)."""
+    from torchvision.models.video import R3D_18_Weights
+
+    return list(R3D_18_Weights.KINETICS400_V1.meta["categories"])
+
+
+def _tv_names() -> set[str]:
+    """torchvision's image and video classifiers."""
+    from torchvision import models as tvm
+
+    return set(tvm.list_models(module=tvm)) | set(tvm.list_models(module=tvm.video))
 
 
 def _load_lite0() -> nn.Module:
@@ -147,7 +165,7 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family,
 
     from torchvision import models as tvm
 
-    if name not in tvm.list_models(module=tvm):
+    if name not in _tv_names():
         raise ModelError(f"unknown model {name!r}; see `camvideo models`" + _suggest(name))
     if fam is None or fam.source != "torchvision":
         raise ModelError(f"model {name} is not supported for CAM: "
@@ -207,8 +225,11 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
             that does not decompose into features + one linear layer
             (:mod:`camvideo.model.heads`).
     """
+    known = family_of(name)
+    # the cache holds image networks (a video network is built, not traced, each run)
     key = stored.entry_key(name, weights, labels) \
-        if torch.device(device).type == "cpu" else None
+        if torch.device(device).type == "cpu" and (known is None or known.kind != "video") \
+        else None
     if key is not None:
         def build() -> tuple[nn.Module, nn.Linear]:
             split, _, _ = _build(name, weights)
@@ -220,20 +241,30 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
                      name, cached.fc.out_features, cached.fc.in_features)
             return cached
     split, fam, side = _build(name, weights)
-    verify_split(name, split)
+    video = fam.kind == "video"
+    verify_split(name, split, probe_shape=_video_probe(fam) if video else (2, 3, 128, 160))
     k = split.fc.out_features
     if isinstance(labels, (str, os.PathLike)):
         label_list = read_labels(labels)
     elif labels is not None:
         label_list = list(labels)
+    elif video:
+        label_list = kinetics_labels() if k == 400 else [f"class {i}" for i in range(k)]
     else:
         label_list = imagenet_labels() if k == 1000 else [f"class {i}" for i in range(k)]
     if len(label_list) != k:
         raise ModelError(f"{len(label_list)} labels given but model {name} has {k} classes")
-    model = CamModel(name, split.backbone, split.fc, label_list, split.mean, split.std,
-                     min_side=fam.min_side, native_side=side, head=split.head)
+    if video:
+        model: CamModel = VideoCamModel(
+            name, split.backbone, split.fc, label_list, split.mean, split.std, fam.stride,
+            clip_len=fam.clip_len, time_axis=time_axis_of(split.trunk or split.backbone),
+            min_side=fam.min_side, native_side=side, head=split.head)
+    else:
+        model = CamModel(name, split.backbone, split.fc, label_list, split.mean, split.std,
+                         min_side=fam.min_side, native_side=side, head=split.head)
     model.to(device)
-    model.backbone.to(memory_format=torch.channels_last)
+    if not video:  # 3-D convolutions: channels_last_3d measured slower on the CPU
+        model.backbone.to(memory_format=torch.channels_last)
     if key is not None:
         model.__dict__["_camvideo_fingerprint"] = stored.fingerprint_of(key)
         stored.store_model(key, model)
@@ -242,11 +273,25 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
     return model
 
 
+def _video_probe(fam: Family) -> tuple[int, ...]:
+    """The probe check's input for a video family: one clip of its own length, small
+    (two strides, or its smallest side, high; one stride wider than high)."""
+    s = fam.stride
+    h = max(2 * s, -(-fam.min_side // s) * s)
+    return (1, 3, fam.clip_len, h, h + s)
+
+
 def from_modules(backbone: nn.Module, fc: nn.Linear, labels: list[str] | None = None,
                  mean: tuple = (0.5, 0.5, 0.5), std: tuple = (0.5, 0.5, 0.5),
-                 name: str = "custom", stride: int = 32) -> CamModel:
+                 name: str = "custom", stride: int = 32, *,
+                 clip_len: int | None = None) -> CamModel:
     """Wrap any ``backbone`` (→ ``(N, C, h, w)``) and ``fc`` (``Linear(C, K)``) as a model
-    (used by tests with tiny networks, and by users with their own)."""
+    (used by tests with tiny networks, and by users with their own). With ``clip_len``,
+    a video network: ``backbone`` maps ``(N, 3, T, H, W)`` clips to ``(N, C, t, h, w)``
+    (a :class:`VideoCamModel`; its time axis is read off its layers)."""
     labels = labels or [f"class {i}" for i in range(fc.out_features)]
+    if clip_len is not None:
+        return VideoCamModel(name, backbone, fc, labels, mean, std, stride,
+                             clip_len=clip_len, native_side=112)
     return CamModel(name, backbone, fc, labels, mean, std, stride=stride)
 

@@ -21,10 +21,17 @@ features and class scores, ``stride`` carrying); :meth:`CamEngine.finish` the re
   frames in between carry the last features and class scores, moved with the image
   motion. That motion is the smoother's own (:meth:`Smoother.cues
   <camvideo.smoothing.Smoother.cues>`): computed once per batch, used by both.
+- A video network (:class:`~camvideo.model.video.VideoCamModel`) gathers the
+  preprocessed frames into clips (:class:`~camvideo.runtime.clips.ClipStage`, after the
+  same preprocessing): each batch's results are the frames whose clip has run, with
+  per-frame features and the clip's class scores, so that smoothing and rendering are
+  the image networks'. Its frames come out up to one clip late; :meth:`CamEngine.infer_flush`
+  runs the stream's last clip.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -46,12 +53,14 @@ from ..model.rewrite import optimize_model
 from ..errors import OptionError
 from ..media.frames import Frame
 from ..model.cammodel import CamModel
+from ..model.video import VideoCamModel
 from ..pixels import resize_u8
 from ..options import ClassResult, FrameResult, Options
 from ..render import Renderer
 from ..smoothing import DEFAULT_CUT_THRESHOLD, FrameMaps, Smoother
 from ..transfer import to_host
 from .classes import ClassStage, class_stage
+from .clips import ClipStage, FramesOut
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +121,8 @@ class Inferred:
         the rendering stream."""
         out = [t for t in (self.features, self.logits, self.frames01, self.device_frames)
                if t is not None]
+        # a video network's frames can come from earlier batches' uploads
+        out += [t for t in self.images if isinstance(t, Tensor)]
         if self.cues is not None:
             out.append(self.cues.small)
             out += [d for d in self.cues.disps if d is not None]
@@ -151,6 +162,9 @@ class CamEngine:
         tensors: results' probabilities and maps stay torch tensors on the device.
         classes: the shown classes' stage (several classes, boxes, tracks, timeline), or
             None: one class, drawn by ``renderer``.
+        clip_hop: video networks: frames from one clip's start to the next's (None: half
+            the clip; see :mod:`camvideo.runtime.clips`). Video networks run one
+            :meth:`infer` at a time, with ``stride`` 1, eagerly (no tracing or folding).
     """
 
     def __init__(self, model: CamModel, renderer: Renderer, smoother: Smoother, *,
@@ -158,12 +172,20 @@ class CamEngine:
                  stride: int = 1, optimize: bool = True, threads: int | None = None,
                  infer_workers: int | None = None, trace: bool = False,
                  equal_batches: bool = True, draw: bool = True, keep_rgb: bool = False,
-                 tensors: bool = False, classes: ClassStage | None = None) -> None:
+                 tensors: bool = False, classes: ClassStage | None = None,
+                 clip_hop: int | None = None) -> None:
         if not 32 <= short_side <= 2048:
             raise OptionError(f"size must be in 32..2048, got {short_side}")
         if not 1 <= int(stride) <= 1000:
             raise OptionError(f"stride must be in 1..1000, got {stride}")
-        self.model = optimize_model(model) if optimize else model
+        video = model.kind == "video"
+        if video and int(stride) != 1:
+            raise OptionError(f"stride is for image networks; {model.name} runs on clips "
+                              "(use clip_hop)", option="stride")
+        if clip_hop is not None and not video:
+            raise OptionError(f"clip_hop is for video networks; {model.name} is an image "
+                              "network", option="clip_hop")
+        self.model = optimize_model(model) if optimize and not video else model
         self.renderer = renderer
         self.smoother = smoother
         self.classes = classes
@@ -173,9 +195,10 @@ class CamEngine:
         self.device = model.device
         self.draw, self.keep_rgb, self.tensors = bool(draw), bool(keep_rgb), bool(tensors)
         if infer_workers is None:
-            infer_workers = default_infer_workers(self.device, self.stride)
-        if infer_workers > 1 and (self.device.type != "cpu" or self.stride != 1):
-            raise OptionError("concurrent inference needs the CPU and stride 1")
+            infer_workers = 1 if video else default_infer_workers(self.device, self.stride)
+        if infer_workers > 1 and (self.device.type != "cpu" or self.stride != 1 or video):
+            raise OptionError("concurrent inference needs the CPU, stride 1 and an image "
+                              "network")
         self.infer_workers = max(1, int(infer_workers))
         if self.device.type == "cpu":
             if threads is None and not os.environ.get("OMP_NUM_THREADS"):
@@ -183,7 +206,9 @@ class CamEngine:
             if threads:
                 torch.set_num_threads(threads)
         self._traced = cpu_backbone(self.model, precision, trace) \
-            if self.device.type == "cpu" else None  # traced graphs or the int8 network
+            if self.device.type == "cpu" and not video else None  # traced or int8
+        self._clips = ClipStage(model, self._forward, clip_hop) \
+            if isinstance(model, VideoCamModel) else None
         self._per_frame = self.stride > 1 or not equal_batches
         self._count_lock = threading.Lock()
         self._pending: collections.deque[tuple[Frame, Tensor | np.ndarray]] = \
@@ -199,6 +224,12 @@ class CamEngine:
         self._pin_events: list[Any] = []
         self._pin_next = 0
         self._render_stream: Any = None  # CUDA: where finish() runs
+
+    @property
+    def held_frames(self) -> int:
+        """Frames :meth:`infer` may hold back before their results (a video network's
+        clip; 0 for image networks)."""
+        return self._clips.latency if self._clips is not None else 0
 
     # ------------------------------------------------------------------ public API
     def process(self, frames: list[Frame]) -> list[FrameResult]:
@@ -240,6 +271,8 @@ class CamEngine:
 
     def _infer(self, frames: list[Frame], images: Sequence[Any], x: Tensor,
                frames01: Tensor) -> Inferred:
+        if self._clips is not None:   # a video network: the frames whose clip has run
+            return self._inferred(self._clips.push(frames, images, x, frames01))
         cues = None
         if self.stride == 1:
             features, logits = self._forward(x)
@@ -254,8 +287,19 @@ class CamEngine:
         return Inferred(frames, images, features, logits, frames01, cues)
 
     def infer_flush(self) -> Inferred:
-        """The end-of-stream marker for :meth:`finish`."""
-        return Inferred([], [], end=True)
+        """The end-of-stream marker for :meth:`finish` (a video network's: with the
+        frames of the stream's last clip)."""
+        if self._clips is None:
+            return Inferred([], [], end=True)
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), (torch.cuda.device(self.device) if cuda
+                                      else nullcontext()):
+            out = self._inferred(self._clips.flush())
+            if cuda and len(out):
+                out.event = torch.cuda.Event()
+                out.event.record(torch.cuda.current_stream(self.device))
+        out.end = True
+        return out
 
     @torch.inference_mode()
     def finish(self, batch: Inferred) -> list[FrameResult]:
@@ -278,6 +322,9 @@ class CamEngine:
                 return self._finish(batch)
 
     def _finish(self, batch: Inferred) -> list[FrameResult]:
+        if batch.end and len(batch):   # a video network's last clip, then the end
+            return self._finish(dataclasses.replace(batch, end=False)) + \
+                self._finish(Inferred([], [], end=True))
         if batch.end:
             smoothed = self.smoother.flush()
         elif len(batch) == 0:
@@ -345,6 +392,12 @@ class CamEngine:
             for i, ((f, _), img, n) in enumerate(zip(ready, out, notes))]
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _inferred(out: FramesOut | None) -> Inferred:
+        if out is None:
+            return Inferred([], [])
+        return Inferred(out.frames, out.images, out.features, out.logits, out.frames01)
+
     def _preprocess_cpu(self, frames: list[Frame]) -> tuple[Tensor, Tensor]:
         """Each frame's array, viewed as a channels_last ``(1, 3, H, W)`` uint8 tensor
         (no copy), resized as uint8 one frame at a time (so the result does not depend
@@ -413,8 +466,8 @@ class CamEngine:
         logits = logits_from_features(features, self.model.weight.float(),
                                       None if self.model.bias is None
                                       else self.model.bias.float())
-        with self._count_lock:
-            self.network_frames += x.shape[0]
+        with self._count_lock:   # a video network's clips: their frames
+            self.network_frames += x.shape[0] * (x.shape[2] if x.dim() == 5 else 1)
         return features, logits
 
     def _keys(self, frames01: Tensor) -> list[bool]:
@@ -472,7 +525,8 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     streams want 1 worker and batches of any size).
 
     The model runs on its own device: ``opts.device`` ``auto`` follows it, another device
-    is an :class:`OptionError` (load the model there).
+    is an :class:`OptionError` (load the model there). ``opts.size`` None is the model's
+    :attr:`~camvideo.model.cammodel.CamModel.default_side`.
     """
     device, wanted = model.device, parse_device(opts.device)
     if wanted is not None and (wanted.type != device.type or (
@@ -490,8 +544,9 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
                         switch_margin=opts.switch_margin, motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
     stage = class_stage(opts, model, renderer, tensors=tensors)
-    return CamEngine(model, renderer, smoother, short_side=opts.size, precision=precision,
-                     stride=opts.stride, infer_workers=infer_workers, trace=trace,
-                     equal_batches=equal_batches, draw=draw, keep_rgb=keep_rgb,
-                     tensors=tensors, classes=stage)
-
+    return CamEngine(model, renderer, smoother,
+                     short_side=opts.size if opts.size is not None else model.default_side,
+                     precision=precision, stride=opts.stride, infer_workers=infer_workers,
+                     trace=trace, equal_batches=equal_batches, draw=draw,
+                     keep_rgb=keep_rgb, tensors=tensors, classes=stage,
+                     clip_hop=opts.clip_hop)

@@ -14,7 +14,9 @@ Live sources (:class:`camvideo.media.streams.LiveSource` that keep only the newe
 are paced by two credits, so latency cannot build up: the reader takes a frame from the
 capture slot only when the device stage is free (returned after each forward pass), and
 at most ``batch_size + 2`` frames are in flight (returned when the iterating thread asks
-for the next result, i.e. once it has shown or written the last one).
+for the next result, i.e. once it has shown or written the last one), plus the frames the
+engine holds back (a video network's clip, :attr:`CamEngine.held_frames
+<camvideo.runtime.engine.CamEngine.held_frames>`).
 """
 from __future__ import annotations
 
@@ -224,8 +226,11 @@ class Stream:
     def _results(self) -> Iterator[FrameResult]:
         out: queue.Queue = queue.Queue(maxsize=max(2, 2 * self.batch_size))
         self._device_credit = threading.Semaphore(self.batch_size) if self._gated else None
-        self._flight_credit = threading.Semaphore(self.batch_size + 2) if self._gated \
-            else None
+        # in flight: a batch, two results on their way, and what the engine holds back
+        # (a video network's clip)
+        held = int(getattr(self.engine, "held_frames", 0))
+        self._flight_credit = threading.Semaphore(self.batch_size + 2 + held) \
+            if self._gated else None
         engine: Any = _Gated(self.engine, self._device_credit) \
             if self._device_credit is not None else self.engine
 

@@ -12,7 +12,8 @@ placement): :func:`pan_frames` (the photo slides across a background), :func:`zo
 a dolly, a small object, two objects), :func:`cut_frames` (hard cuts between photos) and
 :func:`pair_frames` (two photos side by side, each moving on its own: a clip with two
 objects, each with its own box). :data:`SCENE_BOXES` holds several hand-annotated
-objects of a multi-object photo.
+objects of a multi-object photo. For time alignment, :func:`blob_frames` moves a bright
+disc across a darkened photo, with its centre in every frame.
 Frames are rendered on access (:class:`FrameSequence`), so a long 1080p benchmark clip
 does not have to fit in memory. :func:`make_clip` generates one of these and writes it
 with :func:`camvideo.testing.clip.write_clip`, which encodes frames with PyAV and returns a
@@ -338,6 +339,45 @@ def cut_frames(photos: Sequence[str | np.ndarray] = ("chelsea", "coffee", "china
     return FrameSequence(sum(counts), render), boxes, cuts
 
 
+def blob_frames(size: tuple[int, int] = (256, 96), n: int = 36, *, radius: int = 10,
+                background: str | np.ndarray | None = "chelsea", bob: float = 0.25
+                ) -> tuple[FrameSequence, list[tuple[float, float]], list[Box | None]]:
+    """A bright white disc crossing a blurred, darkened photo from left to right at a
+    constant speed, bobbing up and down once.
+
+    Args:
+        size: output ``(W, H)``.
+        n: number of frames.
+        radius: the disc's radius, pixels.
+        background: photo name or RGB array for the backdrop (blurred, at 45 %
+            brightness), or None for the blue-grey gradient.
+        bob: vertical amplitude as a fraction of the height (one sine period over the
+            clip).
+
+    Returns:
+        ``(frames, centres, boxes)``: ``n`` frames ``(H, W, 3) uint8``, the disc's centre
+        ``(x, y)`` in pixels (to 1/16 pixel: drawn antialiased) and the box of the pixels
+        it touches in each.
+    """
+    w, h = size
+    bg = _background(size, background)
+    margin = 2 * radius
+    xs = np.linspace(margin, w - margin, n) if n > 1 else np.array([w / 2])
+    ph = np.linspace(0.0, 2 * np.pi, n) if n > 1 else np.zeros(1)
+    ys = h / 2 + bob * h * np.sin(ph)
+    xs, ys = np.round(xs * 16) / 16, np.round(ys * 16) / 16   # as drawn: 1/16 pixel
+    centres = [(float(x), float(y)) for x, y in zip(xs, ys)]
+    r = radius + 0.5   # the pixels the antialiased edge touches
+    boxes: list[Box | None] = [(int(np.floor(x - r)), int(np.floor(y - r)),
+                                int(np.ceil(x + r)), int(np.ceil(y + r))) for x, y in centres]
+
+    def render(i: int) -> np.ndarray:
+        frame = bg.copy()
+        cv2.circle(frame, (int(xs[i] * 16), int(ys[i] * 16)), radius * 16,
+                   (255, 255, 255), -1, lineType=cv2.LINE_AA, shift=4)
+        return frame
+
+    return FrameSequence(n, render), centres, boxes
 def pair_frames(photos: tuple[str | np.ndarray, str | np.ndarray] = ("chelsea", "coffee"),
                 size: tuple[int, int] = (384, 192), n: int = 60, *, scale: float = 0.55,
                 background: str | np.ndarray | None = None,
@@ -420,9 +460,11 @@ def make_clip(kind: str, path: str | Path, *, size: tuple[int, int] = (320, 180)
 
     Args:
         kind: ``"pan"`` (the cat slides across a gradient), ``"zoom"`` (slow zoom on the
-            cat), ``"cuts"`` (chelsea, coffee, china shots with hard cuts) or ``"pair"``
+            cat), ``"cuts"`` (chelsea, coffee, china shots with hard cuts), ``"pair"``
             (the cat and the coffee cup side by side, each moving: :func:`pair_frames`;
-            the clip's ``objects`` holds both boxes per frame, ``boxes`` the cat's).
+            the clip's ``objects`` holds both boxes per frame, ``boxes`` the cat's) or
+            ``"blob"`` (a bright disc crossing the darkened cat, :func:`blob_frames`; its
+            boxes are the disc's).
         path: output file (extension picks the container, see :func:`write_clip`).
         size: output ``(W, H)``; small by default so tests stay fast.
         n: number of frames.
@@ -447,6 +489,10 @@ def make_clip(kind: str, path: str | Path, *, size: tuple[int, int] = (320, 180)
         names = ("chelsea", "coffee", "china")
         counts = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
         frames, boxes, cuts = cut_frames(names, size, counts)
+    elif kind == "blob":
+        frames, _, boxes = blob_frames(size, n, background=photo if photo is not None
+                                       else "chelsea")
     else:
-        raise ValueError(f"unknown clip kind {kind!r}; choose pan, zoom, cuts or pair")
+        raise ValueError(f"unknown clip kind {kind!r}; choose pan, zoom, cuts, pair or "
+                         "blob")
     return write_clip(path, frames, boxes=boxes, cuts=cuts, **write_kw)

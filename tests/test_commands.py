@@ -7,6 +7,7 @@ and an exit code, and leaves nothing behind.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -301,19 +302,52 @@ def test_unwritable_output_folder(pan_clip, tmp_path, capsys, monkeypatch):
 # --------------------------------------------------------------------- process level
 
 def test_console_script_runs_offline(pan_clip, tmp_path):
-    """The installed entry point, in a child process with every socket connection
-    refused: nothing is fetched from the network."""
+    """The installed entry point (``run``: main, then the fast exit), in a child process
+    with every socket connection refused: nothing is fetched from the network, and the
+    output is complete when the process ends."""
     out = tmp_path / "net.mp4"
     code = ("import socket, sys\n"
             "def refuse(*a, **k): raise OSError('network access attempted')\n"
             "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
-            "from camvideo.commands.main import main\n"
-            f"sys.exit(main([{str(pan_clip.path)!r}, {str(out)!r}, '-q']))\n")
+            f"sys.argv = ['camvideo', {str(pan_clip.path)!r}, {str(out)!r}, '-q']\n"
+            "from camvideo.commands.main import run\nrun()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert probe(out)["frames"] == pan_clip.frames
     assert proc.stdout == ""
+
+
+FAST_EXIT = r"""
+import atexit, logging, sys, threading, time
+from camvideo.commands.main import exit_now
+out = sys.argv[1]
+atexit.register(lambda: open(out + ".atexit", "w").write("ran"))
+handler = logging.FileHandler(out + ".log", delay=False)
+logging.getLogger("t").addHandler(handler)
+logging.getLogger("t").warning("logged")
+def late():
+    time.sleep(0.3)
+    open(out + ".thread", "w").write("done")
+threading.Thread(target=late).start()
+sys.stdout.write("buffered, no newline")
+exit_now(3)
+"""
+
+
+def test_fast_exit_keeps_what_a_normal_exit_does(tmp_path):
+    """exit_now skips the interpreter's teardown but not its duties: the exit code,
+    non-daemon threads finished, atexit handlers (logging's flush among them) run,
+    buffered stdout written."""
+    out = str(tmp_path / "x")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", FAST_EXIT, out], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered, no newline"
+    assert Path(out + ".thread").read_text() == "done"
+    assert Path(out + ".atexit").read_text() == "ran"
+    assert Path(out + ".log").read_text() == "logged\n"
 
 
 def test_help_and_models_listing(capsys):

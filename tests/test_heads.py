@@ -23,6 +23,7 @@ from camvideo.model.registry import load_model
 from camvideo.model.rewrite import optimize_model
 from camvideo.model.trace import traced_backbone
 from camvideo.testing import synth
+from net_tools import as_if_trained
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -38,21 +39,6 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-def _as_if_trained(net: nn.Module) -> nn.Module:
-    """Batch norms with statistics and affine parameters away from their initial 0/1 (so
-    folding them is not trivially exact), as a trained checkpoint has."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-    return net
-
-
 def make_net(name: str) -> nn.Module:
     """A random-initialised network as its library builds it by default (GoogLeNet and
     Inception v3 with their auxiliary heads), ``K`` classes."""
@@ -60,7 +46,7 @@ def make_net(name: str) -> nn.Module:
     if name.startswith("timm:"):
         return timm.create_model(name[5:], pretrained=False, num_classes=K)
     kw = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    return _as_if_trained(torchvision.models.get_model(name, num_classes=K, **kw))
+    return as_if_trained(torchvision.models.get_model(name, num_classes=K, **kw))
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -27,6 +27,7 @@ from camvideo.model.registry import from_modules, kinetics_labels, load_model
 from camvideo.model.video import TimeAxis, VideoCamModel, time_axis_of
 from camvideo.runtime.clips import ClipSchedule
 from camvideo.testing import synth
+from net_tools import as_if_trained
 
 K = 10          # classes of the random networks
 RTOL = 1e-4     # relative error allowed (to the largest value compared)
@@ -46,28 +47,13 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-def _as_if_trained(net: nn.Module) -> nn.Module:
-    """Batch norms with statistics and affine parameters away from 0/1, as a trained
-    checkpoint has."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                c = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-    return net
-
-
 @pytest.fixture(scope="module", params=list(AXES))
 def family(request, tmp_path_factory) -> tuple[str, nn.Module, Path, VideoCamModel]:
     """``(name, network in eval mode, weights file, loaded model)``, the weights saved as
     ``torch.save(net.state_dict())``."""
     name = request.param
     torch.manual_seed(0)
-    net = _as_if_trained(getattr(tvv, name)(num_classes=K)).eval()
+    net = as_if_trained(getattr(tvv, name)(num_classes=K)).eval()
     path = tmp_path_factory.mktemp("weights") / f"{name}.pth"
     torch.save(net.state_dict(), path)
     model = load_model(name, weights=path)               # the probe check runs inside

@@ -117,18 +117,18 @@ def json_record(r: FrameResult, cams: bool = False) -> dict:
     return rec
 
 
-class JsonLinesSink:
-    """JSON Lines sidecar, one object per result (:func:`json_record`), written to a temp
-    file and renamed into place on :meth:`close` (:meth:`abort` removes it, also after
-    :meth:`close`).
+class _PlacedTextFile:
+    """A text file written to a temp file beside its path and renamed into place on
+    :meth:`close` (:meth:`abort` removes it, also after :meth:`close`: no sidecar without
+    its video). Subclasses write with :meth:`_write` and may add a tail in
+    :meth:`_finish`.
 
     Raises:
         OutputError: the file cannot be written (folder, permissions, disk full).
     """
 
-    def __init__(self, path: str | os.PathLike, cams: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.cams = cams
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self._placed = False
         try:
@@ -139,15 +139,19 @@ class JsonLinesSink:
     def _error(self, e: OSError) -> OutputError:
         return OutputError(f"cannot write {self.path}: {e.strerror or e}")
 
-    def write(self, result: FrameResult) -> None:
+    def _write(self, text: str) -> None:
         try:
-            self._fh.write(json.dumps(json_record(result, self.cams)) + "\n")
+            self._fh.write(text)
         except OSError as e:
             raise self._error(e) from None
+
+    def _finish(self) -> None:
+        """What is written last, at :meth:`close` (nothing here)."""
 
     def close(self) -> None:
         if self._placed:
             return
+        self._finish()
         try:
             self._fh.close()
             os.replace(self.tmp, self.path)
@@ -165,7 +169,24 @@ class JsonLinesSink:
             self.path.unlink(missing_ok=True)
 
 
-class TracksSink:
+class JsonLinesSink(_PlacedTextFile):
+    """JSON Lines sidecar, one object per result (:func:`json_record`), written to a temp
+    file and renamed into place on :meth:`close` (:meth:`abort` removes it, also after
+    :meth:`close`).
+
+    Raises:
+        OutputError: the file cannot be written (folder, permissions, disk full).
+    """
+
+    def __init__(self, path: str | os.PathLike, cams: bool = False) -> None:
+        super().__init__(path)
+        self.cams = cams
+
+    def write(self, result: FrameResult) -> None:
+        self._write(json.dumps(json_record(result, self.cams)) + "\n")
+
+
+class TracksSink(_PlacedTextFile):
     """The tracked boxes of a stream (:attr:`FrameResult.classes` with track IDs) as
     MOTChallenge rows, ``frame,id,x,y,w,h,conf,-1,-1,-1`` (frames from 1; ``x, y`` the
     box's top-left pixel counted from 1, as MOTChallenge's files count them (the sidecar's
@@ -180,18 +201,9 @@ class TracksSink:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.json = self.path.suffix.lower() == ".json"
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self._tracks: dict[int, dict] = {}
-        self._placed = False
-        try:
-            self._fh: IO[str] = open(self.tmp, "w", encoding="utf-8")
-        except OSError as e:
-            raise self._error(e) from None
-
-    def _error(self, e: OSError) -> OutputError:
-        return OutputError(f"cannot write {self.path}: {e.strerror or e}")
 
     def write(self, result: FrameResult) -> None:
         for c in result.classes:
@@ -203,36 +215,14 @@ class TracksSink:
                 t["class"], t["label"] = c.cls, c.label
                 t["boxes"].append([result.index, round(result.time, 6), x0, y0, x1 - x0,
                                    y1 - y0, round(c.score, 6)])
-                continue
-            try:
-                self._fh.write(f"{result.index + 1},{c.track},{x0 + 1},{y0 + 1},{x1 - x0},"
-                               f"{y1 - y0},{c.score:.6f},-1,-1,-1\n")
-            except OSError as e:
-                raise self._error(e) from None
+            else:
+                self._write(f"{result.index + 1},{c.track},{x0 + 1},{y0 + 1},{x1 - x0},"
+                            f"{y1 - y0},{c.score:.6f},-1,-1,-1\n")
 
-    def close(self) -> None:
-        if self._placed:
+    def _finish(self) -> None:
+        if not self.json:
             return
-        try:
-            if self.json:
-                tracks = []
-                for t in sorted(self._tracks.values(), key=lambda t: t["id"]):
-                    tracks.append({"id": t["id"], "class": t["class"], "label": t["label"],
-                                   "start": t["boxes"][0][0], "end": t["boxes"][-1][0],
-                                   "boxes": t["boxes"]})
-                json.dump({"tracks": tracks}, self._fh)
-                self._fh.write("\n")
-            self._fh.close()
-            os.replace(self.tmp, self.path)
-        except OSError as e:
-            raise self._error(e) from None
-        self._placed = True
-
-    def abort(self) -> None:
-        try:
-            self._fh.close()
-        except OSError:
-            pass
-        self.tmp.unlink(missing_ok=True)
-        if self._placed:
-            self.path.unlink(missing_ok=True)
+        tracks = [{"id": t["id"], "class": t["class"], "label": t["label"],
+                   "start": t["boxes"][0][0], "end": t["boxes"][-1][0], "boxes": t["boxes"]}
+                  for t in sorted(self._tracks.values(), key=lambda t: t["id"])]
+        self._write(json.dumps({"tracks": tracks}) + "\n")

@@ -282,6 +282,23 @@ def test_the_command_line_names_the_flag_of_an_option_error():
         "unknown device 'tpu'"  # names the value, not the option first: as it is
 
 
+def test_media_option_errors_name_the_field_not_the_flag():
+    """The library's media checks name the Options field (the command line shows its
+    flag): an audio mode, a reconnect count."""
+    from camvideo.commands.main import _as_flags
+    from camvideo.media.audio import parse_audio_mode
+    from camvideo.media.sources import open_live
+
+    with pytest.raises(OptionError) as e:
+        parse_audio_mode("nosuch")
+    assert e.value.option == "audio_codec" and "--" not in str(e.value)
+    assert _as_flags(e.value).startswith("--audio must be auto, copy or an audio encoder")
+    with pytest.raises(OptionError) as e:
+        open_live("0", reconnect=-1)
+    assert e.value.option == "reconnect" and str(e.value).startswith("reconnect must be")
+    assert _as_flags(e.value).startswith("--reconnect must be")
+
+
 def test_stream_is_the_public_type():
     assert camvideo.Stream is Stream and camvideo.FrameResult is FrameResult
     assert camvideo.stream is camvideo.api.stream

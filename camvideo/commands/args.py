@@ -133,8 +133,11 @@ def add_audio_arg(g: argparse._ActionsContainer) -> None:
     def mode(text: str) -> str:
         try:
             return parse_audio_mode(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        except ValueError as e:  # "audio_codec must be ..." -> "argument --audio: must be"
+            msg, option = str(e), getattr(e, "option", None)
+            if option and msg.startswith(option):
+                msg = msg[len(option):].lstrip(" :")
+            raise argparse.ArgumentTypeError(msg) from None
 
     g.add_argument("--audio", dest="audio_codec", type=mode, default=_D.audio_codec,
                    metavar="auto|copy|ENCODER",

@@ -86,14 +86,15 @@ def parse_audio_mode(text: str) -> str:
     try:
         codec = av.codec.Codec(name, "w")
     except (av.FFmpegError, ValueError):
-        raise OptionError(f"--audio must be auto, copy or an audio encoder (aac, opus, "
-                          f"mp3, ac3, flac...); no encoder {text!r}") from None
+        raise OptionError(f"audio_codec must be auto, copy or an audio encoder (aac, "
+                          f"opus, mp3, ac3, flac...); no encoder {text!r}",
+                          option="audio_codec") from None
     if codec.type != "audio":
-        raise OptionError(f"--audio {text}: {codec.name} is a {codec.type} encoder, not "
-                          "an audio one")
+        raise OptionError(f"audio_codec {text}: {codec.name} is a {codec.type} encoder, "
+                          "not an audio one", option="audio_codec")
     if codec.experimental:
-        raise OptionError(f"--audio {text}: FFmpeg's {codec.name} encoder is "
-                          "experimental; choose another")
+        raise OptionError(f"audio_codec {text}: FFmpeg's {codec.name} encoder is "
+                          "experimental; choose another", option="audio_codec")
     return codec.name
 
 
@@ -438,8 +439,8 @@ class AudioRemuxer:
         # AVI has no timestamps: audio that starts late needs leading silence
         late = fmt == "avi" and self._feed is None and start + self._offset > _JITTER
         if mode == "copy" and not can_hold:
-            raise OptionError(f"--audio copy: {fmt} files cannot hold {name} audio; use "
-                              "--audio auto or name an encoder")
+            raise OptionError(f"audio_codec copy: {fmt} files cannot hold {name} audio; "
+                              "use auto or name an encoder", option="audio_codec")
         if mode == "copy" or (mode == "auto" and can_hold and not late and
                               (plays is None or name in plays)):
             if late:
@@ -450,8 +451,8 @@ class AudioRemuxer:
         if mode != "auto":
             codec = av.codec.Codec(mode, "w")
             if codec.canonical_name not in out.supported_codecs:
-                raise OptionError(f"--audio {mode}: {fmt} files cannot hold "
-                                  f"{codec.canonical_name} audio")
+                raise OptionError(f"audio_codec {mode}: {fmt} files cannot hold "
+                                  f"{codec.canonical_name} audio", option="audio_codec")
             encoder = mode
         enc = _Reencoder(ins, out, fmt, lead_in=fmt == "avi" and self._feed is None,
                          encoder=encoder)

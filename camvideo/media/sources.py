@@ -490,7 +490,8 @@ def open_live(text: str, *, realtime: bool = False,
     if not (open_timeout > 0 and read_timeout > 0):
         raise OptionError("timeouts must be > 0 seconds")
     if reconnect < 0:
-        raise OptionError(f"--reconnect must be ≥ 0 attempts, got {reconnect}")
+        raise OptionError(f"reconnect must be ≥ 0 attempts, got {reconnect}",
+                          option="reconnect")
     spec = parse_source(text)
     if spec.kind == "file":
         if not Path(spec.target).exists():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import pytest
 import timm
 import torch
@@ -23,6 +22,7 @@ from camvideo.model.registry import load_model
 from camvideo.model.rewrite import optimize_model
 from camvideo.model.trace import traced_backbone
 from camvideo.testing import synth
+from camvideo.testing.clip import decoded_times
 from net_tools import as_if_trained
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -146,18 +146,13 @@ def vfr_clip(tmp_path_factory):
                            n=len(times), fps=30, times=times)
 
 
-def frame_times(path: Path) -> list[float]:
-    with av.open(str(path)) as c:
-        return [float(f.pts * f.time_base) for f in c.decode(c.streams.video[0])]
-
-
 def test_end_to_end_keeps_frame_count_and_timing(family, vfr_clip, tmp_path):
     name, _, path = family
     out, side = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     summary = camvideo.annotate(vfr_clip.path, out, model=name, weights=str(path), size=32,
                                 json=str(side))
     assert summary.frames == vfr_clip.frames
-    assert frame_times(out) == pytest.approx(vfr_clip.times, abs=1e-3)
+    assert decoded_times(out) == pytest.approx(vfr_clip.times, abs=1e-3)
     recs = [json.loads(line) for line in side.read_text().splitlines()]
     assert [r["time"] for r in recs] == pytest.approx(vfr_clip.times, abs=1e-3)
     assert all(0 <= r["class"] < K and 0.0 <= r["score"] <= 1.0 for r in recs)

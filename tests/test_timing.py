@@ -17,15 +17,9 @@ from camvideo.commands.main import main
 from camvideo.errors import ExitCode
 from camvideo.media.files import FileSource
 from camvideo.testing import synth
-from camvideo.testing.clip import write_bframes_avi
+from camvideo.testing.clip import decoded_times, write_bframes_avi
 
 MS = 0.001
-
-
-def times_of(path: Path) -> list[float]:
-    """Presentation times (s) of every decoded frame, as FFmpeg gives them."""
-    with av.open(str(path)) as c:
-        return [float(f.pts * f.time_base) for f in c.decode(video=0)]
 
 
 def annotate(src: Path, out: Path, capsys) -> None:
@@ -45,12 +39,12 @@ def test_packed_bframes_in_avi_keep_every_frames_time(tiny_model, tmp_path, caps
     plain = write_bframes_avi(tmp_path / "plain.avi", frames, fps=24, packed=False)
     # the case is real: FFmpeg's own timestamps of the packed file are swapped in pairs,
     # those of the same frames unpacked are in order, and they are the Clip's times
-    raw = times_of(clip.path)
+    raw = decoded_times(clip.path)
     assert raw != sorted(raw) and sorted(raw) == pytest.approx(clip.times, abs=MS)
-    assert times_of(plain.path) == pytest.approx(clip.times, abs=MS)
+    assert decoded_times(plain.path) == pytest.approx(clip.times, abs=MS)
     out = tmp_path / f"out{ext}"
     annotate(clip.path, out, capsys)
-    got = times_of(out)
+    got = decoded_times(out)
     assert len(got) == 48
     assert np.abs(np.array(got) - clip.times).max() <= MS, got
     # (before: each out-of-order timestamp bumped the next, 47 of 48 frames one late)
@@ -60,7 +54,7 @@ def test_plain_bframes_in_avi_keep_every_frames_time(tiny_model, tmp_path, capsy
     clip = write_bframes_avi(tmp_path / "plain.avi", frames, fps=24, packed=False)
     out = tmp_path / "out.mp4"
     annotate(clip.path, out, capsys)
-    assert np.abs(np.array(times_of(out)) - clip.times).max() <= MS
+    assert np.abs(np.array(decoded_times(out)) - clip.times).max() <= MS
 
 
 def test_packed_frames_come_in_order_with_their_pictures(frames, tmp_path):
@@ -97,10 +91,10 @@ def test_duplicate_timestamps_stay_within_a_millisecond(tiny_model, tmp_path, ca
                                                         frames):
     ms = [0, 40, 80, 80, 160, 200, 240, 240, 240, 360, 400, 440]
     src = dup_mkv(tmp_path / "dup.mkv", frames, ms)
-    assert [round(t * 1000) for t in times_of(src)] == ms  # what FFmpeg reads
+    assert [round(t * 1000) for t in decoded_times(src)] == ms  # what FFmpeg reads
     out = tmp_path / "out.mp4"
     annotate(src, out, capsys)
-    got = times_of(out)
+    got = decoded_times(out)
     assert len(got) == len(ms) and all(b > a for a, b in zip(got, got[1:]))
     assert np.abs(np.array(got) - np.array(ms) / 1000).max() <= MS, got
     # the frames after a duplicate are not moved at all
@@ -124,11 +118,11 @@ def test_files_joined_end_to_end_continue_at_their_rate(tiny_model, tmp_path, ca
         c.mux(s.encode(None))
     joined = tmp_path / "joined.ts"
     joined.write_bytes(seg.read_bytes() * 2)
-    raw = times_of(joined)
+    raw = decoded_times(joined)
     assert len(raw) == 96 and raw[48] < raw[47] - 1.5  # the jump back
     out = tmp_path / "out.mp4"
     annotate(joined, out, capsys)
-    got = np.array(times_of(out))
+    got = np.array(decoded_times(out))
     assert len(got) == 96
     assert np.abs(np.diff(got) - 1 / 24).max() <= MS
     assert np.abs(got[:48] - raw[:48]).max() <= MS  # the first part as it was

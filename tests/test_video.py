@@ -27,6 +27,7 @@ from camvideo.model.registry import from_modules, kinetics_labels, load_model
 from camvideo.model.video import TimeAxis, VideoCamModel, time_axis_of
 from camvideo.runtime.clips import ClipSchedule
 from camvideo.testing import synth
+from camvideo.testing.clip import decoded_times
 from net_tools import as_if_trained
 
 K = 10          # classes of the random networks
@@ -121,11 +122,6 @@ def vfr_clip(tmp_path_factory):
                            n=len(times), fps=30, times=times)
 
 
-def frame_times(path: Path) -> list[float]:
-    with av.open(str(path)) as c:
-        return [float(f.pts * f.time_base) for f in c.decode(c.streams.video[0])]
-
-
 def test_end_to_end_keeps_frame_count_and_timing(family, vfr_clip, tmp_path):
     """The whole run by name and weights file (the CLI's path): every frame out once,
     with its own time, in the video and the sidecar. S3D gets 7 frames (one clip, padded),
@@ -143,7 +139,7 @@ def test_end_to_end_keeps_frame_count_and_timing(family, vfr_clip, tmp_path):
     summary = camvideo.annotate(src, out, model=name, weights=str(path), size=32,
                                 json=str(side))
     assert summary.frames == n
-    assert frame_times(out) == pytest.approx(vfr_clip.times[:n], abs=1e-3)
+    assert decoded_times(out) == pytest.approx(vfr_clip.times[:n], abs=1e-3)
     recs = [json.loads(line) for line in side.read_text().splitlines()]
     assert [r["frame"] for r in recs] == list(range(n))
     assert [r["time"] for r in recs] == pytest.approx(vfr_clip.times[:n], abs=1e-3)
@@ -423,7 +419,7 @@ def test_batch_with_a_video_network(tmp_path):
     assert code == 0
     for clip in clips:
         stem = clip.path.stem
-        assert frame_times(out / f"{stem}.mp4") == pytest.approx(clip.times, abs=1e-3)
+        assert decoded_times(out / f"{stem}.mp4") == pytest.approx(clip.times, abs=1e-3)
         assert len((out / f"{stem}.jsonl").read_text().splitlines()) == clip.frames
 
 
@@ -443,7 +439,7 @@ def test_readme_video_example_runs(family, tmp_path):
     clip = synth.make_clip("pan", tmp_path / argv[1], size=(64, 48), n=20)
     args = [str(tmp_path / a) if a.endswith((".mp4", ".jsonl")) else a for a in argv[1:]]
     assert main([*args, "--weights", str(path), "--size", "32", "-q"]) == 0
-    assert frame_times(tmp_path / argv[2]) == pytest.approx(clip.times, abs=1e-3)
+    assert decoded_times(tmp_path / argv[2]) == pytest.approx(clip.times, abs=1e-3)
     sidecar = next(a for a in args if a.endswith(".jsonl"))
     assert len(Path(sidecar).read_text().splitlines()) == clip.frames
 

@@ -136,6 +136,12 @@ def _linear_like(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     return fc.to(weight.dtype)
 
 
+def _identity_head(conv: nn.Module) -> nn.Linear:
+    """The linear layer after features that already are the classes' maps (a 1x1
+    classifier convolution before the pooling): the identity, in the convolution's dtype."""
+    return _linear_like(torch.eye(conv.out_channels, dtype=conv.weight.dtype), None)
+
+
 def norm_linear_head(body: nn.Module, norm: nn.Module, fc: nn.Module,
                      name: str) -> tuple[nn.Module, nn.Linear]:
     """``(backbone, linear)`` for a pool → LayerNorm → linear head (see the module notes).
@@ -174,11 +180,7 @@ def class_map_head(body: nn.Module, conv: nn.Module, act: nn.Module,
             or tuple(conv.stride) != (1, 1) or conv.groups != 1:
         raise ModelError(f"model {name} is not supported for CAM: its classifier is not a "
                          "1x1 convolution before the pooling")
-    k = conv.out_channels
-    eye = nn.Linear(k, k, bias=False)
-    with torch.no_grad():
-        eye.weight.copy_(torch.eye(k))
-    return nn.Sequential(body, conv, act), eye.to(conv.weight.dtype)
+    return nn.Sequential(body, conv, act), _identity_head(conv)
 
 
 class PooledClassMaps(nn.Module):
@@ -259,11 +261,7 @@ def pooled_class_map_head(body: nn.Module, pool: nn.Module, conv: nn.Module,
             or tuple(conv.stride) != (1, 1, 1) or conv.groups != 1:
         raise ModelError(f"model {name} is not supported for CAM: its classifier is not a "
                          "1x1x1 convolution")
-    k = conv.out_channels
-    eye = nn.Linear(k, k, bias=False)
-    with torch.no_grad():
-        eye.weight.copy_(torch.eye(k))
-    return PooledClassMaps(body, pool, conv), eye.to(conv.weight.dtype)
+    return PooledClassMaps(body, pool, conv), _identity_head(conv)
 
 
 def fold_input_transform(mean: Triple, std: Triple, scale: Triple,

@@ -4,7 +4,8 @@
 :class:`camvideo.testing.synth.FrameSequence`) with PyAV at constant or variable frame rate, with
 an optional tone track and display-rotation metadata. The :class:`Clip` records what was
 written (exact frame times, object boxes, cut indices, audio) so tests can compare a
-decode against it. The frames themselves come from :mod:`camvideo.testing.synth`.
+decode against it (:func:`decoded_times` reads a file's frame times back). The frames
+themselves come from :mod:`camvideo.testing.synth`.
 """
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ class Clip:
         """Seconds from the first frame's time to the end of the last frame."""
         last = self.times[-1] - self.times[-2] if len(self.times) > 1 else 1 / self.fps
         return self.times[-1] + last - self.times[0]
+
+
+def decoded_times(path: str | Path) -> list[float]:
+    """Presentation times (s) of every decoded frame of a file's first video stream, as
+    FFmpeg gives them: what a test compares with :attr:`Clip.times`."""
+    with av.open(str(path)) as c:
+        return [float(f.pts * f.time_base) for f in c.decode(video=0)]
 
 
 _MATROSKA = {".mkv", ".webm"}

@@ -52,7 +52,7 @@ from camvideo.cam import map_bbox  # noqa: E402
 from camvideo.model.registry import load_model  # noqa: E402
 from camvideo.smoothing import Smoother  # noqa: E402
 from camvideo.testing import synth  # noqa: E402
-from quality import machine, model_outputs, run_smoother  # noqa: E402
+from quality import machine, model_outputs, run_smoother, write_readme  # noqa: E402
 
 TOLERANCE_PX = 15
 IOUS = (0.3, 0.5, 0.7)
@@ -580,18 +580,6 @@ FINDINGS = """What the figures say (read with the tables; written at the run of 
 """
 
 
-def write_readme(text: str) -> None:
-    path = Path(__file__).with_name("README.md")
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(HEADING)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    else:
-        end = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + text + ("\n" + old[end:] if end >= 0 else "\n")
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=90, help="frames per clip")
@@ -631,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         print(mot)
     if args.readme:
         write_readme(report(tab, chk, calib, mot, args, size, time.perf_counter() - t0,
-                            model))
+                            model), HEADING)
     return 0
 
 

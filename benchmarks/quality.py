@@ -258,14 +258,15 @@ def report(tab: str, results: dict[str, dict[str, dict]], args: argparse.Namespa
         "false ones.\n")
 
 
-def write_readme(text: str) -> None:
+def write_readme(text: str, heading: str = HEADING) -> None:
+    """Replace (or append) the section under ``heading`` of benchmarks/README.md."""
     path = Path(__file__).with_name("README.md")
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(HEADING)
+    start = old.find(heading)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     else:
-        end = old.find("\n## ", start + len(HEADING))
+        end = old.find("\n## ", start + len(heading))
         new = old[:start] + text + ("\n" + old[end:] if end >= 0 else "\n")
     path.write_text(new)
 

@@ -2,7 +2,7 @@
 stalled sources, shutdown (the --serve page in a real browser: test_live_preview.py).
 
 Streams are MPEG-TS (H.264, zerolatency) sent by PyAV at real-time pace from a child
-process (`SENDER`) over UDP, or by a TCP server thread here (`ts_server`) that closes the
+process (`SENDER`) over UDP, or by a TCP server thread (`stream_tools.ts_server`) that closes the
 stream mid-way. The network is a tiny
 convolution (conftest.py's ``tiny_model``, or ``use_tiny_model`` slowed down where the
 point is timing with a slow model). The building blocks (source parsing, the latest-frame
@@ -11,13 +11,11 @@ slot, the window and HUD) are tested on their own in test_live_units.py.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from camvideo.errors import ExitCode
 from camvideo.live.session import run_live
 from camvideo.render import colormap_lut
 from camvideo.testing.clip import Clip
+from stream_tools import free_port, mpegts_bytes, ts_server
 
 #: Child process: send a clip's frames in a loop as MPEG-TS at real-time pace for
 #: SECONDS, then stay connected but silent for HOLD seconds (a stall), then close.
@@ -86,12 +85,6 @@ def clip(tmp_path_factory) -> Clip:
 def raw_frames(clip) -> list[np.ndarray]:
     with av.open(str(clip.path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -183,61 +176,6 @@ def test_slow_model_drops_stale_frames_and_latency_stays_bounded(monkeypatch, cl
     assert len(frames) == stats["shown"]
     assert np.median(np.diff(times)) > 0.1  # the dropped frames are simply absent
     assert all(b > a for a, b in zip(times, times[1:]))
-
-
-def mpegts_bytes(frames: list[np.ndarray], seconds: float, fps: int = 30) -> bytes:
-    """``seconds`` of ``frames`` looped, as an MPEG-TS byte stream (H.264, zerolatency)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mpegts") as out:
-        s = out.add_stream("libx264", rate=fps)
-        s.height, s.width = frames[0].shape[:2]
-        s.pix_fmt = "yuv420p"
-        s.codec_context.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "15"}
-        for i in range(round(seconds * fps)):
-            vf = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
-            vf.pts = i
-            out.mux(s.encode(vf))
-        out.mux(s.encode(None))
-    return buf.getvalue()
-
-
-@contextlib.contextmanager
-def ts_server(data: bytes, seconds: float, cut: float):
-    """A TCP server on loopback (yields its port) that sends ``data`` (``seconds`` of
-    MPEG-TS) to the first client at real-time pace and closes the connection ``cut``
-    seconds in: mid-stream, as a camera or encoder going away would."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(30)
-    done = threading.Event()
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            t0, sent = time.monotonic(), 0
-            while not done.is_set():
-                elapsed = time.monotonic() - t0
-                if elapsed >= cut:
-                    break
-                upto = min(len(data), int(len(data) * elapsed / seconds) // 188 * 188)
-                if upto > sent:
-                    try:
-                        conn.sendall(data[sent:upto])
-                    except OSError:
-                        return
-                    sent = upto
-                time.sleep(0.01)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        done.set()
-        listener.close()
-        t.join(10)
 
 
 def test_tcp_stream_closed_by_its_server_is_a_lost_source(tiny_model, raw_frames,

@@ -13,9 +13,7 @@ end.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +28,7 @@ import pytest
 from camvideo.commands.main import main
 from camvideo.errors import ExitCode, SourceLostError
 from camvideo.media.streams import DATA, LiveSource, Reopened, Status
+from stream_tools import free_port, mpegts_bytes, ts_server
 
 W, H, FPS, RATE = 160, 96, 30, 48000
 BITS = 10
@@ -103,12 +102,6 @@ def number(img: np.ndarray) -> int:
     """The frame number a (decoded) :func:`picture` shows."""
     bands = img[8:-8].reshape(H - 16, BITS, 16, 3)[:, :, 3:13].mean(axis=(0, 2, 3))
     return int(sum(1 << b for b in range(BITS) if bands[b] > 128))
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sender:
@@ -279,61 +272,10 @@ def test_sender_that_restarts_is_followed_into_one_recording(tiny_model, tmp_pat
     assert elapsed < 20
 
 
-def ts_bytes(seconds: float) -> bytes:
-    """``seconds`` of numbered frames as an MPEG-TS byte stream (H.264, zerolatency)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mpegts") as out:
-        s = out.add_stream("libx264", rate=FPS)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.codec_context.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "15"}
-        for i in range(round(seconds * FPS)):
-            vf = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
-            vf.pts = i
-            out.mux(s.encode(vf))
-        out.mux(s.encode(None))
-    return buf.getvalue()
-
-
-@contextlib.contextmanager
-def serve_once(data: bytes, seconds: float):
-    """A TCP listener on loopback (yields its port): its first client gets ``data``
-    (``seconds`` of MPEG-TS) at real-time pace, then the connection and the listener
-    close: reconnecting is refused."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(30)
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        finally:
-            listener.close()
-        with conn:
-            t0, sent = time.monotonic(), 0
-            while sent < len(data):
-                upto = min(len(data), int(len(data) * (time.monotonic() - t0) / seconds)
-                           // 188 * 188)
-                if upto > sent:
-                    try:
-                        conn.sendall(data[sent:upto])
-                    except OSError:
-                        return
-                    sent = upto
-                time.sleep(0.01)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        thread.join(10)
-
-
 def test_reconnect_attempts_that_run_out_are_exit_7(tiny_model, tmp_path, capsys):
     out = tmp_path / "rec.mkv"
-    with serve_once(ts_bytes(2.0), 2.0) as port:
+    with ts_server(mpegts_bytes([picture(i) for i in range(round(2.0 * FPS))], 2.0, FPS),
+                   2.0) as port:
         rc, err, elapsed = live([f"tcp://127.0.0.1:{port}", "--reconnect", "2", "-o", out,
                                  "--open-timeout", 15, *RAW], capsys)
     assert rc == ExitCode.SOURCE_LOST

@@ -30,7 +30,8 @@ from camvideo.model.device import INT8
 from camvideo.model.quantize import Int8Backbone
 from camvideo.errors import OptionError
 from camvideo.model.registry import from_modules, load_model
-from camvideo.model.rewrite import fold_batchnorm, optimize_model
+from camvideo.model.rewrite import (ConvAct, _has_fused_conv, _has_weight_reorder,
+                                    fold_batchnorm, optimize_model)
 
 #: The CPU classes camvideo's choices distinguish, as cpu_caps() describes them.
 CPU_CLASSES = {
@@ -43,6 +44,10 @@ CPU_CLASSES = {
 needs_bf16_kernels = pytest.mark.skipif(
     not cpu_caps().bf16_kernels,
     reason=f"oneDNN runs no bf16 convolutions on this CPU ({cpu_caps().name})")
+needs_fused_conv = pytest.mark.skipif(not _has_fused_conv(),
+                                      reason="torch built without oneDNN")
+needs_weight_reorder = pytest.mark.skipif(
+    not (_has_fused_conv() and _has_weight_reorder()), reason="torch built without oneDNN")
 
 
 @pytest.fixture(scope="module")
@@ -234,11 +239,8 @@ def _fusable_net() -> nn.Sequential:
     return net
 
 
+@needs_fused_conv
 def test_conv_act_fusion_keeps_the_function_in_fp32():
-    from camvideo.model.rewrite import ConvAct, _has_fused_conv
-
-    if not _has_fused_conv():
-        pytest.skip("torch built without oneDNN")
     net = _fusable_net()
     x = torch.randn(2, 3, 16, 20).contiguous(memory_format=torch.channels_last)
     fused, n = fold_batchnorm(net, x, fuse=True)
@@ -249,11 +251,8 @@ def test_conv_act_fusion_keeps_the_function_in_fp32():
 
 
 @needs_bf16_kernels
+@needs_fused_conv
 def test_conv_act_fusion_keeps_the_function_in_bf16():
-    from camvideo.model.rewrite import ConvAct, _has_fused_conv
-
-    if not _has_fused_conv():
-        pytest.skip("torch built without oneDNN")
     net = _fusable_net()
     x = torch.randn(2, 3, 16, 20).contiguous(memory_format=torch.channels_last)
     fused, _ = fold_batchnorm(net, x, fuse=True)
@@ -267,8 +266,6 @@ def test_conv_act_in_bf16_without_onednn_bf16_runs_the_plain_convolution(monkeyp
     """Under bf16 autocast on a CPU whose oneDNN has no bf16 (AVX2), the fused module
     computes the plain convolution (torch's own bf16 kernels) instead of failing in
     oneDNN's weight reorder, as it did."""
-    from camvideo.model.rewrite import ConvAct
-
     monkeypatch.setattr(device, "cpu_caps", lambda: CPU_CLASSES["avx2"])
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, 3, padding=1).eval()
@@ -282,8 +279,6 @@ def test_conv_act_in_bf16_without_onednn_bf16_runs_the_plain_convolution(monkeyp
 
 
 def test_default_model_is_fused_on_the_cpu(lite0):
-    from camvideo.model.rewrite import ConvAct, _has_fused_conv
-
     optimize_model(lite0)
     if _has_fused_conv():
         assert sum(isinstance(m, ConvAct) for m in lite0.backbone.modules()) >= 20
@@ -291,13 +286,10 @@ def test_default_model_is_fused_on_the_cpu(lite0):
         assert not [m for m in lite0.backbone.modules() if isinstance(m, nn.Conv2d)]
 
 
+@needs_weight_reorder
 def test_conv_act_weights_are_packed_once_per_input_shape():
     """oneDNN-layout weights are made per input shape and reused: shapes met in turn
     each get their own, and the output stays the plain convolution's."""
-    from camvideo.model.rewrite import ConvAct, _has_fused_conv, _has_weight_reorder
-
-    if not (_has_fused_conv() and _has_weight_reorder()):
-        pytest.skip("torch built without oneDNN")
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 16, 3, padding=1).eval()
     fused = ConvAct(conv, "relu")
@@ -315,14 +307,11 @@ def test_conv_act_weights_are_packed_once_per_input_shape():
     assert (a - conv(xs[0]).relu()).abs().max() <= 0.05 * max(1.0, float(a.abs().max()))
 
 
+@needs_fused_conv
 @pytest.mark.parametrize("hw", [(32, 48), (33, 47), (31, 30)])
 def test_conv_act_fusion_keeps_tensorflow_same_padding(hw):
     from timm.layers import Conv2dSame
 
-    from camvideo.model.rewrite import ConvAct, _has_fused_conv
-
-    if not _has_fused_conv():
-        pytest.skip("torch built without oneDNN")
     torch.manual_seed(0)
     net = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU6(),
                         Conv2dSame(8, 8, 5, stride=2, groups=8), nn.BatchNorm2d(8),

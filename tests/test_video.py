@@ -303,13 +303,12 @@ def test_s3d_weights_are_one_at_its_own_size_and_follow_the_pooling_when_wider()
         heads.pooled_class_map_head(nn.Identity(), nn.AvgPool3d(2), nn.Conv3d(4, 3, 1), "m")
 
 
+@pytest.mark.parametrize("family", ["s3d"], indirect=True)
 def test_probe_check_refuses_s3d_maps_without_the_pooling_weights(family):
     """The probe check holds video networks too: S3D's class maps without their cell
     weights (a plain mean where the network's 2x7x7 pooling counts border cells less)
     do not reproduce its logits on the probe (224x256: 7x8 maps), and are refused."""
     name, net, _, _ = family
-    if name != "s3d":
-        pytest.skip("S3D's head")
     net = copy.deepcopy(net)
     with torch.no_grad():   # logits of a trained network's size (random ones are ~0.1,
         net.classifier[1].weight.mul_(100.0)   # under the check's absolute floor)
@@ -423,12 +422,11 @@ def test_batch_with_a_video_network(tmp_path):
         assert len((out / f"{stem}.jsonl").read_text().splitlines()) == clip.frames
 
 
+@pytest.mark.parametrize("family", ["r3d_18"], indirect=True)
 def test_readme_video_example_runs(family, tmp_path):
     """The README's video-network command, on a tiny clip with the family's random
     weights (offline) and a small input."""
     name, _, path, _ = family
-    if name != "r3d_18":
-        pytest.skip("one family is enough")
     import re
     import shlex
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()

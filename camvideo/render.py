@@ -1,4 +1,5 @@
-"""Rendering: colormap, alpha blend, labels and boxes.
+"""Rendering: colormap, alpha blend, labels and boxes; with several classes at once, each
+class's colour, the legend and the tagged boxes; the ``--timeline`` strip.
 
 Colouring and blending are tensor work on the frames' device when that is a GPU (one
 uint8 copy back per batch); on the CPU they are OpenCV uint8 calls per frame, which are

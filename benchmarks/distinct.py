@@ -78,16 +78,6 @@ def synsets() -> list[str]:
     return path.read_text().split()
 
 
-def inside(p, b) -> bool:
-    return b is not None and b[0] <= p[0] < b[2] and b[1] <= p[1] < b[3]
-
-
-def hit(peaks, boxes) -> bool:
-    a, b = boxes
-    return len(peaks) == 2 and ((inside(peaks[0], a) and inside(peaks[1], b))
-                                or (inside(peaks[1], a) and inside(peaks[0], b)))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=60)
@@ -124,7 +114,7 @@ def main() -> None:
                     cand = [c for c, _, _ in r.topk]
                     peaks = {c: class_peak(m, clip.size)
                              for c, m in zip(cand, r.map_for(cand, normalize=False))}
-                    on = [[c for c in cand if inside(peaks[c], bx)] for bx in boxes]
+                    on = [[c for c in cand if synth.in_box(peaks[c], bx)] for bx in boxes]
                     counts["reachable"] += bool(on[0] and on[1])
                     for name, v in rules.items():
                         if name.startswith("WordNet"):
@@ -136,7 +126,7 @@ def main() -> None:
                                     chosen.append(c)
                         else:
                             chosen = distinct(p, maps, 2, overlap=v)  # type: ignore[arg-type]
-                        counts[name] += hit([peaks.get(c) or class_peak(
+                        counts[name] += synth.one_peak_on_each([peaks.get(c) or class_peak(
                             r.map_for(c, normalize=False), clip.size) for c in chosen], boxes)
             for k in results:
                 results[k].append(counts[k] / clip.frames)

@@ -14,6 +14,7 @@ from camvideo.errors import OptionError
 from camvideo.multiclass import (OVERLAP_MAX, MultiClass, class_box, class_peak, distinct,
                                  region_iou, regions)
 from camvideo.options import Options
+from camvideo.testing.synth import one_peak_on_each
 
 
 def blob(cx: float, cy: float, h: int = 4, w: int = 8, sigma: float = 0.8) -> torch.Tensor:
@@ -153,16 +154,6 @@ def test_unknown_or_repeated_class_names_are_refused(pan_clip, lite0):
 
 # ---------------------------------------------------------------------------------------
 # two real photos side by side
-
-
-def inside(p, b) -> bool:
-    return b is not None and b[0] <= p[0] < b[2] and b[1] <= p[1] < b[3]
-
-
-def one_peak_on_each(peaks, boxes) -> bool:
-    a, b = boxes
-    return len(peaks) == 2 and ((inside(peaks[0], a) and inside(peaks[1], b))
-                                or (inside(peaks[1], a) and inside(peaks[0], b)))
 
 
 def test_classes_2_puts_one_peak_on_each_object(pair_clip, pair_run):

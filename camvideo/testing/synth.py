@@ -452,6 +452,21 @@ def pair_frames(photos: tuple[str | np.ndarray, str | np.ndarray] = ("chelsea", 
     return FrameSequence(n, render), per_frame
 
 
+def in_box(point: tuple[int, int] | None, box: Box | None) -> bool:
+    """Whether pixel ``(x, y)`` lies in a half-open box (None: no point, or no box)."""
+    return point is not None and box is not None and \
+        box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
+
+
+def one_peak_on_each(peaks: Sequence[tuple[int, int] | None],
+                     boxes: Sequence[Box | None]) -> bool:
+    """The two-object score of a :func:`pair_frames` frame: two peaks, one in each
+    object's box (either order)."""
+    a, b = boxes
+    return len(peaks) == 2 and ((in_box(peaks[0], a) and in_box(peaks[1], b))
+                                or (in_box(peaks[1], a) and in_box(peaks[0], b)))
+
+
 def make_clip(kind: str, path: str | Path, *, size: tuple[int, int] = (320, 180),
               n: int = 48, photo: str | np.ndarray | None = None,
               photos: tuple[str | np.ndarray, str | np.ndarray] | None = None,

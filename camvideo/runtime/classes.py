@@ -23,6 +23,7 @@ from ..options import ClassResult, Options
 from ..render import Annotation, ClassPainter, Renderer, Timeline, palette_rgb
 from ..smoothing import DEFAULT_HOLD, Smoothed
 from ..tracks import BoxTracker
+from ..transfer import to_host
 
 
 class ClassStage:
@@ -92,15 +93,22 @@ class ClassStage:
                                   for i, s in enumerate(shown)]))
         else:
             shown = None
-        probs = smoothed.probs.float().cpu().numpy()
+        # the batch's probabilities (and, with one class, its maps and classes) read back
+        # together: one wait per batch on a GPU
+        if shown is None:
+            probs, all_cams, all_classes = to_host(
+                [smoothed.probs.float(), smoothed.maps.float(), smoothed.classes])
+        else:
+            probs, = to_host([smoothed.probs.float()])
         out: list[list[ClassResult]] = []
         for i, f in enumerate(frames):
             if shown is not None:
                 classes, slots, maps = shown[i].classes, shown[i].slots, shown[i].maps
+                cams = maps.float().cpu().numpy()
             else:
-                classes, slots = [int(smoothed.classes[i])], [0]
+                classes, slots = [int(all_classes[i])], [0]
                 maps = smoothed.maps[i:i + 1]
-            cams = maps.float().cpu().numpy()
+                cams = all_cams[i:i + 1]
             h, w = f.size
             boxes = [class_box(c, (w, h), self.threshold) for c in cams]
             tracks: list[int | None] = [None] * len(classes)

@@ -18,10 +18,10 @@ decides, frame after frame, which ``n`` classes are shown and how each map is sc
   ``screen`` on a cat is the cat.
 - **Hysteresis, per shown class** (:class:`MultiClass`). Each shown class holds a
   *slot* (its colour). A slot's class gives way to a class newly among the distinct
-  ``n`` only when the newcomer beats it by ``margin`` or when it has been out of the
-  distinct set for ``hold`` seconds, as the one-class smoother does; during a shot's
-  first ``tau`` seconds the slots simply follow the distinct set. A scene cut (or a
-  stream's start) empties every slot.
+  ``n`` only when the newcomer beats it by ``margin``, or is ``ratio`` times as
+  probable, or when it has been out of the distinct set for ``hold`` seconds, as the
+  one-class smoother does; during a shot's first ``tau`` seconds the slots simply follow
+  the distinct set. A scene cut (or a stream's start) empties every slot.
 - **Normalisation range, per shown class**: each map is drawn as
   ``(M - lo) / (hi - lo)`` with its own ``(lo, hi)`` averaged over time (``hi`` follows
   an increase at once), restarted when its slot changes class.
@@ -139,6 +139,8 @@ class MultiClass:
         fixed: always show these classes (``--classes NAME,NAME``), one slot each.
         tau: the smoother's time constant, seconds (0: no hysteresis, per-frame ranges).
         margin: probability lead a newcomer needs to take a slot at once.
+        ratio: 0 (off) or ``> 1``: a newcomer this many times as probable as a slot's
+            class takes the slot at once.
         hold: seconds a shown class may be out of the distinct set before it gives way.
         candidates, overlap: as for :func:`distinct`.
 
@@ -148,19 +150,22 @@ class MultiClass:
 
     def __init__(self, count: int | None = None, fixed: Sequence[int] | None = None, *,
                  tau: float = 0.3, margin: float = 0.1, hold: float = 1.0,
-                 candidates: int = CANDIDATES, overlap: float = OVERLAP_MAX) -> None:
+                 ratio: float = 2.0, candidates: int = CANDIDATES,
+                 overlap: float = OVERLAP_MAX) -> None:
         if (count is None) == (fixed is None):
             raise OptionError("give either a count of classes or the classes themselves",
                               option="classes")
         n = int(count) if count is not None else len(fixed)  # type: ignore[arg-type]
         if n < 1:
             raise OptionError(f"classes must be ≥ 1, got {n}", option="classes")
-        if not (math.isfinite(tau) and tau >= 0) or not 0 <= margin < 1 or not hold > 0:
+        if (not (math.isfinite(tau) and tau >= 0) or not 0 <= margin < 1 or not hold > 0
+                or not (ratio == 0 or ratio > 1)):
             raise OptionError(f"bad hysteresis settings: tau {tau}, margin {margin}, "
-                              f"hold {hold}")
+                              f"hold {hold}, ratio {ratio}")
         self.n = n
         self.fixed = None if fixed is None else [int(c) for c in fixed]
         self.tau, self.margin, self.hold = float(tau), float(margin), float(hold)
+        self.ratio = float(ratio)
         self.candidates, self.overlap = int(candidates), float(overlap)
         self.reset()
 
@@ -246,7 +251,9 @@ class MultiClass:
                 iou = region_iou(reg[:1], reg[1:])[0].cpu().numpy()
                 if iou.max() > self.overlap:
                     target = out[int(iou.argmax())]
-            if p[c] - p[target.cls] > self.margin or target.stale >= self.hold - 1e-6:
+            if (p[c] - p[target.cls] > self.margin
+                    or (self.ratio and p[c] > self.ratio * p[target.cls])
+                    or target.stale >= self.hold - 1e-6):
                 target.cls, target.fresh, target.stale = c, True, 0.0
                 shown = [s.cls for s in slots]
 

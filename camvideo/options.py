@@ -20,6 +20,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_SIZE = 224           #: model input short side of image networks, pixels
 DEFAULT_TAU = 0.3            #: smoothing time constant, seconds
 DEFAULT_MARGIN = 0.1         #: probability lead another class needs to take over at once
+DEFAULT_RATIO = 2.0          #: or this many times the shown class's probability (0: off)
 LAYOUTS = ("overlay", "side")
 SMOOTH_MODES = ("causal", "centered")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -27,9 +28,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 DEFAULT_TIMELINE = 10.0      #: seconds the ``--timeline`` strip shows
 MAX_CLASSES = 7              #: most classes shown at once (the palette's colours)
 
-__all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_SIZE", "DEFAULT_TAU",
-           "DEFAULT_TIMELINE", "LAYOUTS", "MAX_CLASSES", "PRECISIONS", "SMOOTH_MODES",
-           "ClassResult", "FrameResult", "Options", "Summary", "parse_classes"]
+__all__ = ["COLORMAPS", "DEFAULT_MARGIN", "DEFAULT_MODEL", "DEFAULT_RATIO", "DEFAULT_SIZE",
+           "DEFAULT_TAU", "DEFAULT_TIMELINE", "LAYOUTS", "MAX_CLASSES", "PRECISIONS",
+           "SMOOTH_MODES", "ClassResult", "FrameResult", "Options", "Summary", "parse_classes"]
 
 
 #: OpenCV's colormaps (``cv2.COLORMAP_<NAME>``), by lower-case name: listed here so that
@@ -78,8 +79,9 @@ class Options:
     the map's maximum, or ``"auto"``: the model's calibrated one,
     :data:`camvideo.cam.BBOX_THRESHOLDS`), ``layout``, ``timeline`` (seconds of the
     class-probability strip along the bottom; 0 = none). Smoothing: ``smooth`` (time
-    constant, seconds; 0 = off), ``smooth_mode``,
-    ``switch_margin``, ``cut_reset``, ``motion``. Output: ``codec``, ``crf``, ``preset``
+    constant, seconds; 0 = off), ``smooth_mode``, ``switch_margin`` and ``switch_ratio``
+    (the class hysteresis, :class:`camvideo.smoothing.Smoother`), ``cut_reset``,
+    ``motion``. Output: ``codec``, ``crf``, ``preset``
     (None: x264 superfast with mb-tree, see :mod:`camvideo.media.encoding`),
     ``x264_params``, ``audio``, ``json``, ``json_cams``, ``tracks`` (MOTChallenge rows,
     or JSON for ``.json``), ``html_report`` (a self-contained HTML page), ``overwrite``.
@@ -108,6 +110,7 @@ class Options:
     smooth: float = DEFAULT_TAU
     smooth_mode: str = "causal"
     switch_margin: float = DEFAULT_MARGIN
+    switch_ratio: float = DEFAULT_RATIO
     cut_reset: bool = True
     motion: bool = True
     codec: str = "libx264"
@@ -147,6 +150,8 @@ class Options:
                f"must be one of {', '.join(SMOOTH_MODES)}, got {self.smooth_mode!r}")
         _check(0.0 <= self.switch_margin < 1.0, "switch_margin",
                f"must be in [0, 1), got {self.switch_margin}")
+        _check(self.switch_ratio == 0 or 1.0 < self.switch_ratio <= 1000.0, "switch_ratio",
+               f"must be 0 (off) or in (1, 1000], got {self.switch_ratio}")
         _check(0 <= self.crf <= 63, "crf", f"must be in 0..63, got {self.crf}")
         _check(self.precision in PRECISIONS, "precision",
                f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -15,9 +15,11 @@ rescaled by its own min/max. :class:`Smoother` is the pipeline's only stateful s
   object instead of trailing it. Cells whose content just entered the frame take the new
   features.
 - **Class hysteresis.** Probabilities are averaged the same way. The shown class changes
-  only when another one beats it by ``switch_margin``, or when it has not been the most
-  probable class for ``switch_hold`` seconds; during a shot's first ``tau`` seconds (the
-  average is still warming up) it simply follows the most probable class.
+  only when another one beats it by ``switch_margin``, or is ``switch_ratio`` times as
+  probable (real footage's top-1 is often 2-5 %, where an absolute lead of 0.1 is never
+  reached), or when the shown class has not been the most probable for ``switch_hold``
+  seconds; during a shot's first ``tau`` seconds (the average is still warming up) it
+  simply follows the most probable class.
 - **Anti-flicker range.** The drawn map is ``(M - lo) / (hi - lo)`` with ``(lo, hi)``
   averaged over time from the map's min and max (``hi`` follows an increase at once, so
   the peak never saturates into a plateau); it restarts when the class changes.
@@ -49,13 +51,13 @@ from torch import Tensor
 from . import motion as mo
 from .cam import cam_maps, minmax_normalize
 from .errors import OptionError
-from .options import DEFAULT_MARGIN, DEFAULT_TAU, SMOOTH_MODES
+from .options import DEFAULT_MARGIN, DEFAULT_RATIO, DEFAULT_TAU, SMOOTH_MODES
 from .transfer import to_host
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CUT_THRESHOLD", "DEFAULT_HOLD", "DEFAULT_MARGIN", "DEFAULT_TAU",
-           "MODES", "FrameMaps", "Smoothed", "Smoother"]
+__all__ = ["DEFAULT_CUT_THRESHOLD", "DEFAULT_HOLD", "DEFAULT_MARGIN", "DEFAULT_RATIO",
+           "DEFAULT_TAU", "MODES", "FrameMaps", "Smoothed", "Smoother"]
 
 DEFAULT_HOLD = 1.0           #: seconds a shown class may trail before it gives way
 DEFAULT_CUT_THRESHOLD = 0.3  #: cut score (0..1) above which a frame starts a new shot
@@ -151,6 +153,8 @@ class Smoother:
         tau: time constant in seconds; 0 turns smoothing off.
         switch_margin: in ``[0, 1)``: another class whose smoothed probability exceeds the
             shown one's by more than this takes over at once.
+        switch_ratio: 0 (off) or ``> 1``: another class whose smoothed probability is more
+            than this many times the shown one's takes over at once.
         motion: motion-compensate the state before blending.
         cut_reset: reset the state on detected scene cuts.
         mode: ``"causal"`` or ``"centered"`` (look-ahead of :attr:`lag` frames).
@@ -179,12 +183,15 @@ class Smoother:
                  fixed_class: int | None = None, *, lookahead: int | None = None,
                  switch_hold: float = DEFAULT_HOLD,
                  cut_threshold: float = DEFAULT_CUT_THRESHOLD,
-                 motion_method: str = "dis") -> None:
+                 motion_method: str = "dis", switch_ratio: float = DEFAULT_RATIO) -> None:
         tau, switch_margin, switch_hold = float(tau), float(switch_margin), float(switch_hold)
+        switch_ratio = float(switch_ratio)
         if not (math.isfinite(tau) and tau >= 0):
             raise OptionError(f"smoothing time constant must be ≥ 0 seconds, got {tau}")
         if not 0.0 <= switch_margin < 1.0:
             raise OptionError(f"switch margin must be in [0, 1), got {switch_margin}")
+        if not (switch_ratio == 0 or switch_ratio > 1.0):
+            raise OptionError(f"switch ratio must be 0 (off) or > 1, got {switch_ratio}")
         if not switch_hold > 0:
             raise OptionError(f"switch hold must be > 0 seconds, got {switch_hold}")
         if mode not in MODES:
@@ -199,6 +206,7 @@ class Smoother:
             raise OptionError(f"class {fixed_class} out of range 0..{weight.shape[0] - 1}")
         self.weight = weight
         self.tau, self.margin, self.switch_hold = tau, switch_margin, switch_hold
+        self.ratio = switch_ratio
         self.motion, self.cut_reset, self.mode = bool(motion), bool(cut_reset), mode
         self.fixed_class = None if fixed_class is None else int(fixed_class)
         self.cut_threshold = float(cut_threshold)
@@ -432,8 +440,11 @@ class Smoother:
                 p = probs[i]
                 self._stale = torch.where(best == self._cls, 0.0,
                                           self._stale + (fr.time - self._out_time))
-                lead = p.gather(0, best.view(1)) - p.gather(0, self._cls.view(1))
-                take = (lead[0] > self.margin) | (self._stale >= self.switch_hold - 1e-6)
+                p_best = p.gather(0, best.view(1))[0]
+                p_cls = p.gather(0, self._cls.view(1))[0]
+                take = (p_best - p_cls > self.margin) | (self._stale >= self.switch_hold - 1e-6)
+                if self.ratio:
+                    take = take | (p_best > self.ratio * p_cls)
                 cls = torch.where(take, best, self._cls)
                 self._stale = torch.where(take, 0.0, self._stale)
             classes.append(cls)

@@ -257,6 +257,9 @@ def test_options_are_validated_once_and_immutable():
     with pytest.raises(OptionError) as e:
         Options(batch_size=0)
     assert e.value.option == "batch_size"
+    with pytest.raises(OptionError) as e:
+        Options(switch_ratio=0.5)
+    assert e.value.option == "switch_ratio"
     assert Options.of(None, topk=5) == Options(topk=5)
     assert Options.of(None, cls="tabby").cls == "tabby"  # `cls` is an option name too
     assert Options.of(opts, topk=5) == Options(size=320, smooth=0, topk=5)

@@ -245,6 +245,7 @@ def test_output_rules(pan_clip, tmp_path, capsys):
     (["--codec", "nosuchcodec"], ExitCode.USAGE, "unknown video encoder"),
     (["--bbox-threshold", "automatic"], ExitCode.USAGE, "not a number"),
     (["--bbox-threshold", "0"], ExitCode.USAGE, "outside 0.01..1.0"),
+    (["--switch-ratio", "1"], ExitCode.USAGE, "must be 0 (off) or more than 1"),
 ])
 def test_bad_options(pan_clip, tmp_path, capsys, args, code, words):
     out = tmp_path / "o.mp4"

@@ -82,6 +82,18 @@ def test_hysteresis_per_shown_class():
     assert step(mc, base, 3.0, cut=True) == [0, 3]
 
 
+def test_a_newcomer_twice_as_probable_takes_a_slot_without_the_margin():
+    low = probs(0.05, 0.01, 0.01, 0.04, 0.01, 0.01)
+    new = probs(0.05, 0.01, 0.01, 0.012, 0.01, 0.03)   # 5 leads 3 by 0.018: 2.5x
+    for ratio, want in ((2.0, [0, 5]), (0.0, [0, 3])):
+        mc = MultiClass(2, tau=0.3, margin=0.1, hold=1.0, ratio=ratio)
+        for k in range(12):
+            assert step(mc, low, k / 30, cut=k == 0) == [0, 3]
+        assert step(mc, new, 12 / 30) == want          # at once, or not before the hold
+    with pytest.raises(OptionError):
+        MultiClass(2, ratio=1.0)
+
+
 def test_slots_keep_their_colour_and_fixed_classes():
     mc = MultiClass(2, tau=0.0)
     shown = mc.step(probs(0.3, 0.0, 0.0, 0.2, 0.0, 0.1), maps_of, 0.0, True)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from camvideo import motion as mo
 from camvideo.cam import cam_maps, minmax_normalize, peak_xy
 from camvideo.errors import OptionError
-from camvideo.options import DEFAULT_MARGIN, DEFAULT_TAU
+from camvideo.options import DEFAULT_MARGIN, DEFAULT_RATIO, DEFAULT_TAU
 from camvideo.smoothing import Smoother
 
 C, K, GH, GW = 8, 5, 6, 16
@@ -276,6 +276,33 @@ def test_trailing_class_gives_way_after_hold():
     assert classes[behind + 31:] == [1] * (n - behind - 31)   # ... then gives way
 
 
+def test_a_class_twice_as_probable_takes_over_without_the_margin():
+    """Real footage's top-1 is often a few per cent: the absolute margin is never reached,
+    and without the ratio the shown class would trail for the whole hold."""
+    n, k = 90, 40                                     # ImageNet-like: many small classes
+    frames, times = static_clip(n)
+    feats = features_of(blob(5, 2.5)[None].expand(n, -1, -1))
+    weight = torch.zeros(k, C)
+    weight[torch.arange(K), torch.arange(K)] = 1.0
+
+    def low(p0: float, p1: float) -> torch.Tensor:
+        rest = (1 - p0 - p1) / (k - 2)                # ~0.024 each: below both
+        return torch.log(torch.tensor([p0, p1] + [rest] * (k - 2)))
+
+    logits = torch.stack([low(0.06, 0.03)] * 30 + [low(0.015, 0.07)] * 60)
+    _, fast, probs, *_ = run(Smoother(weight), feats, logits, times, frames)
+    _, slow, *_ = run(Smoother(weight, switch_ratio=0), feats, logits, times, frames)
+    fast, slow = fast.tolist(), slow.tolist()
+    assert float((probs[:, 1] - probs[:, 0]).max()) < DEFAULT_MARGIN   # never by the margin
+    assert set(probs.argmax(dim=1).tolist()) == {0, 1}
+    twice = next(i for i in range(30, n) if probs[i, 1] > DEFAULT_RATIO * probs[i, 0])
+    assert fast[:twice] == [0] * twice and fast[twice:] == [1] * (n - twice)
+    behind = next(i for i in range(30, n) if probs[i, 1] > probs[i, 0])
+    assert twice < behind + 10                        # a third of the hold
+    assert slow[:behind + 29] == [0] * (behind + 29)  # ratio off: the whole hold
+    assert slow[-1] == 1
+
+
 def test_fixed_class_overrides_selection():
     feats, logits, times, frames = _two_shots()
     feats[:, 4] = blob(13, 1)                 # class 4's map: its own peak, far from 0's
@@ -381,7 +408,8 @@ def test_centered_step_is_symmetric():
     dict(tau=-0.1), dict(tau=float("nan")), dict(tau=float("inf")),
     dict(switch_margin=1.0), dict(switch_margin=-0.01), dict(mode="bidirectional"),
     dict(fixed_class=K), dict(fixed_class=-1), dict(switch_hold=0), dict(lookahead=0),
-    dict(cut_threshold=0.0), dict(motion_method="magic"),
+    dict(cut_threshold=0.0), dict(motion_method="magic"), dict(switch_ratio=1.0),
+    dict(switch_ratio=-2.0),
 ])
 def test_bad_options_raise_option_error(kwargs):
     with pytest.raises(OptionError) as e:

@@ -37,6 +37,14 @@ def _unit(lo: float, hi: float, kind=float):
     return parse
 
 
+def _ratio(text: str) -> float:
+    """``--switch-ratio``: 0 (off) or a ratio in (1, 1000]."""
+    v = _unit(0.0, 1000.0)(text)
+    if 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 (off) or more than 1")
+    return v
+
+
 def _auto_or(parse):
     def parse_auto(text: str):
         return "auto" if text.strip().lower() == "auto" else parse(text)
@@ -109,6 +117,9 @@ def add_smooth_args(p: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
                    metavar="P", help="the shown class changes when another beats it by "
                                      "this probability, or after it trailed for 1 s "
                                      f"[{_D.switch_margin}]")
+    g.add_argument("--switch-ratio", type=_ratio, default=_D.switch_ratio, metavar="R",
+                   help="the shown class also changes when another is R times as "
+                        f"probable; 0 = off [{_D.switch_ratio:g}]")
     g.add_argument("--no-cut-reset", dest="cut_reset", action="store_false",
                    help="do not reset the smoothing at scene cuts")
     g.add_argument("--no-motion", dest="motion", action="store_false",

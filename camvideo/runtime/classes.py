@@ -195,14 +195,14 @@ def class_stage(opts: Options, model: CamModel, renderer: Renderer, *,
     if opts.classes is not None:
         if isinstance(opts.classes, int):
             multi = MultiClass(opts.classes, tau=opts.smooth, margin=opts.switch_margin,
-                               hold=DEFAULT_HOLD)
+                               hold=DEFAULT_HOLD, ratio=opts.switch_ratio)
         else:
             fixed = [model.class_index(c) for c in opts.classes]
             if len(set(fixed)) < len(fixed):
                 raise OptionError(f"classes lists a class twice: "
                                   f"{', '.join(map(str, opts.classes))}", option="classes")
             multi = MultiClass(fixed=fixed, tau=opts.smooth, margin=opts.switch_margin,
-                               hold=DEFAULT_HOLD)
+                               hold=DEFAULT_HOLD, ratio=opts.switch_ratio)
     tracker = BoxTracker() if (multi is not None or opts.tracks) else None
     boxes = opts.bbox
     renderer.bbox = False  # the stage draws the boxes (in the class's colour, with IDs)

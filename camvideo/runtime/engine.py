@@ -541,7 +541,8 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
                         bbox_threshold=bbox_threshold(opts.bbox_threshold, model.name),
                         layout=opts.layout)
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
-                        switch_margin=opts.switch_margin, motion=opts.motion,
+                        switch_margin=opts.switch_margin, switch_ratio=opts.switch_ratio,
+                        motion=opts.motion,
                         cut_reset=opts.cut_reset, mode=opts.smooth_mode, fixed_class=fixed)
     stage = class_stage(opts, model, renderer, tensors=tensors)
     return CamEngine(model, renderer, smoother,

@@ -44,6 +44,14 @@ OBJECT_BOXES: dict[str, Box] = {
     "flower": (168, 85, 447, 358),     # the front dahlia ("daisy"-like)
 }
 
+#: The ImageNet class of each :data:`OBJECT_BOXES` object, as ``--class`` names it (the
+#: nearest one where ImageNet has none of its own: a motorcycle is "moped", a dahlia
+#: "daisy"); None where ImageNet has nothing near (a pagoda).
+OBJECT_CLASSES: dict[str, str | None] = {
+    "chelsea": "tabby", "coffee": "cup", "rocket": "missile", "motorcycle": "moped",
+    "china": None, "flower": "daisy",
+}
+
 #: Several hand-annotated objects of a multi-object photo (native resolution, drawn on the
 #: photo and inspected; edges good to about 3 px), by what they are. Only the shuttle
 #: model ("space shuttle") and the helmet ("crash helmet") are ImageNet classes.

@@ -13,7 +13,8 @@ from typing import Any, Callable
 from .errors import OutputError
 from .media.encoding import check_preset
 from .media.files import FileSource
-from .media.sink import check_output_path, check_video_codec, check_writable, source_comment
+from .media.sink import (check_output_path, check_video_codec, check_writable, output_exists,
+                         source_comment)
 from .model.cammodel import CamModel
 from .model.device import default_batch_size, resolve_device
 from .model.registry import load_model
@@ -118,10 +119,10 @@ def annotate(input: str | os.PathLike, output: str | os.PathLike,
     out_path = check_output_path(output, [input], opts.overwrite)
     check_video_codec(opts.codec, out_path.suffix.lower())
     others = [input, output]
-    for path, flag in ((opts.json, "--json"), (opts.tracks, "--tracks"),
-                       (opts.html_report, "--report")):
+    for path, option in ((opts.json, "json"), (opts.tracks, "tracks"),
+                         (opts.html_report, "html_report")):
         if path:
-            _check_sidecar_path(path, others, opts.overwrite, flag)
+            _check_sidecar_path(path, others, opts.overwrite, option)
             others.append(path)
     stop = stop or threading.Event()
     t0 = time.monotonic()
@@ -206,14 +207,14 @@ def _close(src: Any) -> None:
 
 
 def _check_sidecar_path(path: str | os.PathLike, inputs: list, overwrite: bool,
-                        flag: str = "--json") -> None:
+                        option: str = "json") -> None:
     """Refuse a sidecar path (``json``, ``tracks``, ``html_report``) that is an input,
     the video output or another sidecar, exists without ``overwrite``, or lies in a
     missing/unwritable folder."""
     p = Path(path)
     for inp in inputs:
         if Path(inp).resolve() == p.resolve():
-            raise OutputError(f"{flag.lstrip('-')} {path} would overwrite {inp}")
-    check_writable(p, flag)
+            raise OutputError(f"{{option}} {path} would overwrite {inp}", hint=(option, None))
+    check_writable(p, option)
     if p.exists() and not overwrite:
-        raise OutputError(f"output exists: {path} (use -y/--overwrite)")
+        raise output_exists(path)

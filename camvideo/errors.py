@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Callable
 
 
 class ExitCode(enum.IntEnum):
@@ -24,9 +25,33 @@ class ExitCode(enum.IntEnum):
 
 
 class CamVideoError(Exception):
-    """Base class of the errors a user can cause; ``str(e)`` is the one line shown."""
+    """Base class of the errors a user can cause; ``str(e)`` is the one line shown.
+
+    A message can point at a setting that gets past it: ``{option}`` in ``message``, and
+    ``hint=(name, value)`` naming a :class:`camvideo.options.Options` field (or another
+    parameter of the call) and the value to give it, None for "this one". ``str(e)``
+    says it in the library's words (``use audio=False``); the command line, which owns
+    the flags' names, says its flag (``use --no-audio``) through :meth:`render`.
+    """
 
     exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str = "", *, hint: tuple[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def render(self, name_of: Callable[[str, object], str]) -> str:
+        """The message with ``{option}`` said by ``name_of(name, value)``."""
+        text = str(self.args[0]) if self.args else ""
+        return text if self.hint is None else text.replace("{option}", name_of(*self.hint))
+
+    def __str__(self) -> str:
+        return self.render(setting)
+
+
+def setting(name: str, value: object = None) -> str:
+    """A hint in the library's words: ``audio=False``, or ``open_timeout`` alone."""
+    return name if value is None else f"{name}={value}"
 
 
 class OptionError(CamVideoError, ValueError):
@@ -39,8 +64,9 @@ class OptionError(CamVideoError, ValueError):
 
     exit_code = ExitCode.USAGE
 
-    def __init__(self, message: str, option: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, option: str | None = None, *,
+                 hint: tuple[str, object] | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.option = option
 
 

@@ -57,9 +57,10 @@ def parse_classes(text: str) -> int | tuple[str, ...]:
     return names
 
 
-def _check(ok: bool, option: str, message: str) -> None:
+def _check(ok: bool, option: str, message: str,
+           hint: tuple[str, object] | None = None) -> None:
     if not ok:
-        raise OptionError(f"{option} {message}", option=option)
+        raise OptionError(f"{option} {message}", option=option, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ class Options:
             _check(1 <= n <= MAX_CLASSES, "classes",
                    f"must be 1..{MAX_CLASSES} classes, got {n}")
             _check(self.cls is None, "classes",
-                   "and cls (--class) exclude each other: give the classes as a list")
+                   "and {option} exclude each other: give the classes as a list",
+                   hint=("cls", None))
         _check(0.0 <= self.timeline <= 600.0, "timeline",
                f"must be in 0..600 seconds, got {self.timeline}")
 

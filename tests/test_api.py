@@ -302,6 +302,65 @@ def test_media_option_errors_name_the_field_not_the_flag():
     assert _as_flags(e.value).startswith("--reconnect must be")
 
 
+@pytest.mark.parametrize("hint, library, command_line", [
+    (("overwrite", True), "overwrite=True", "-y/--overwrite"),
+    (("audio", False), "audio=False", "--no-audio"),
+    (("weights", "FILE"), "weights=FILE", "--weights FILE"),
+    (("open_timeout", None), "open_timeout", "--open-timeout"),
+    (("serve", "HOST:PORT"), "serve=HOST:PORT", "--serve HOST:PORT"),
+    (("stats", None), "stats", "--stats"),
+    (("html_report", None), "html_report", "--report"),        # camvideo IN OUT --report
+    (("report_html", None), "report_html", "--report-html"),   # camvideo batch
+    (("no_such_option", 3), "no_such_option=3", "no_such_option=3"),
+])
+def test_a_hint_is_a_setting_in_the_library_and_a_flag_on_the_command_line(
+        hint, library, command_line):
+    import pickle
+
+    from camvideo.commands.main import _as_flags
+    from camvideo.errors import OutputError
+
+    e = OutputError("cannot go on (use {option})", hint=hint)
+    assert str(e) == f"cannot go on (use {library})"
+    assert _as_flags(e) == f"cannot go on (use {command_line})"
+    back = pickle.loads(pickle.dumps(e))  # as Ray workers send errors back
+    assert str(back) == str(e) and _as_flags(back) == _as_flags(e)
+
+
+def test_the_library_spells_no_flag():
+    """The command line owns the flags' names: no string of the library outside
+    ``camvideo.commands`` (docstrings aside) spells one; messages name Options fields."""
+    import ast
+    import re
+    from pathlib import Path
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+    root = Path(camvideo.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "commands" in path.relative_to(root).parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                  ast.AsyncFunctionDef))
+                and n.body and isinstance(n.body[0], ast.Expr)
+                and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{path.relative_to(root)}:{n.lineno}: {m}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                  and id(n) not in docs for m in flag.findall(n.value)]
+    assert found == []
+
+
+def test_classes_and_class_together_name_both_flags():
+    from camvideo.commands.main import _as_flags
+
+    with pytest.raises(OptionError) as e:
+        Options(classes=2, cls="tabby")
+    assert str(e.value).startswith("classes and cls exclude each other")
+    assert _as_flags(e.value).startswith("--classes and --class exclude each other")
+
+
 def test_stream_is_the_public_type():
     assert camvideo.Stream is Stream and camvideo.FrameResult is FrameResult
     assert camvideo.stream is camvideo.api.stream

@@ -225,7 +225,7 @@ def test_stream_gives_the_shown_classes(pair_clip, lite0):
 @pytest.mark.parametrize("flags, msg", [
     (["--classes", "0"], "1..7 classes"),
     (["--classes", "tabby,,cup"], "separated by commas"),
-    (["--classes", "2", "--class", "tabby"], "--classes and cls (--class) exclude"),
+    (["--classes", "2", "--class", "tabby"], "--classes and --class exclude"),
     (["--timeline", "0.5"], "outside 1.0..600.0"),
 ])
 def test_bad_classes_flags_are_one_line_exit_2(pan_clip, tmp_path, capsys, flags, msg):

@@ -107,14 +107,14 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if jobs < 1:
         raise OptionError(f"jobs must be ≥ 1, got {jobs}", option="jobs")
     if report is not None:
-        check_writable(Path(report), "--report")
+        check_writable(Path(report), "report")
     html_dir = Path(report_html).absolute() if report_html is not None else None
     if html_dir is not None:
         try:
             html_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create {report_html}: {e.strerror or e}") from None
-        check_writable(html_dir / "index.html", "--report-html")
+        check_writable(html_dir / "index.html", "report_html")
     if not src.is_dir():
         raise InputError(f"input folder not found: {in_dir}")
     if isinstance(model, str):

@@ -238,7 +238,25 @@ def options_from(ns: argparse.Namespace) -> Options:
     return Options(**{k: v for k, v in vars(ns).items() if k in names})
 
 
-def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Option name → its flag (``batch_size`` → ``--batch-size``), for messages."""
-    return {a.dest: max(a.option_strings, key=len) for a in parser._actions
-            if a.option_strings}
+def actions_of(parser: argparse.ArgumentParser) -> dict[str, list[argparse.Action]]:
+    """Option name → the flags that set it (``audio``: ``--no-audio``), for messages."""
+    out: dict[str, list[argparse.Action]] = {}
+    for a in parser._actions:
+        if a.option_strings:
+            out.setdefault(a.dest, []).append(a)
+    return out
+
+
+def flag_for(actions: list[argparse.Action], value: object = None) -> str | None:
+    """How to give an option ``value`` on the command line: ``-y/--overwrite`` (a switch
+    for True), ``--no-audio`` (for False), ``--weights FILE``, or the flag alone for None;
+    None when no flag gives it."""
+    if value is None and actions:
+        return max(actions[0].option_strings, key=len)
+    for a in actions:
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if value is a.const:
+                return "/".join(a.option_strings)
+            continue
+        return f"{max(a.option_strings, key=len)} {value}"
+    return None

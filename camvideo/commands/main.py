@@ -88,18 +88,26 @@ def _subcommand(name: str) -> Callable[[Sequence[str]], int]:
 
 
 def _as_flags(e: BaseException) -> str:
-    """The error's line, naming the option at fault by its flag (the library names it by
-    its :class:`~camvideo.options.Options` field: ``batch_size`` → ``--batch-size``)."""
-    text = str(e)
+    """The error's line in the command line's words: the option at fault named by its
+    flag (the library names it by its :class:`~camvideo.options.Options` field:
+    ``batch_size`` → ``--batch-size``), and so is the setting a hint points at
+    (``use audio=False`` → ``use --no-audio``)."""
+    from ..errors import CamVideoError, setting
+    from . import args, batch, live
+
+    actions: dict[str, list] = {}
+    for parser in (args.main_parser(), live.build_parser(), batch.build_parser()):
+        for dest, acts in args.actions_of(parser).items():
+            actions.setdefault(dest, []).extend(acts)
+
+    def say(name: str, value: object = None) -> str:
+        return args.flag_for(actions.get(name, []), value) or setting(name, value)
+
+    text = e.render(say) if isinstance(e, CamVideoError) else str(e)
     option = getattr(e, "option", None)
     if not option or not text.startswith(option):
         return text
-    from . import args, batch, live
-
-    flags: dict[str, str] = {}
-    for parser in (args.main_parser(), live.build_parser(), batch.build_parser()):
-        flags.update(args.flags_of(parser))
-    flag = flags.get(option)
+    flag = args.flag_for(actions.get(option, []))
     return flag + text[len(option):] if flag else text
 
 

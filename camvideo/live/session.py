@@ -128,14 +128,14 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
     use_window = window == "on" or (window == "auto" and display_available())
     if window == "on" and not display_available():
         raise OptionError("window on, but there is no display (DISPLAY/WAYLAND_DISPLAY "
-                          "unset, or OpenCV built without GUI); try --serve HOST:PORT",
-                          option="window")
+                          "unset, or OpenCV built without GUI); try {option}",
+                          option="window", hint=("serve", "HOST:PORT"))
     if duration is not None and not duration > 0:
         raise OptionError(f"duration must be > 0 seconds, got {duration}", option="duration")
     out_path = check_output_path(output, [source], opts.overwrite) if output else None
     stats_path = Path(stats) if stats else None
     if stats_path is not None:  # refused now, not after a whole session
-        check_writable(stats_path, "--stats")
+        check_writable(stats_path, "stats")
     bind = parse_bind(serve) if serve else None
     stop = stop or threading.Event()
 
@@ -149,8 +149,8 @@ def run_live(source: str = "0", *, options: Options | None = None, model: Any = 
             server.close()
         raise
     if not (use_window or serve or output or stats):
-        log.warning("no display, --serve or --output: the annotated frames are not shown "
-                    "anywhere")
+        log.warning("no display, no preview server and no output file: the annotated frames "
+                    "are not shown anywhere")
     if src.kind != "file":
         src.start()  # a camera or stream is drained (newest frame kept) while the model loads
     viewer = recording = None
@@ -271,7 +271,7 @@ class _Watch(threading.Thread):
                 continue
             paced = bool(getattr(self.src, "drop", False))  # a camera, a stream, --realtime
             if self.duration is not None and paced and now - first >= self.duration:
-                log.info("--duration reached while the source sends no frames")
+                log.info("the duration is reached while the source sends no frames")
                 self.stop.set()
                 return
             status = getattr(self.src, "status", None)
@@ -343,7 +343,8 @@ def _write_stats(path: Path, summary: LiveSummary) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise OutputError(f"cannot write --stats {path}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {{option}} {path}: {e.strerror or e}",
+                          hint=("stats", None)) from None
 
 
 def _rate(fps: float):

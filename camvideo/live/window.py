@@ -100,7 +100,7 @@ class Controls:
         """Next of the current frame's top classes, then back to automatic."""
         topk = list(getattr(self.last_note, "topk", None) or [])
         if not topk:
-            self.notify("no top classes to cycle through (--topk 0?)")
+            self.notify("no top classes to cycle through (topk 0?)")
             return
         self.pick = (self.pick + 1) % (len(topk) + 1)
         if self.pick == 0:

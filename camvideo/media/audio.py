@@ -129,7 +129,7 @@ def _encoder(fmt: str, name: str | None = None) -> av.codec.Codec:
         except (av.FFmpegError, ValueError):
             continue
     raise OutputError(f"no audio encoder for {fmt} output ({', '.join(names)}); "
-                      "use --no-audio")
+                      "use {option}", hint=("audio", False))
 
 
 def _rate(codec: av.codec.Codec, rate: int) -> int:
@@ -197,7 +197,8 @@ class _Reencoder:
                 log.debug("%s refuses layout %s: %s", codec.name, layout, first_line(e))
         else:
             raise OutputError(f"cannot re-encode audio {icc.name} to {codec.name} for "
-                              f"{fmt}: {first_line(error)}; use --no-audio")
+                              f"{fmt}: {first_line(error)}; use {{option}}",
+                              hint=("audio", False))
         stream = out.add_stream(codec.name, rate=rate, layout=layout)
         if sample_fmt:
             stream.codec_context.format = sample_fmt
@@ -445,7 +446,7 @@ class AudioRemuxer:
                               (plays is None or name in plays)):
             if late:
                 log.warning("audio %s starts %.3f s late, which AVI cannot store: copied "
-                            "(--audio copy), it starts with the video", name, start)
+                            "as asked, it starts with the video", name, start)
             return _Pair(out.add_stream_from_template(ins), None, name)
         encoder = None
         if mode != "auto":
@@ -456,7 +457,7 @@ class AudioRemuxer:
             encoder = mode
         enc = _Reencoder(ins, out, fmt, lead_in=fmt == "avi" and self._feed is None,
                          encoder=encoder)
-        why = (f"--audio {mode}" if encoder else
+        why = (f"{mode} asked for" if encoder else
                f"{fmt} files cannot hold it" if not can_hold else
                "it starts late, which AVI cannot store" if late else
                f"{fmt} players do not all play it")
@@ -554,7 +555,8 @@ class AudioRemuxer:
             return enc.encode(frame)
         except (av.FFmpegError, ValueError) as e:
             raise OutputError(f"cannot re-encode the audio ({enc.describe}): "
-                              f"{first_line(e)}; use --no-audio") from None
+                              f"{first_line(e)}; use {{option}}",
+                              hint=("audio", False)) from None
 
     def _put(self, pkt: av.Packet, outs: av.stream.Stream) -> None:
         """Mux ``pkt`` into ``outs``, dropping what the muxer would refuse."""

@@ -84,20 +84,26 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
                           f"use one of {', '.join(sorted(_FORMATS))}")
     check_writable(out, "output")
     if out.exists() and not overwrite:
-        raise OutputError(f"output exists: {output} (use -y/--overwrite)")
+        raise output_exists(output)
     return out
 
 
-def check_writable(path: Path, what: str) -> None:
+def output_exists(path: str | os.PathLike) -> OutputError:
+    """The error for an output that exists without ``overwrite``."""
+    return OutputError(f"output exists: {path} (use {{option}})", hint=("overwrite", True))
+
+
+def check_writable(path: Path, option: str) -> None:
     """Refuse a file path that is a folder, or whose folder is missing or not writable
-    (``what`` names it in the message)."""
+    (``option``, the parameter that gave the path, names it in the message)."""
+    hint = (option, None)
     if path.is_dir():
-        raise OutputError(f"{what} is a directory: {path}")
+        raise OutputError(f"{{option}} is a directory: {path}", hint=hint)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"{what} folder does not exist: {parent}")
+        raise OutputError(f"{{option}} folder does not exist: {parent}", hint=hint)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} folder is not writable: {parent}")
+        raise OutputError(f"{{option}} folder is not writable: {parent}", hint=hint)
 
 
 _SOURCE_TAG = "camvideo: "  #: the ``comment`` tag of outputs: this, then the input's name

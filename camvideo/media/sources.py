@@ -257,7 +257,8 @@ class _StreamReader:
                                             self._timeouts, spec.label, stop)
         except av.ExitError:
             raise SourceLostError(f"cannot open {spec.label}: nothing received within "
-                                  f"{open_s:g} s (see --open-timeout)") from None
+                                  f"{open_s:g} s (see {{option}})",
+                                  hint=("open_timeout", None)) from None
         except (av.FFmpegError, OSError, ValueError) as e:
             raise SourceLostError(f"cannot open {spec.label}: {first_line(e)}") from None
         if container is None:
@@ -378,17 +379,18 @@ class _StreamReader:
                 raise SourceLostError(
                     f"{self.label}: no picture within {limit:g} s of connecting: data "
                     "arrives, but no keyframe to start decoding from (keyframes further "
-                    "apart? raise --open-timeout)")
+                    "apart? raise {option})", hint=("open_timeout", None))
             raise SourceLostError(
                 f"{self.label}: no picture for {limit:g} s: data arrives, but nothing "
-                "decodable (waiting for a keyframe; see --open-timeout)")
+                "decodable (waiting for a keyframe; see {option})",
+                hint=("open_timeout", None))
         if waited >= KEYFRAME_NOTE and not waiting:
             log.info("%s: waiting for a keyframe (data arrives, nothing decodable yet)",
                      self.label)
             yield Status("waiting for a keyframe")
         if waited >= KEYFRAME_WARN and not warned:
             log.warning("%s: waiting for a keyframe: data arrives, nothing decodable yet "
-                        "(%.0f s; giving up after %g s, see --open-timeout)", self.label,
+                        "(%.0f s; giving up after %g s: the open timeout)", self.label,
                         waited, limit)
         yield DATA
 

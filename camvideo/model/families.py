@@ -231,7 +231,7 @@ def model_table() -> list[ModelRow]:
             if fam.source == "bundled":
                 where = "bundled (offline)"
             elif fam.source == "timm":
-                where = "timm cache (Hugging Face hub) or --weights"
+                where = "timm cache (Hugging Face hub) or a weights file"
             else:
                 where = "torchvision cache: " + ("cached" if (ckpt / file).is_file()
                                                  else "downloaded on first use")

@@ -155,7 +155,7 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family,
             raise
         except Exception as e:  # noqa: BLE001 - hub/download errors of many kinds
             raise ModelError(f"cannot get weights for {name}: {str(e).splitlines()[0][:200]}"
-                             " (offline? pass --weights FILE)") from None
+                             " (offline? pass {option})", hint=("weights", "FILE")) from None
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         side = int((cfg.get("input_size") or (3, 224, 224))[-1])
         split = split_timm(model.eval(), name, tuple(cfg.get("mean", IMAGENET_MEAN)),
@@ -188,8 +188,8 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family,
         except Exception as e:  # noqa: BLE001 - URLError, HTTPError, hash errors...
             cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
             raise ModelError(f"no weights for {name}: not in {cached} and the download "
-                             f"failed ({str(e).splitlines()[0][:120]}); pass --weights FILE"
-                             ) from None
+                             f"failed ({str(e).splitlines()[0][:120]}); pass {{option}}",
+                             hint=("weights", "FILE")) from None
         sd, _ = drop_keys(rename_legacy_keys(sd), fam.aux_prefixes)  # DenseNet's old keys
         apply_state_dict(model, sd, default.url)
         stored.remember_source(name, Path(torch.hub.get_dir()) / "checkpoints"

@@ -228,7 +228,8 @@ def test_output_rules(pan_clip, tmp_path, capsys):
     rc, err = run([pan_clip.path, link, "-y"], capsys)
     assert rc == ExitCode.OUTPUT and "is the input" in err
     rc, err = run([pan_clip.path, tmp_path / "nope" / "o.mp4"], capsys)
-    assert rc == ExitCode.OUTPUT and "does not exist" in err
+    assert rc == ExitCode.OUTPUT and "output folder does not exist" in err
+    assert "--output" not in err  # OUTPUT is a positional argument here, not live's -o
     rc, err = run([pan_clip.path, tmp_path / "o.xyz"], capsys)
     assert rc == ExitCode.OUTPUT and "unknown output container" in err
 

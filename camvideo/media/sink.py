@@ -82,7 +82,7 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     if out.suffix.lower() not in _FORMATS:
         raise OutputError(f"unknown output container {out.suffix or '(none)'!r}; "
                           f"use one of {', '.join(sorted(_FORMATS))}")
-    check_writable(out, "output")
+    check_writable(out, "output", hint=False)  # a positional argument, or live's option
     if out.exists() and not overwrite:
         raise output_exists(output)
     return out
@@ -93,17 +93,19 @@ def output_exists(path: str | os.PathLike) -> OutputError:
     return OutputError(f"output exists: {path} (use {{option}})", hint=("overwrite", True))
 
 
-def check_writable(path: Path, option: str) -> None:
-    """Refuse a file path that is a folder, or whose folder is missing or not writable
-    (``option``, the parameter that gave the path, names it in the message)."""
-    hint = (option, None)
+def check_writable(path: Path, option: str, *, hint: bool = True) -> None:
+    """Refuse a file path that is a folder, or whose folder is missing or not writable.
+    ``option``, the parameter that gave the path, names it in the message: as a hint
+    (the command line says its flag), or with ``hint=False`` as it is."""
+    h = (option, None) if hint else None
+    name = "{option}" if hint else option
     if path.is_dir():
-        raise OutputError(f"{{option}} is a directory: {path}", hint=hint)
+        raise OutputError(f"{name} is a directory: {path}", hint=h)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"{{option}} folder does not exist: {parent}", hint=hint)
+        raise OutputError(f"{name} folder does not exist: {parent}", hint=h)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{{option}} folder is not writable: {parent}", hint=hint)
+        raise OutputError(f"{name} folder is not writable: {parent}", hint=h)
 
 
 _SOURCE_TAG = "camvideo: "  #: the ``comment`` tag of outputs: this, then the input's name

@@ -286,7 +286,7 @@ def test_a_class_twice_as_probable_takes_over_without_the_margin():
     weight[torch.arange(K), torch.arange(K)] = 1.0
 
     def low(p0: float, p1: float) -> torch.Tensor:
-        rest = (1 - p0 - p1) / (k - 2)                # ~0.024 each: below both
+        rest = (1 - p0 - p1) / (k - 2)                # ~0.024 each: below the leader
         return torch.log(torch.tensor([p0, p1] + [rest] * (k - 2)))
 
     logits = torch.stack([low(0.06, 0.03)] * 30 + [low(0.015, 0.07)] * 60)

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from .cam import map_bbox, minmax_normalize
 from .errors import OptionError
+from .options import DEFAULT_MARGIN, DEFAULT_RATIO, DEFAULT_TAU
 
 __all__ = ["CANDIDATES", "OVERLAP_MAX", "REGION", "MultiClass", "Shown", "class_box",
            "class_peak", "distinct", "region_iou", "regions"]
@@ -149,8 +150,8 @@ class MultiClass:
     """
 
     def __init__(self, count: int | None = None, fixed: Sequence[int] | None = None, *,
-                 tau: float = 0.3, margin: float = 0.1, hold: float = 1.0,
-                 ratio: float = 2.0, candidates: int = CANDIDATES,
+                 tau: float = DEFAULT_TAU, margin: float = DEFAULT_MARGIN, hold: float = 1.0,
+                 ratio: float = DEFAULT_RATIO, candidates: int = CANDIDATES,
                  overlap: float = OVERLAP_MAX) -> None:
         if (count is None) == (fixed is None):
             raise OptionError("give either a count of classes or the classes themselves",

@@ -106,23 +106,35 @@ _HASHES: dict[str, dict[str, str]] | None = None
 def _read_hashes() -> dict[str, dict[str, str]]:
     global _HASHES
     if _HASHES is None:
-        _HASHES = {}
-        d = cache_dir()
-        if d is not None:
-            try:
-                data = json.loads((d / "hashes.json").read_text())
-                _HASHES = data if isinstance(data, dict) else {}
-            except (OSError, ValueError):
-                pass
+        _HASHES = read_json("hashes.json")
     return _HASHES
 
 
 def _write_hashes(memo: dict[str, dict[str, str]]) -> None:
+    write_json("hashes.json", memo)
+
+
+def read_json(name: str) -> dict[str, Any]:
+    """A JSON object kept beside the entries (``hashes.json``, ``sources.json``): ``{}``
+    when the cache is off or the file is missing, unreadable or not an object."""
+    d = cache_dir()
+    if d is None:
+        return {}
+    try:
+        data = json.loads((d / name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(name: str, data: dict[str, Any]) -> None:
+    """Replace the JSON object ``name`` beside the entries at once (readers never see
+    half a file); nothing when the cache is off or cannot be written."""
     d = cache_dir()
     if d is None:
         return
     try:
-        _atomic_write(d / "hashes.json", json.dumps(memo).encode())
+        _atomic_write(d / name, json.dumps(data, indent=1).encode())
     except OSError:
         pass
 
@@ -145,7 +157,7 @@ def load(k: dict[str, Any]) -> Any | None:
         if _payload_sha256(obj["payload"]) != obj["sha256"]:
             raise ValueError("its contents do not match their checksum")
     except Exception as e:  # noqa: BLE001 - any failure to read is a corrupt entry
-        discard(path, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+        discard(k, e)
         return None
     try:
         os.utime(path)  # recently used: kept by the pruning
@@ -154,10 +166,15 @@ def load(k: dict[str, Any]) -> Any | None:
     return obj["payload"]
 
 
-def discard(path: Path | None, why: str) -> None:
-    """Remove a corrupt entry, with the warning that says so."""
+def discard(k: dict[str, Any], why: BaseException | str) -> None:
+    """Remove the corrupt entry of key ``k``, with the warning that says so and ``why``
+    (an exception: its type and the first line of its message)."""
+    path = entry_path(k)
     if path is None:
         return
+    if isinstance(why, BaseException):
+        text = str(why).strip()
+        why = f"{type(why).__name__}: {text.splitlines()[0][:120] if text else ''}"
     log.warning("ignoring a corrupt cache entry %s (%s); rebuilding it", path, why)
     try:
         path.unlink()
@@ -273,4 +290,5 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 __all__ = ["MAX_ENTRIES", "cache_dir", "discard", "entry_path", "file_sha256",
-           "fingerprint", "key", "load", "state_sha256", "store", "versions"]
+           "fingerprint", "key", "load", "read_json", "state_sha256", "store", "versions",
+           "write_json"]

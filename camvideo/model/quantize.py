@@ -364,7 +364,7 @@ class Int8Backbone:
                 log.info("%s: int8 network read from the cache", name)
                 return data
             except Exception as e:  # noqa: BLE001 - a damaged entry: build it again
-                cache.discard(cache.entry_path(k), f"{type(e).__name__}: {e}")
+                cache.discard(k, e)
         t = time.monotonic()
         try:
             data, agree = build(self.model)

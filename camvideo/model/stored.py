@@ -63,33 +63,16 @@ def weights_file(name: str, weights: str | os.PathLike | None) -> Path | None:
 
 
 def _sources() -> dict[str, str]:
-    d = cache.cache_dir()
-    if d is None:
-        return {}
-    try:
-        data = json.loads((d / "sources.json").read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return cache.read_json("sources.json")
 
 
 def remember_source(name: str, path: str | os.PathLike) -> None:
     """Note that registry model ``name`` (without ``--weights``) loads ``path``."""
-    d = cache.cache_dir()
-    if d is None:
-        return
     with _SOURCES_LOCK:
         data = _sources()
-        if data.get(name) == str(path):
-            return
-        data[name] = str(path)
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".sources.{os.getpid()}.json"
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, d / "sources.json")
-        except OSError:
-            pass
+        if data.get(name) != str(path):
+            data[name] = str(path)
+            cache.write_json("sources.json", data)
 
 
 def entry_key(name: str, weights: str | os.PathLike | None,
@@ -159,7 +142,7 @@ def load_model(k: dict[str, Any], name: str,
                                   native_side=int(entry["native_side"]),
                                   head=str(entry["head"]))
     except Exception as e:  # noqa: BLE001 - a damaged entry: rebuilt by the caller
-        cache.discard(cache.entry_path(k), f"{type(e).__name__}: {e}")
+        cache.discard(k, e)
         return None
     model.__dict__["_camvideo_fingerprint"] = fingerprint_of(k)
     return model

@@ -102,8 +102,8 @@ class TracedBackbone:
                 if self.precision is not None else nullcontext())
 
     def _key(self, shape: tuple[int, ...]) -> dict[str, Any]:
-        return cache.key("graph", model=cache.fingerprint(self.model), precision=str(self.precision),
-                         shape=list(shape), cpu=cpu_caps().name,
+        return cache.key("graph", model=cache.fingerprint(self.model),
+                         precision=str(self.precision), shape=list(shape), cpu=cpu_caps().name,
                          optimized=bool(getattr(self.model, "_camvideo_optimized", False)))
 
     def _trace(self, x: Tensor) -> torch.jit.ScriptModule | None:
@@ -134,8 +134,7 @@ class TracedBackbone:
             if not err <= self._tolerance(want):
                 raise ValueError(f"its output on the probe is off by {err:.3g}")
         except Exception as e:  # noqa: BLE001 - any failure: trace it again
-            cache.discard(cache.entry_path(k), f"{type(e).__name__}: "
-                                               f"{str(e).splitlines()[0][:120] if str(e) else ''}")
+            cache.discard(k, e)
             return None
         log.info("%s: traced graph for input %s read from the cache", self.model.name,
                  tuple(x.shape))

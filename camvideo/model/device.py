@@ -222,9 +222,11 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
         return None
     if spec == "int8":
         if device.type != "cpu":
-            raise OptionError("int8 is for the CPU; on CUDA use fp16 or fp32")
+            raise OptionError("int8 is for the CPU; on CUDA use fp16 or fp32",
+                              option="precision")
         if not int8_runtime_available():
-            raise OptionError("int8 needs ONNX Runtime: pip install onnxruntime onnx (or camvideo[int8])")
+            raise OptionError("int8 needs ONNX Runtime: pip install onnxruntime onnx (or "
+                              "camvideo[int8])", option="precision")
         return INT8
     if spec == "fp16" and device.type == "cpu":
         raise OptionError("fp16 is for CUDA; on the CPU use bf16 or fp32", option="precision")

@@ -4,11 +4,15 @@ On CPUs without native bf16 (AVX2-only ones, most laptops and many cloud machine
 network in fp32 is the pipeline's largest cost. EfficientNet-Lite0, the default model,
 was designed for int8 (ReLU6, no squeeze-excite): quantised (static, QDQ, weights int8 per
 output channel, activations uint8, weights on 7 bits as ONNX Runtime advises for CPUs
-without VNNI) its backbone runs ~1.4x as fast as the traced fp32 graph on a 2-core AVX2
-EPYC (benchmarks/README.md, "CPU classes"). PyTorch's own x86 int8 path (PT2E) is not in
-torch 2.14 (it moved to torchao) and needs a compiler at run time; OpenVINO ran the same
-int8 network ~20 % faster than ONNX Runtime here but is a 180 MB dependency and takes
-~2 s to compile the network at every start: ONNX Runtime it is.
+without VNNI) with every layer in int8 its backbone ran ~1.4x as fast as the traced fp32
+graph on a 2-core AVX2 EPYC, but outside the tolerance below; with the one block kept in
+float that brings it within (:data:`FLOAT_LAYERS`) it ran no faster there (26.2 against
+26.2 ms per frame; benchmarks/README.md, "int8 on AVX2"), so ``auto`` does not pick it:
+it runs when asked for, for CPUs where int8 may pay (VNNI ones; untested). PyTorch's own
+x86 int8 path (PT2E) is not in torch 2.14 (it moved to torchao) and needs a compiler at
+run time; OpenVINO ran the same int8 network 1.28x as fast as ONNX Runtime here but is a
+180 MB dependency and takes ~2 s to compile the network at every start: ONNX Runtime it
+is.
 
 How a model is quantised (:func:`build`, once; the result is cached on disk,
 :mod:`camvideo.model.cache`):

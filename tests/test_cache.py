@@ -249,3 +249,22 @@ def test_a_corrupt_model_entry_is_rebuilt_with_a_warning(cache_dir, caplog):
     assert torch.equal(again.weight, first.weight) and again.labels == first.labels
     third = load_model()
     assert not third.backbone_built and torch.equal(third.weight, first.weight)
+
+
+def test_a_cached_head_that_differs_from_the_built_network_gives_way(cache_dir, caplog):
+    """Should the network built later have another head than the cached one, its weight
+    and bias both replace the cached ones (with a warning), not the weight alone."""
+    from camvideo.model import stored
+    from camvideo.model.cammodel import CamModel
+
+    torch.manual_seed(0)
+    k = cache.key("model", name="toy", weights="0" * 64, labels="default")
+    stored.store_model(k, CamModel("toy", nn.Conv2d(3, 4, 1), nn.Linear(4, 3),
+                                   ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3))
+    real = nn.Linear(4, 3)  # other weights and bias
+    got = stored.load_model(k, "toy", lambda: (nn.Conv2d(3, 4, 1), real))
+    assert got is not None and not got.backbone_built
+    with caplog.at_level(logging.WARNING, logger="camvideo"):
+        got.backbone  # noqa: B018 - builds it
+    assert "the cached head differs" in caplog.text
+    assert torch.equal(got.fc.weight, real.weight) and torch.equal(got.fc.bias, real.bias)

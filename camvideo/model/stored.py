@@ -129,11 +129,11 @@ def load_model(k: dict[str, Any], name: str,
 
         def backbone() -> nn.Module:
             net, real_fc = build()
-            if not torch.equal(real_fc.weight.detach().cpu().float(), w):
+            real = {n: t.detach().cpu().float() for n, t in real_fc.state_dict().items()}
+            if any(not torch.equal(real[n], t) for n, t in fc.state_dict().items()):
                 log.warning("%s: the cached head differs from the model's; using the "
                             "model's (clear %s)", name, cache.cache_dir())
-                with torch.no_grad():
-                    fc.weight.copy_(real_fc.weight.detach().cpu())
+                fc.load_state_dict(real)  # weight and bias
             return net
 
         model = CamModel.deferred(name, backbone, fc, list(entry["labels"]),

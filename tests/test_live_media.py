@@ -398,7 +398,9 @@ def test_stream_audio_is_recorded_in_step_with_the_video(tiny_model, tmp_path, c
         rc, err, _ = live([url, "-o", out, "--duration", 4.2, *RAW], capsys)
     assert rc == ExitCode.OK, err
     times, numbers = recorded(out)
-    assert len(numbers) >= 100
+    # 4.2 s of a 30-fps stream is 126 frames; live drops stale ones while it is behind
+    # (a loaded 2-core CI machine once kept 99 of them: the sender's frame 0, then 21 on)
+    assert times[-1] - times[0] >= 3.9 and len(numbers) >= 60
     offset = video_offset(times, numbers, exact=0.0015)  # the stream's own clock
     with av.open(str(out)) as c:
         assert c.streams.audio[0].codec_context.name == "aac"

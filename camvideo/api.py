@@ -76,7 +76,7 @@ def stream(source: Any, model: CamModel | str | None = None, options: Options | 
     try:
         if loaded is None:
             loaded = load_model(opts.model, opts.weights, opts.labels,
-                                device=resolve_device(opts.device))
+                                device=resolve_device(opts.device), fine=opts.fine_maps)
         gated = _is_live(src) and bool(src.drop)
         engine = build_engine(opts, loaded, infer_workers=1 if gated else None,
                               equal_batches=not gated, draw=render, keep_rgb=frames,
@@ -175,8 +175,15 @@ def _options(options: Options | None, model: Any, overrides: dict) -> Options:
         raise OptionError(f"model must be a CamModel or a registry name, got "
                           f"{type(model).__name__}", option="model")
     opts = Options.of(options, **overrides)
-    if isinstance(model, CamModel) and opts.model != model.name:
-        opts = opts.replace(model=model.name)
+    if isinstance(model, CamModel):
+        fine = model.map_stride != model.stride
+        if opts.fine_maps and not fine:
+            from .errors import OptionError
+
+            raise OptionError("fine_maps: the given model's maps are not fine; load it "
+                              "with load_model(..., fine=True)", option="fine_maps")
+        if (opts.model, opts.fine_maps) != (model.name, fine):
+            opts = opts.replace(model=model.name, fine_maps=fine)
     return opts
 
 

@@ -28,12 +28,14 @@ from .errors import OptionError
 
 PAPER_THRESHOLD = 0.2  #: the paper's box threshold, a fraction of the map's maximum
 
-#: Calibrated box thresholds (fraction of the map's maximum) per model name, and ``"*"``
+#: Calibrated box thresholds (fraction of the map's maximum) per model (its
+#: ``calibration_name``: ``@os16`` appended for fine maps), and ``"*"``
 #: for any other model. Written by ``python benchmarks/localization.py --calibrate
 #: --write`` (the sweep and the method are in benchmarks/README.md, "Localization").
 #: calibrated: begin
 BBOX_THRESHOLDS: dict[str, float] = {
     "efficientnet_lite0": 0.3,
+    "efficientnet_lite0@os16": 0.3,
     "*": PAPER_THRESHOLD,
 }
 #: calibrated: end

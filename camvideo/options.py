@@ -73,7 +73,8 @@ class Options:
     ``cls`` (``--class``: name or index; None = top-1), ``size`` (input short side; None:
     the model's own, 224 for image networks and the side a video network's weights were
     trained at, 112 for ``r3d_18``), ``clip_hop`` (video networks: frames from one clip's
-    start to the next's; None: half the clip).
+    start to the next's; None: half the clip), ``fine_maps`` (image networks: maps twice
+    as fine, output stride 16, :mod:`camvideo.model.finemaps`).
     Several classes: ``classes`` (``--classes``: a count of distinct objects' classes to
     show at once, or a tuple of class names/indexes; None = one class, as ``cls``).
     Render: ``topk``, ``colormap``, ``alpha``, ``bbox``, ``bbox_threshold`` (a fraction of
@@ -101,6 +102,7 @@ class Options:
     classes: int | tuple[str | int, ...] | None = None
     size: int | None = None
     clip_hop: int | None = None
+    fine_maps: bool = False
     topk: int = 3
     colormap: str = "jet"
     alpha: float = 0.5

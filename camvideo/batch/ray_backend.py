@@ -94,14 +94,14 @@ def _task(job: "Job", opts: "Options", device: str, flag: Any) -> dict:
 
     if device == "auto":
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-    key = (opts.model, opts.weights, opts.labels, device)
+    key = (opts.model, opts.weights, opts.labels, opts.fine_maps, device)
     watcher = threading.Thread(target=watch, name="camvideo-stop-watch", daemon=True)
     watcher.start()
     try:
         model = _MODELS.get(key)
         if model is None:
             model = _MODELS[key] = load_model(opts.model, opts.weights, opts.labels,
-                                              device=device)
+                                              device=device, fine=opts.fine_maps)
         return process_job(job, model, opts.replace(device=device), stop=stop).as_dict()
     except ModelError as e:
         return _record(job, "failed", str(e), fatal=True)

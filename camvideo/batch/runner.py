@@ -122,8 +122,8 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
         model = None
     # torch (the device) from here: the folder was checked first
     opts = _validate_options(Options.of(options, **overrides), ext)
-    if model is not None:  # a loaded model: its name is what Ray workers load
-        opts = opts.replace(model=model.name)
+    if model is not None:  # a loaded model: its name (and maps) is what Ray workers load
+        opts = opts.replace(model=model.name, fine_maps=model.map_stride != model.stride)
     if dst.resolve() == src.resolve():
         raise OptionError("OUT_DIR must not be IN_DIR (outputs mirror the inputs' names)")
     try:
@@ -240,7 +240,8 @@ def _run_local(todo: list[Job], opts: Options, model: Any, tracker: Tracker, job
 
     if not isinstance(model, CamModel):
         model = load_model(opts.model, opts.weights, opts.labels,
-                           device=resolve_device(opts.device))  # once, for every file
+                           device=resolve_device(opts.device),
+                           fine=opts.fine_maps)  # once, for every file
     if opts.cls is not None:
         model.class_index(opts.cls)  # an unknown class is fatal, not per file
     if isinstance(opts.classes, tuple):

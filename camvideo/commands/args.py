@@ -67,6 +67,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-hop", type=_unit(1, 1000, int), default=_D.clip_hop, metavar="N",
                    help="video networks: frames from one clip's start to the next's, "
                         "1..the clip length [half the clip]")
+    g.add_argument("--fine-maps", action="store_true",
+                   help="maps twice as fine (the last downsampling undone, later layers "
+                        "dilated: 14x24 instead of 7x12 at 224 px; image networks; "
+                        "slower: benchmarks/README.md)")
 
 
 def _classes(text: str) -> int | tuple[str, ...]:

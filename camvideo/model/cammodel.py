@@ -40,6 +40,8 @@ class CamModel(nn.Module):
         labels: ``K`` class names.
         mean, std: RGB normalisation of inputs in ``[0, 1]``.
         stride: total downsampling of the backbone (input sizes are multiples of it).
+        map_stride: the features' downsampling: :attr:`stride`, or half of it for fine
+            maps (:func:`camvideo.model.finemaps.fine_maps`).
         min_side: the smallest input side the network accepts (pixels; Inception v3: 75).
         native_side: the input side its weights were trained at (pixels; 299 for
             Inception v3, 224 for most).
@@ -68,6 +70,7 @@ class CamModel(nn.Module):
         self.fc = fc
         self.labels = list(labels)
         self.stride = stride
+        self.map_stride = stride
         self.min_side = int(min_side)
         self.native_side = int(native_side)
         self.head = head
@@ -131,6 +134,13 @@ class CamModel(nn.Module):
     def bias(self) -> Tensor | None:
         """``(K,)`` linear bias."""
         return self.fc.bias
+
+    @property
+    def calibration_name(self) -> str:
+        """What its calibrated box threshold is filed under
+        (:data:`camvideo.cam.BBOX_THRESHOLDS`): its name, with ``@os16`` for fine maps."""
+        return self.name if self.map_stride == self.stride else \
+            f"{self.name}@os{self.map_stride}"
 
     @property
     def default_side(self) -> int:

@@ -42,6 +42,7 @@ from .cammodel import CamModel
 from ..errors import ModelError
 from .families import (DEFAULT_MODEL, Family, available_models, describe_models, family_of,
                        refusal)
+from .finemaps import fine_maps
 from .heads import IMAGENET_MEAN, IMAGENET_STD, Split, split_timm, split_torchvision, \
     verify_split
 from .video import VideoCamModel, time_axis_of
@@ -205,7 +206,7 @@ def _suggest(name: str) -> str:
 
 def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None,
                labels: str | os.PathLike | list[str] | None = None,
-               device: str | torch.device = "cpu") -> CamModel:
+               device: str | torch.device = "cpu", *, fine: bool = False) -> CamModel:
     """Build a CAM-ready model.
 
     Args:
@@ -215,6 +216,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
         labels: file with one class name per line, or a list; default ImageNet names
             (or ``class N`` for other class counts).
         device: where to put the model.
+        fine: maps twice as fine (output stride 16; :mod:`camvideo.model.finemaps`).
 
     On the CPU a model loaded before comes from the cache (:mod:`camvideo.model.stored`):
     its backbone is built only if something runs it, and the traced or int8 networks
@@ -239,7 +241,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
         if cached is not None:
             log.info("model %s: %d classes, %d channels, head and labels from the cache",
                      name, cached.fc.out_features, cached.fc.in_features)
-            return cached
+            return fine_maps(cached) if fine else cached
     split, fam, side = _build(name, weights)
     video = fam.kind == "video"
     verify_split(name, split, probe_shape=_video_probe(fam) if video else (2, 3, 128, 160))
@@ -270,7 +272,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
         stored.store_model(key, model)
     log.info("model %s: %d classes, %d channels, head %s, on %s", name, k,
              split.fc.in_features, split.head, device)
-    return model
+    return fine_maps(model) if fine else model
 
 
 def _video_probe(fam: Family) -> tuple[int, ...]:

@@ -209,7 +209,7 @@ def class_stage(opts: Options, model: CamModel, renderer: Renderer, *,
     painter = ClassPainter(alpha=opts.alpha, layout=opts.layout,
                            legend=multi is not None and opts.topk > 0, boxes=boxes)
     return ClassStage(model.labels, multi=multi, tracker=tracker,
-                      threshold=bbox_threshold(opts.bbox_threshold, model.name),
+                      threshold=bbox_threshold(opts.bbox_threshold, model.calibration_name),
                       painter=painter,
                       boxes=opts.bbox or tracker is not None,
                       timeline=Timeline(opts.timeline) if opts.timeline else None,

@@ -538,7 +538,7 @@ def build_engine(opts: Options, model: CamModel, *, infer_workers: int | None = 
     fixed = model.class_index(opts.cls) if opts.cls is not None else None
     renderer = Renderer(model.labels, colormap=opts.colormap, alpha=opts.alpha,
                         topk=opts.topk, bbox=opts.bbox,
-                        bbox_threshold=bbox_threshold(opts.bbox_threshold, model.name),
+                        bbox_threshold=bbox_threshold(opts.bbox_threshold, model.calibration_name),
                         layout=opts.layout)
     smoother = Smoother(model.weight.detach().float(), tau=opts.smooth,
                         switch_margin=opts.switch_margin, switch_ratio=opts.switch_ratio,

@@ -137,6 +137,28 @@ def test_fine_maps_in_a_stream_and_a_refused_network_on_the_command_line(pan_cli
         and "MaxPool2d, not a convolution" in err[0], err
 
 
+def test_a_refused_network_read_from_the_cache_is_refused_when_built(pan_clip, tmp_path,
+                                                                     monkeypatch, capsys):
+    """A model read from the cache is rewritten only when its backbone is built (in the
+    engine, after the output is checked): the refusal is still one line, the model's
+    exit code, and no output file."""
+    from camvideo.model import cache
+
+    monkeypatch.delenv("CAMVIDEO_CACHE", raising=False)
+    monkeypatch.setenv("CAMVIDEO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_HASHES", None)
+    weights = str(_squeezenet(tmp_path))
+    args = [str(pan_clip.path), "-m", "squeezenet1_1", "--weights", weights, "-q"]
+    assert main([args[0], str(tmp_path / "a.mp4"), *args[1:]]) == ExitCode.OK
+    capsys.readouterr()
+    assert not load_model("squeezenet1_1", weights=weights, fine=True).backbone_built
+    out = tmp_path / "b.mp4"
+    rc = main([args[0], str(out), *args[1:], "--fine-maps"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == ExitCode.MODEL and not out.exists()
+    assert len(err) == 1 and "no fine maps for squeezenet1_1" in err[0], err
+
+
 def _squeezenet(tmp_path):
     path = tmp_path / "sq.pth"
     torch.save(torchvision.models.squeezenet1_1(num_classes=5).state_dict(), path)

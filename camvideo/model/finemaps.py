@@ -3,9 +3,8 @@
 and Fully Connected CRFs", TPAMI 2018: the "atrous algorithm").
 
 The convolution that halves the resolution into the last stage runs with stride 1, and
-every later convolution with a spatial extent is dilated by 2, its
-padding doubled, so that it sees the same inputs as before, now spread over a grid twice
-as fine. The result: features at output stride 16 instead of 32 (a 14x24 map instead of
+every later convolution with a spatial extent is dilated by 2, its padding doubled, so
+that it sees the same inputs as before, now spread over a grid twice as fine. The result: features at output stride 16 instead of 32 (a 14x24 map instead of
 7x12 for a 16:9 frame at 224 px) computed with the same weights, whose every other
 sample *is* the original network's feature (exactly, up to float rounding): the in-between
 samples are new, the old ones unchanged. The last stage costs about four times as much.
@@ -27,10 +26,6 @@ from ..errors import ModelError
 from .cammodel import CamModel
 
 log = logging.getLogger(__name__)
-
-#: The output stride of fine maps (the default networks' is 32).
-FINE_STRIDE = 16
-
 
 def _spatial(mod: nn.Module) -> bool:
     k = getattr(mod, "kernel_size", 1)
@@ -150,7 +145,8 @@ def fine_maps(model: CamModel) -> CamModel:
     traced and int8 networks of the original are not reused).
 
     Raises:
-        ModelError: a video network, one already fine, or one :func:`make_fine` refuses.
+        ModelError: a video network, or one :func:`make_fine` refuses (for a deferred
+            backbone, when it is built).
     """
     if model.kind != "image":
         raise ModelError(f"fine maps are for image networks; {model.name} is a "
@@ -174,4 +170,4 @@ def fine_maps(model: CamModel) -> CamModel:
     return model
 
 
-__all__ = ["FINE_STRIDE", "fine_maps", "make_fine"]
+__all__ = ["fine_maps", "make_fine"]

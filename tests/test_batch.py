@@ -153,7 +153,7 @@ def test_batch_done_failed_report_then_resume(tree, tmp_path, lite0):
     assert {Path(r["path"]).name: r["status"] for r in rep["records"]}["trunc.mp4"] == FAILED
     for r in rep["records"]:
         assert set(r) == {"path", "output", "status", "reason", "frames", "seconds",
-                          "warnings"}
+                          "warnings", "hint"}
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
 
     # A stale temporary file of a killed run: removed, and never taken for an output.
@@ -267,6 +267,40 @@ def test_cli_summary_report_and_exit_code(tree, tmp_path, capsys, lite0, monkeyp
     assert json.loads(report.read_text())["done"] == 2
     rc = main(["batch", str(tree), str(out), "--json", "-q", "--glob", "a.mp4"])
     assert rc == ExitCode.OK and "0 done, 1 skipped, 0 failed" in capsys.readouterr().err
+
+
+def test_a_files_hint_is_said_by_its_flag_on_the_command_line(tree, tmp_path, capsys,
+                                                              lite0, monkeypatch):
+    """A file's error that points at a setting getting past it (``use {option}``:
+    audio=False) says the batch's flag on the terminal, as one file's line does in
+    ``camvideo IN OUT``; the report keeps the library's words and the hint."""
+    import camvideo.api as api
+    from camvideo.commands.main import main
+    from camvideo.errors import OutputError
+
+    real = api.annotate
+
+    def annotate(input, output, *args, **kw):
+        if Path(input).name == "a.mp4":
+            raise OutputError("cannot re-encode the audio (x); use {option}",
+                              hint=("audio", False))
+        return real(input, output, *args, **kw)
+
+    monkeypatch.setattr(api, "annotate", annotate)
+    monkeypatch.setattr("camvideo.model.registry.load_model", lambda *a, **k: lite0)
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    rc = main(["batch", str(tree), str(out), "--size", "64", "--report", str(report),
+               "--glob", "a.mp4", "--glob", "*.MOV"])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.PARTIAL and "1 done, 0 skipped, 1 failed" in err, err
+    said = "cannot re-encode the audio (x); use --no-audio"
+    assert f"failed: {tree / 'a.mp4'}: {said}" in err          # the summary
+    assert f"failed: {tree / 'a.mp4'} ({said})" in err          # the file's own line
+    assert "audio=False" not in err, err
+    rec = next(r for r in json.loads(report.read_text())["records"]
+               if r["path"].endswith("a.mp4"))
+    assert rec["reason"] == "cannot re-encode the audio (x); use audio=False"
+    assert rec["hint"] == ["audio", False]
 
 
 def test_missing_ray_is_a_clear_error(tree, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..media.sink import source_of
 
@@ -49,7 +49,11 @@ class Job:
 class Record:
     """What happened to one input: ``status`` is done, skipped, failed or interrupted;
     ``warnings``: what decoding it warned about (``68 of 444 frames decodable``), also
-    in ``reason`` for a file done."""
+    in ``reason`` for a file done. A failure whose error points at a setting that gets
+    past it (:class:`~camvideo.errors.CamVideoError`'s ``hint``) keeps its message with
+    the ``{option}`` placeholder in ``template`` and the hint in ``hint``, so that
+    :meth:`said` can name it as the caller does (``reason`` says it in the library's
+    words: ``use audio=False``)."""
 
     path: str
     output: str | None
@@ -58,9 +62,25 @@ class Record:
     frames: int = 0
     seconds: float = 0.0
     warnings: list = dataclasses.field(default_factory=list)
+    template: str = ""
+    hint: tuple | None = None
+
+    def said(self, name_of: Callable[[str, object], str]) -> str:
+        """``reason`` with its hint's setting said by ``name_of(name, value)`` (the
+        command line: ``use --no-audio``); ``reason`` itself without a hint."""
+        if not self.template or self.hint is None:
+            return self.reason
+        return self.template.replace("{option}", name_of(*self.hint))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def as_report(self) -> dict:
+        """Its record in a batch report: :meth:`as_dict` without ``template`` (the hint,
+        ``[name, value]`` or null, says which setting gets past a failure)."""
+        d = self.as_dict()
+        del d["template"]
+        return d
 
 
 # --------------------------------------------------------------------------- discovery

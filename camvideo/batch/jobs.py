@@ -70,7 +70,7 @@ class BatchSummary:
         return {"in_dir": self.in_dir, "out_dir": self.out_dir, **self.counts,
                 "warned": self.warned, "frames": self.frames, "seconds": round(self.seconds, 3),
                 "fps": round(self.fps, 2), "interrupted": self.interrupted,
-                "records": [r.as_dict() for r in self.records]}
+                "records": [r.as_report() for r in self.records]}
 
     def write_report(self, path: str | os.PathLike) -> None:
         """Write :meth:`as_dict` as JSON (temporary file, then renamed)."""
@@ -117,7 +117,9 @@ def process_job(job: Job, model: Any, options: Options, *,
     except ModelError:
         raise
     except CamVideoError as e:
-        return dataclasses.replace(base, reason=str(e), seconds=time.monotonic() - t0)
+        return dataclasses.replace(base, reason=str(e), seconds=time.monotonic() - t0,
+                                   template=str(e.args[0]) if e.hint and e.args else "",
+                                   hint=tuple(e.hint) if e.hint else None)
     except KeyboardInterrupt:
         if stop is None or not stop.is_set():
             raise

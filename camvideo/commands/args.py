@@ -7,11 +7,11 @@ same model, render, smoothing and device options, with the same names and defaul
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from .. import __version__
 from ..media.encoding import DEFAULT_PRESET, DEFAULT_X264_PARAMS, X264_PRESETS
-from ..errors import OptionError
+from ..errors import OptionError, setting
 from ..options import (COLORMAPS, DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_TIMELINE, LAYOUTS,
                        MAX_CLASSES, PRECISIONS, Options, parse_classes)
 
@@ -249,6 +249,21 @@ def actions_of(parser: argparse.ArgumentParser) -> dict[str, list[argparse.Actio
         if a.option_strings:
             out.setdefault(a.dest, []).append(a)
     return out
+
+
+def speaker(parsers: Sequence[argparse.ArgumentParser]) -> Callable[[str, object], str]:
+    """``say(name, value=None)``: a setting the library names (an
+    :class:`~camvideo.options.Options` field and value) as these parsers' flag gives it
+    (:func:`flag_for`), else in the library's words (:func:`camvideo.errors.setting`)."""
+    actions: dict[str, list[argparse.Action]] = {}
+    for parser in parsers:
+        for dest, acts in actions_of(parser).items():
+            actions.setdefault(dest, []).extend(acts)
+
+    def say(name: str, value: object = None) -> str:
+        return flag_for(actions.get(name, []), value) or setting(name, value)
+
+    return say
 
 
 def flag_for(actions: list[argparse.Action], value: object = None) -> str | None:

@@ -5,6 +5,7 @@ progress bars (on a terminal) and the summary, and returns the exit code.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Sequence
 
@@ -65,6 +66,17 @@ def build_parser() -> cliargs.Parser:
     return p
 
 
+def _why(r) -> str:
+    """A record's reason in the command line's words (a hint's setting as its flag:
+    ``use --no-audio``, where the library says ``use audio=False``)."""
+    return r.said(_say())
+
+
+@functools.lru_cache(maxsize=1)
+def _say():
+    return cliargs.speaker((build_parser(),))
+
+
 class _Bars:
     """Two tqdm bars on a terminal (videos, frames) and the file in progress; elsewhere
     (piped, scripted: ``lines``) one line per file as it ends."""
@@ -85,7 +97,7 @@ class _Bars:
         if self.lines and p.last is not None and p.last.status in (DONE, FAILED,
                                                                    INTERRUPTED):
             r = p.last
-            what = f"{r.frames} frames, {r.seconds:.1f} s" if r.status == DONE else r.reason
+            what = f"{r.frames} frames, {r.seconds:.1f} s" if r.status == DONE else _why(r)
             if r.status == DONE and r.warnings:
                 what += f"; {r.reason}"
             print(f"camvideo: {r.status}: {r.path} ({what}) [{p.videos_done}/"
@@ -102,7 +114,7 @@ class _Bars:
         self.videos.update(p.videos_done - self.videos.n)
         self.frames.update(p.frames - self.frames.n)
         if p.last is not None and p.last.status == FAILED:
-            self.videos.write(f"camvideo: failed: {p.last.path}: {p.last.reason}",
+            self.videos.write(f"camvideo: failed: {p.last.path}: {_why(p.last)}",
                               file=sys.stderr)
 
     def close(self) -> None:
@@ -120,7 +132,7 @@ def _print_summary(s: BatchSummary) -> None:
           f"({s.fps:.1f} fps)", file=sys.stderr)
     for r in s.records:
         if r.status == FAILED:
-            print(f"  failed: {r.path}: {r.reason}", file=sys.stderr)
+            print(f"  failed: {r.path}: {_why(r)}", file=sys.stderr)
         elif r.status == DONE and r.warnings:
             print(f"  warning: {r.path}: {r.reason}", file=sys.stderr)
 

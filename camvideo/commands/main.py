@@ -92,23 +92,15 @@ def _as_flags(e: BaseException) -> str:
     flag (the library names it by its :class:`~camvideo.options.Options` field:
     ``batch_size`` → ``--batch-size``), and so is the setting a hint points at
     (``use audio=False`` → ``use --no-audio``)."""
-    from ..errors import CamVideoError, setting
+    from ..errors import CamVideoError
     from . import args, batch, live
 
-    actions: dict[str, list] = {}
-    for parser in (args.main_parser(), live.build_parser(), batch.build_parser()):
-        for dest, acts in args.actions_of(parser).items():
-            actions.setdefault(dest, []).extend(acts)
-
-    def say(name: str, value: object = None) -> str:
-        return args.flag_for(actions.get(name, []), value) or setting(name, value)
-
+    say = args.speaker((args.main_parser(), live.build_parser(), batch.build_parser()))
     text = e.render(say) if isinstance(e, CamVideoError) else str(e)
     option = getattr(e, "option", None)
     if not option or not text.startswith(option):
         return text
-    flag = args.flag_for(actions.get(option, []))
-    return flag + text[len(option):] if flag else text
+    return say(option) + text[len(option):]  # the option itself where no flag gives it
 
 
 def main(argv: Sequence[str] | None = None) -> int:

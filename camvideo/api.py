@@ -176,14 +176,13 @@ def _options(options: Options | None, model: Any, overrides: dict) -> Options:
                           f"{type(model).__name__}", option="model")
     opts = Options.of(options, **overrides)
     if isinstance(model, CamModel):
-        fine = model.map_stride != model.stride
-        if opts.fine_maps and not fine:
+        if opts.fine_maps and not model.fine_maps:
             from .errors import OptionError
 
             raise OptionError("fine_maps: the given model's maps are not fine; load it "
                               "with load_model(..., fine=True)", option="fine_maps")
-        if (opts.model, opts.fine_maps) != (model.name, fine):
-            opts = opts.replace(model=model.name, fine_maps=fine)
+        if (opts.model, opts.fine_maps) != (model.name, model.fine_maps):
+            opts = opts.replace(model=model.name, fine_maps=model.fine_maps)
     return opts
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..errors import CamVideoError
 from ..media.sink import source_of
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Record:
         command line: ``use --no-audio``); ``reason`` itself without a hint."""
         if not self.template or self.hint is None:
             return self.reason
-        return self.template.replace("{option}", name_of(*self.hint))
+        return CamVideoError(self.template, hint=self.hint).render(name_of)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

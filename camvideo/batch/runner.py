@@ -123,7 +123,7 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
     # torch (the device) from here: the folder was checked first
     opts = _validate_options(Options.of(options, **overrides), ext)
     if model is not None:  # a loaded model: its name (and maps) is what Ray workers load
-        opts = opts.replace(model=model.name, fine_maps=model.map_stride != model.stride)
+        opts = opts.replace(model=model.name, fine_maps=model.fine_maps)
     if dst.resolve() == src.resolve():
         raise OptionError("OUT_DIR must not be IN_DIR (outputs mirror the inputs' names)")
     try:

@@ -136,11 +136,15 @@ class CamModel(nn.Module):
         return self.fc.bias
 
     @property
+    def fine_maps(self) -> bool:
+        """Whether its maps are the fine ones (:attr:`map_stride` below :attr:`stride`)."""
+        return self.map_stride != self.stride
+
+    @property
     def calibration_name(self) -> str:
         """What its calibrated box threshold is filed under
         (:data:`camvideo.cam.BBOX_THRESHOLDS`): its name, with ``@os16`` for fine maps."""
-        return self.name if self.map_stride == self.stride else \
-            f"{self.name}@os{self.map_stride}"
+        return f"{self.name}@os{self.map_stride}" if self.fine_maps else self.name
 
     @property
     def default_side(self) -> int:

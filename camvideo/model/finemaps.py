@@ -151,7 +151,7 @@ def fine_maps(model: CamModel) -> CamModel:
     if model.kind != "image":
         raise ModelError(f"fine maps are for image networks; {model.name} is a "
                          f"{model.kind} network")
-    if model.map_stride != model.stride:
+    if model.fine_maps:
         return model
     stride, name = model.stride, model.name
 

@@ -62,6 +62,8 @@ def make_clip(path: Path, *, vcodec: str = "libx264", fps: int = 30, frames: int
                     data = planes.T.reshape(1, -1)
                 if fmt.startswith("s16"):
                     data = (data * 32767).astype(np.int16)
+                elif fmt.startswith("s32"):     # libmp3lame's
+                    data = (data * 2147483647).astype(np.int32)
                 af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt,
                                                 layout=layout)
                 af.sample_rate, af.pts, af.time_base = rate, n, Fraction(1, rate)
@@ -331,6 +333,25 @@ def test_aac_in_mp4_is_copied_by_auto(tiny_model, tmp_path, capsys):
     rc, err = run([src, dst], capsys)
     assert rc == ExitCode.OK, err
     with av.open(str(src)) as i, av.open(str(dst)) as o:
+        assert [bytes(p) for p in i.demux(audio=0) if p.size] == \
+            [bytes(p) for p in o.demux(audio=0) if p.size]
+
+
+@pytest.mark.parametrize("out, args", [
+    ("out.mp4", []),                    # browsers play MP3: auto copies it
+    ("out.mp4", ["--audio", "copy"]),
+    ("out.avi", []),                    # AVI's own audio codec
+])
+def test_mp3_is_copied_though_ffmpeg_decodes_it_as_mp3float(tiny_model, tmp_path, capsys,
+                                                            out, args):
+    # the stream's decoder is "mp3float": the container knows the codec as "mp3"
+    src = make_clip(tmp_path / "in.mkv", acodec="libmp3lame")
+    assert audio_info(src)["codec"] == "mp3float"
+    dst = tmp_path / out
+    rc, err = run([src, dst, *args], capsys)
+    assert rc == ExitCode.OK, err
+    with av.open(str(src)) as i, av.open(str(dst)) as o:
+        assert o.streams.audio[0].codec_context.codec.canonical_name == "mp3"
         assert [bytes(p) for p in i.demux(audio=0) if p.size] == \
             [bytes(p) for p in o.demux(audio=0) if p.size]
 

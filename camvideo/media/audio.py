@@ -59,6 +59,16 @@ PLAYS_WIDELY: dict[str, frozenset[str] | None] = {
     "webm": HOLDS["webm"],
     "avi": HOLDS["avi"],
 }
+
+
+def codec_name(stream: av.audio.AudioStream) -> str:
+    """The stream's codec as containers know it (``mp3``), not its decoder's name
+    (FFmpeg decodes MP3 with ``mp3float``, MP2 with ``mp2float``, AC-3 maybe with
+    ``ac3_fixed``)."""
+    codec = stream.codec_context.codec
+    return getattr(codec, "canonical_name", None) or codec.name
+
+
 #: The ``--audio`` modes besides an encoder's name.
 AUDIO_MODES = ("auto", "copy")
 # The audio encoder each container re-encodes to (the first one this FFmpeg has).
@@ -290,7 +300,7 @@ class AudioFeed:
         with self.lock:
             self._epoch += 1
             self._streams[self._epoch] = list(streams)
-            self._codecs[self._epoch] = [s.codec_context.name for s in streams]
+            self._codecs[self._epoch] = [codec_name(s) for s in streams]
             return self._epoch
 
     def put(self, epoch: int, slot: int, packet: av.Packet) -> None:
@@ -432,7 +442,7 @@ class AudioRemuxer:
 
     def _pair(self, ins: av.audio.AudioStream, out: av.container.OutputContainer, fmt: str,
               mode: str) -> _Pair:
-        name = ins.codec_context.name
+        name = codec_name(ins)
         holds, plays = HOLDS.get(fmt), PLAYS_WIDELY.get(fmt)
         can_hold = (holds is None or name in holds) and name in out.supported_codecs
         start = float(ins.start_time * ins.time_base) \

@@ -195,6 +195,19 @@ def test_complete_files_are_not_called_truncated(tmp_path, caplog, name, fps, n)
     assert [r for r in caplog.records if "truncated" in r.getMessage()]
 
 
+def test_matroska_starting_late_is_not_called_truncated(tmp_path, caplog):
+    """Matroska's per-track DURATION is where the track ends, counted from 0: a video
+    starting at 5 s must not look 5 s short (it did: 'video ends at 1.16 s of 6.20 s')."""
+    frames, _ = synth.pan_frames("chelsea", (64, 48), 30)
+    clip = write_clip(tmp_path / "late.mkv", frames, fps=25,
+                      times=[5 + i / 25 for i in range(30)])
+    with caplog.at_level(logging.WARNING, logger="camvideo"), FileSource(clip.path) as src:
+        got = [f.time for f in src]
+    assert len(got) == 30 and got[0] == pytest.approx(5.0, abs=1e-3)
+    assert src.info.duration == pytest.approx(1.2, abs=0.05)
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+
+
 def test_a_full_disk_under_the_sidecar_is_one_line_and_leaves_nothing(
         good_mp4, tmp_path, capsys, tiny_model, monkeypatch):
     """The JSON sidecar's writes fail with ENOSPC (it writes to /dev/full): a clear

@@ -126,3 +126,73 @@ def test_files_joined_end_to_end_continue_at_their_rate(tiny_model, tmp_path, ca
     assert len(got) == 96
     assert np.abs(np.diff(got) - 1 / 24).max() <= MS
     assert np.abs(got[:48] - raw[:48]).max() <= MS  # the first part as it was
+
+
+def _ts_piece(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    """An MPEG-TS file: ``frames`` at ``fps`` with an AAC tone as long as the video."""
+    rate = 48000
+    with av.open(str(path), "w", format="mpegts") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 160, 96, "yuv420p"
+        aus = c.add_stream("aac", rate=rate, layout="mono")
+        n = 0
+        for i, im in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(im, format="rgb24")
+            vf.pts = i
+            c.mux(vs.encode(vf))
+            while n < (i + 1) * rate // fps:
+                t = np.arange(n, n + 1024) / rate
+                af = av.AudioFrame.from_ndarray(
+                    (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+                    format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = rate, n, Fraction(1, rate)
+                c.mux(aus.encode(af))
+                n += 1024
+        c.mux(vs.encode(None))
+        c.mux(aus.encode(None))
+    return path
+
+
+def audio_packets(path: Path) -> list[tuple[float, float]]:
+    """``(start, duration)`` in seconds of each packet of the first audio stream."""
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        return [(float(p.pts * a.time_base), float(p.duration * a.time_base))
+                for p in c.demux(a) if p.size]
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.0])
+def test_joined_files_audio_follows_on_with_the_video(tiny_model, tmp_path, capsys, frames,
+                                                      seconds):
+    """Three MPEG-TS pieces with audio joined byte for byte (also pieces shorter than a
+    second: a restart is the timestamps coming back to the first one, not only a long
+    jump back). The video follows on at its rate and each piece's audio is moved on with
+    its video (before: the audio after the first join was dropped as 'damaged', and
+    0.5-s pieces' frames were squeezed one tick apart)."""
+    n = round(24 * seconds)
+    piece = _ts_piece(tmp_path / "piece.ts", frames[:n], 24)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(piece.read_bytes() * 3)
+    out = tmp_path / "out.mp4"
+    rc = main([str(joined), str(out), "-q", "--size", "64"])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.OK, err
+    assert "damaged" not in err and err.count("jump back") == 2, err
+    got = np.array(decoded_times(out))
+    assert len(got) == 3 * n
+    assert np.abs(np.diff(got) - 1 / 24).max() <= MS
+
+    part, raw = audio_packets(piece), decoded_times(piece)
+    # each part moves on by the video's length, its audio with its video (where a
+    # part's audio starts before the one before ended, those packets are left out)
+    length = raw[-1] + 1 / 24 - raw[0]
+    starts = np.array([t for t, _ in part])
+    got_audio = audio_packets(out)
+    assert len(part) * 3 - 6 <= len(got_audio) <= len(part) * 3
+    assert all(b[0] > a[0] for a, b in zip(got_audio, got_audio[1:]))
+    moved = [min(range(3), key=lambda k: np.abs(starts + k * length - t).min())
+             for t, _ in got_audio]
+    assert moved == sorted(moved) and set(moved) == {0, 1, 2}
+    for (t, _), k in zip(got_audio, moved):   # a packet of the part, moved by k parts
+        assert np.abs(starts + k * length - t).min() <= MS, (t, k)
+    assert got_audio[-1][0] == pytest.approx(starts[-1] + 2 * length, abs=MS)

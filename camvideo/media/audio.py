@@ -37,6 +37,7 @@ from typing import Union
 import av
 
 from ..errors import OptionError, OutputError, first_line
+from .timeline import MAX_REORDER, RESTART_S, Restarts, nominal_rate
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ _LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "
             8: "7.1"}
 #: Timestamps within this of where the samples so far end count as contiguous.
 _JITTER = 0.005
+# at most this many audio packets read ahead to the video's restart (about 20 s)
+_READ_AHEAD = 1000
 
 
 def parse_audio_mode(text: str) -> str:
@@ -407,6 +410,7 @@ class AudioRemuxer:
         mode = parse_audio_mode(mode)
         self.dropped = 0
         self.trimmed = 0  #: packets left out before the recording's start
+        self.overlapped = 0  #: packets left out where a joined part's audio overlapped
         self._pairs: list[_Pair] = []
         self._feed = source if isinstance(source, AudioFeed) else None
         self._in: av.container.InputContainer | None = None
@@ -424,8 +428,25 @@ class AudioRemuxer:
         except BaseException:
             self.close()
             raise
+        # a file's timestamps that start again (files joined end to end, see
+        # camvideo.media.timeline): each audio stream's, and the video's, which its
+        # packets are read beside the audio's for (not decoded); audio read ahead of
+        # the video's restart, waiting for it
+        self._clocks: dict[int, Restarts] = {}
+        self._video = self._video_clock = None
+        self._ahead: collections.deque[av.Packet] = collections.deque()
+        self._overlap: dict[int, Fraction] = {}  # per slot: the audio before a join ends
+        videos = [v for v in self._in.streams.video if v.codec_context is not None] \
+            if self._in is not None else []
+        if videos:  # the one FileSource decodes
+            self._video = videos[0]
+            self._video_step = step = 1 / nominal_rate(self._in, self._video)
+            self._video_clock = Restarts(jump=max(Fraction(RESTART_S),
+                                                  (MAX_REORDER + 1) * step) + step,
+                                         near=(MAX_REORDER + 1) * step)
         self._out = out
-        self._packets = self._in.demux(usable) if self._in is not None else None
+        self._packets = self._in.demux(usable + ([self._video] if self._video and usable
+                                                 else [])) if self._in is not None else None
         self._slots = {s.index: i for i, s in enumerate(usable)}
         self._pending: tuple[int, int, av.Packet, float] | None = None
         self._ended = self._flushed = False
@@ -510,18 +531,70 @@ class AudioRemuxer:
     def _next(self) -> tuple[int, int, av.Packet, float] | None:
         if self._feed is not None:
             return self._feed.take()
-        if self._ended:
+        pkt = self._ahead.popleft() if self._ahead else self._read()
+        if pkt is None:
             return None
-        try:
-            pkt = next(self._packets)
-        except StopIteration:
-            self._ended = True
-            return None
-        except av.FFmpegError as e:
-            log.warning("audio stream broke off: %s", first_line(e))
-            self._ended = True
-            return None
-        return 0, self._slots[pkt.stream.index], pkt, self._offset
+        while True:
+            slot = self._slots[pkt.stream.index]
+            shift = self._follow_on(slot, pkt)
+            if shift is not None:
+                return 0, slot, pkt, self._offset + shift
+            self.overlapped += 1
+            pkt = self._ahead.popleft() if self._ahead else self._read()
+            if pkt is None:
+                return None
+
+    def _read(self) -> av.Packet | None:
+        """The file's next audio packet (the video's on the way only timed: see
+        :meth:`_follow_on`); None at the end."""
+        while not self._ended:
+            try:
+                pkt = next(self._packets)
+            except StopIteration:
+                self._ended = True
+            except av.FFmpegError as e:
+                log.warning("audio stream broke off: %s", first_line(e))
+                self._ended = True
+            else:
+                if self._video is None or pkt.stream.index != self._video.index:
+                    return pkt
+                if pkt.pts is not None and pkt.time_base is not None:
+                    self._video_clock.see(pkt.pts * pkt.time_base, self._video_step)
+        return None
+
+    def _follow_on(self, slot: int, pkt: av.Packet) -> float | None:
+        """Seconds to add to a file's packet where the file's timestamps started again
+        (:class:`~camvideo.media.timeline.Restarts`): the same as the video's, read
+        ahead to its restart, so each joined part's audio stays in step with its video
+        (its own end is followed only where the video does not start again). None: the
+        packet is left out, as it overlaps the audio before the join (a part's audio
+        longer than its video)."""
+        clock = self._clocks.setdefault(slot, Restarts(jump=RESTART_S, near=_JITTER))
+        stamp = pkt.dts if pkt.dts is not None else pkt.pts
+        if stamp is None or pkt.time_base is None:
+            return float(clock.offset)
+        raw = stamp * pkt.time_base
+        shift = None
+        if clock.starts_again(raw) and self._video_clock is not None:
+            k, video = len(clock.shifts), self._video_clock
+            while len(video.shifts) <= k and len(self._ahead) < _READ_AHEAD:
+                nxt = self._read()
+                if nxt is None:
+                    break
+                self._ahead.append(nxt)
+            if len(video.shifts) > k:
+                shift = video.shifts[k]
+                self._overlap[slot] = clock.end  # what came before ends there
+            log.info("audio timestamps start again at %.3f s: moved on by %.3f s%s",
+                     float(raw), float(shift if shift is not None else clock.end - raw),
+                     " as the video" if shift is not None else "")
+        t = clock.see(raw, (pkt.duration or 0) * pkt.time_base, shift)
+        before = self._overlap.get(slot)
+        if before is not None:
+            if t + _JITTER < before:
+                return None  # the part's audio starts before the last part's ended
+            del self._overlap[slot]
+        return float(clock.offset)
 
     def _mux(self, epoch: int, slot: int, pkt: av.Packet, offset: float) -> None:
         if slot >= len(self._pairs):
@@ -595,6 +668,9 @@ class AudioRemuxer:
                                      if p.enc is not None)
         if dropped:
             log.warning("%d damaged audio packets dropped", dropped)
+        if self.overlapped:
+            log.info("%d audio packets left out where joined parts' audio overlapped the "
+                     "part before", self.overlapped)
         if self._in is not None:
             self._in.close()
 

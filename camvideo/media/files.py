@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import pixels
 from .frames import Frame, VideoInfo
+from .timeline import MAX_REORDER, RESTART_S, Restarts, nominal_rate
 from .audio import audio_streams
 from ..errors import InputError, first_line
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 _NOT_VIDEO = {"tty"}
 #: Frames held back to put their timestamps in order (doubled, up to the maximum, when a
 #: timestamp arrives that is earlier than one already given out).
-_REORDER, _MAX_REORDER = 2, 8
+_REORDER, _MAX_REORDER = 2, MAX_REORDER
 #: A time base tick longer than this (seconds) is refined, so that a frame moved by one
 #: tick (a duplicate timestamp) stays within this of its time: 1/90000 s ticks then.
 _FINE = Fraction(1, 2000)
@@ -42,15 +43,18 @@ def _is_i420(vf: av.VideoFrame) -> bool:
 
 def _stream_duration(vs: av.video.stream.VideoStream, tb: Fraction) -> float | None:
     """The video stream's own duration in seconds (not the container's, which counts
-    the audio too): from the stream, or Matroska's per-track ``DURATION`` tag."""
+    the audio too): from the stream, or Matroska's per-track ``DURATION`` tag (the
+    track's end: FFmpeg writes it from 0, so a late start is taken off)."""
     if vs.duration:
         return float(vs.duration * tb)
     tag = vs.metadata.get("DURATION") or vs.metadata.get("duration")
     try:
         h, m, sec = tag.split(":")
-        return int(h) * 3600 + int(m) * 60 + float(sec)
+        end = int(h) * 3600 + int(m) * 60 + float(sec)
     except (AttributeError, ValueError):
         return None
+    start = float(vs.start_time * tb) if vs.start_time else 0.0
+    return end - start if 0 < start < end else end
 
 
 class FileSource:
@@ -67,8 +71,9 @@ class FileSource:
     and each takes the smallest timestamp in it. A duplicate timestamp moves one tick on,
     in a time base no coarser than 1/90000 s (:attr:`VideoInfo.time_base` is the input's
     divided by a whole number where it was coarser than 0.5 ms: AVI's 1/fps, Matroska's
-    milliseconds). Missing timestamps follow on at the frame rate; timestamps that jump
-    back by more than a second (streams joined end to end) continue after the last one.
+    milliseconds). Missing timestamps follow on at the frame rate; timestamps that start
+    again (streams joined end to end: a jump back of :data:`~camvideo.media.timeline.
+    RESTART_S` or more, or to the first timestamp) continue after the last one.
 
     Args:
         path: the file.
@@ -114,9 +119,7 @@ class FileSource:
         if not cc.width or not cc.height:
             self._container.close()
             raise InputError(f"video stream of {path} has no frame size (corrupt header?)")
-        fps = vs.average_rate or vs.guessed_rate or vs.base_rate or Fraction(30)
-        if self._container.format.flags & av.format.Flags.no_timestamps.value and cc.framerate:
-            fps = cc.framerate  # e.g. the SPS timing of a raw .h264 file
+        fps = nominal_rate(self._container, vs)
         tb = Fraction(vs.time_base or Fraction(1, 90000))
         duration = _stream_duration(vs, tb)
         # input ticks per output tick: a coarse time base is refined (see the class docs)
@@ -157,29 +160,28 @@ class FileSource:
         tb, scale = self.info.time_base, self._scale
         step = max(1, round(1 / (self.info.fps * tb))) if self.info.fps else 1
         # a backward jump larger than any reordering: the timestamps started again
-        jump = max(round(Fraction(1) / tb), (_MAX_REORDER + 1) * step)
+        jump = max(round(Fraction(RESTART_S) / tb), (MAX_REORDER + 1) * step)
+        clock = Restarts(jump=jump + step, near=(MAX_REORDER + 1) * step)  # ends: + step
         window: collections.deque[av.VideoFrame] = collections.deque()
         stamps: list[int] = []  # heap of the window's timestamps
-        depth, offset = _REORDER, 0
-        high: int | None = None  # the highest timestamp so far
+        depth = _REORDER
         self._last_pts: int | None = None
         self._max_gap = step
         self._regular = 0  # gaps of one nominal frame: most of them in constant-rate video
         for vf in self._decoded():
-            if vf.pts is None:
-                t = 0 if high is None else high + step
+            if vf.pts is None:  # follows on at the frame rate
+                t = clock.see(0 if clock.end is None else clock.end - clock.offset, step)
             else:
-                t = int(vf.pts) * scale + offset
-                if high is not None and t < high - jump:
-                    self._warn(f"timestamps jump back {float((high - t) * tb):.3f} s "
-                               f"after {float(high * tb):.3f} s; the frames after it "
-                               "follow on")
-                    offset += high + step - t
-                    t = high + step
-                elif self._last_pts is not None and t < self._last_pts and \
+                raw = int(vf.pts) * scale
+                if clock.starts_again(raw):
+                    high = clock.end - step
+                    self._warn(f"timestamps jump back "
+                               f"{float((high - raw - clock.offset) * tb):.3f} s after "
+                               f"{float(high * tb):.3f} s; the frames after it follow on")
+                t = clock.see(raw, step)
+                if self._last_pts is not None and t < self._last_pts and \
                         depth < _MAX_REORDER:
                     depth = min(_MAX_REORDER, 2 * depth)  # reordered beyond the window
-            high = t if high is None else max(high, t)
             heapq.heappush(stamps, t)
             window.append(vf)
             if len(window) > depth:

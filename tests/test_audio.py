@@ -337,6 +337,29 @@ def test_aac_in_mp4_is_copied_by_auto(tiny_model, tmp_path, capsys):
             [bytes(p) for p in o.demux(audio=0) if p.size]
 
 
+def test_aac_copied_into_matroska_leaves_the_video_at_its_times(tiny_model, tmp_path,
+                                                                 capsys):
+    """MP4's AAC starts with a priming packet before 0, which Matroska cannot store: its
+    muxer moved every stream 23 ms late, the video too. The priming packet is left out;
+    the video keeps its times and the audio decodes to the same samples' count."""
+    src = make_clip(tmp_path / "in.mp4", acodec="aac")
+    with av.open(str(src)) as c:
+        packets = [(p.pts, p.duration) for p in c.demux(audio=0) if p.size]
+    assert packets[0][0] + packets[0][1] <= 0          # the case is real
+    dst = tmp_path / "out.mkv"
+    rc, err = run([src, dst], capsys)
+    assert rc == ExitCode.OK, err
+    with av.open(str(dst)) as c:
+        v = c.streams.video[0]
+        times = [float(f.pts * f.time_base) for f in c.decode(v)]
+    assert times[0] == pytest.approx(0.0, abs=0.001)
+    assert times == pytest.approx([i / 30 for i in range(30)], abs=0.001)
+    with av.open(str(src)) as i, av.open(str(dst)) as o:
+        assert [bytes(p) for p in i.demux(audio=0) if p.size][1:] == \
+            [bytes(p) for p in o.demux(audio=0) if p.size]
+    assert audio_info(dst)["start"] == pytest.approx(0.0, abs=0.001)
+
+
 @pytest.mark.parametrize("out, args", [
     ("out.mp4", []),                    # browsers play MP3: auto copies it
     ("out.mp4", ["--audio", "copy"]),

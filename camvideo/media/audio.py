@@ -454,6 +454,13 @@ class AudioRemuxer:
         # AVI: audio that starts before 0 (AAC's priming packet at -1024) would make the
         # muxer shift the video by part of a frame; it is moved to start at 0 instead
         self._shift: dict[int, int] | None = {} if fmt == "avi" else None
+        # Matroska cannot store times before 0 either: its muxer would move every
+        # stream, the video too, by a copied AAC stream's priming packet; that packet
+        # (wholly before 0, what the decoder skips anyway) is left out instead (what
+        # an encoder makes here starts at 0, its delay stored as such)
+        self._no_priming = {p.out.index for p in self._pairs if p.enc is None} \
+            if fmt in ("matroska", "webm") else set()
+        self.primed = 0  #: priming packets left out (Matroska)
         self._mismatch = False
 
     @property
@@ -643,6 +650,10 @@ class AudioRemuxer:
 
     def _put(self, pkt: av.Packet, outs: av.stream.Stream) -> None:
         """Mux ``pkt`` into ``outs``, dropping what the muxer would refuse."""
+        if outs.index in self._no_priming and pkt.pts is not None and pkt.duration and \
+                pkt.pts + pkt.duration <= 0:
+            self.primed += 1
+            return
         if self._shift is not None:
             first = min((t for t in (pkt.pts, pkt.dts) if t is not None), default=0)
             shift = self._shift.setdefault(outs.index, max(0, -first))

@@ -252,6 +252,41 @@ def test_avi_output_has_the_input_rate_and_every_frame_in_order(tiny_model, tmp_
     assert rc == ExitCode.OK and "decodable" not in err and "truncated" not in caplog.text
 
 
+def test_avi_of_variable_rate_input_keeps_each_frame_within_a_frame(tiny_model, tmp_path,
+                                                                    capsys):
+    """AVI stores one rate (the input's average): where frames come faster than that,
+    each used to be pushed one slot on, and the video fell behind by up to 0.27 s on
+    this input; now a frame that would show more than one frame late is left out
+    (counted in a warning) and the rest are shown within a frame of their time."""
+    gaps = [0.033, 0.020, 0.050] * 6 + [0.066] * 11
+    times = np.concatenate([[0.0], np.cumsum(gaps)])
+    src = tmp_path / "vfr.mp4"
+    with av.open(str(src), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            vf = av.VideoFrame.from_ndarray(_image(i), format="rgb24").reformat(
+                format="yuv420p")
+            vf.pts, vf.time_base = round(t * 1000), Fraction(1, 1000)
+            c.mux(vs.encode(vf))
+        c.mux(vs.encode(None))
+    out = tmp_path / "out.avi"
+    rc, err = run([src, out, "--alpha", "0", "-k", "0"], capsys)
+    assert rc == ExitCode.OK, err
+    assert "frames left out of out.avi" in err
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        slot = float(v.time_base)
+        shown = [p.dts * slot for p in c.demux(v) if p.size]
+    with av.open(str(out)) as c:
+        which = [round((block_x(f.to_ndarray(format="rgb24")) - 11.5) / 4)
+                 for f in c.decode(video=0)]
+    assert len(shown) == len(which) < len(times) and which == sorted(set(which))
+    late = np.array(shown) - times[which]
+    assert late.min() >= -0.5 * slot - 0.002 and late.max() <= slot + 0.002, late
+
+
 def test_avi_with_copied_aac_keeps_the_video_on_its_grid(tiny_model, tmp_path, capsys):
     """AAC copied from an .mp4 starts at -1024 samples (its priming); in AVI that must
     not shift the video off its 1/fps grid (an empty index entry after frame 0)."""

@@ -4,8 +4,9 @@ it on success.
 
 AVI has no timestamps, only a frame rate and one index entry per frame (the first frame
 is always the first entry): its video gets the time base ``1/fps``, frame times counted
-from the first frame and rounded to it (a longer gap becomes empty entries), and no
-B-frames. A video encoder the container cannot hold, or an audio encoder given as
+from the first frame and rounded to it (a longer gap becomes empty entries; a frame that
+would show more than a frame late, as variable-rate input outruns the rate, is left out
+with a warning), and no B-frames. A video encoder the container cannot hold, or an audio encoder given as
 ``codec``, is an :class:`~camvideo.errors.OptionError` before anything is written.
 """
 from __future__ import annotations
@@ -175,6 +176,7 @@ class FileSink:
         self.fmt = _FORMATS[self.output.suffix.lower()]
         self.tmp = _temp_path(self.output)
         self.frames = 0
+        self.left_out = 0  #: AVI: frames that came faster than its one rate allows
         self.encoder = ""  #: the video encoder that opened
         self._done = False
         try:
@@ -208,6 +210,7 @@ class FileSink:
         self._rescale = info.time_base / tb if self.fmt == "avi" else None
         self._first_pts: int | None = None
         self._last_pts: int | None = None
+        self._rate = rate
         wanted = codec
         if codec != default and codec in _UNAVAILABLE:
             log.info("encoder %s did not open earlier in this process; using %s", codec,
@@ -272,8 +275,12 @@ class FileSink:
         if self._rescale is not None:  # AVI: one tick per frame, strictly increasing,
             if self._first_pts is None:  # from the first frame (the muxer puts it first)
                 self._first_pts = pts
-            pts = round((pts - self._first_pts) * self._rescale)
+            exact = (pts - self._first_pts) * self._rescale
+            pts = round(exact)
             if self._last_pts is not None and pts <= self._last_pts:
+                if self._last_pts + 1 - exact > 1:  # it would show over a frame late:
+                    self.left_out += 1              # frames faster than the rate
+                    return
                 pts = self._last_pts + 1
             self._last_pts = pts
         vf.pts = pts
@@ -308,6 +315,11 @@ class FileSink:
         if self._audio is not None:
             self._audio.close()
         os.replace(self.tmp, self.output)
+        if self.left_out:
+            log.warning("%d frames left out of %s: AVI stores one frame rate (%.4g fps) "
+                        "and they came faster (variable-rate input; .mp4 and .mkv keep "
+                        "every frame at its time)", self.left_out, self.output.name,
+                        float(self._rate))
         log.info("wrote %s (%d frames)", self.output, self.frames)
 
     def abort(self) -> None:

@@ -225,6 +225,9 @@ class FileSink:
             pix = "yuv420p" if "yuv420p" in formats or not formats else sorted(formats)[0]
             if odd and "yuv444p" in formats:
                 pix = "yuv444p"  # 4:2:0 needs even sizes; 4:4:4 keeps the input's size
+                log.warning("%dx%d is odd, which 4:2:0 cannot hold: %s writes 4:4:4, which "
+                            "browsers, QuickTime and hardware decoders do not play", w, h,
+                            attempt)
             elif odd:
                 raise OptionError(f"encoder {attempt} cannot encode the odd size {w}x{h}")
             stream.width, stream.height, stream.pix_fmt = w, h, pix

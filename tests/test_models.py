@@ -2,7 +2,11 @@
 refusals with reasons, weights and labels files, class names."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +179,59 @@ def test_timm_head_with_layers_after_pooling_is_refused_by_the_cli(
                           f"between the last feature map ({channels})")
 
 
+_NO_SOCKETS = ("import socket\n"
+               "def refuse(*a, **k): raise OSError('network access attempted')\n"
+               "socket.socket.connect = refuse\nsocket.create_connection = refuse\n")
+
+
+def test_timm_model_without_cached_weights_fails_at_once(small_clip, tmp_path):
+    """``timm:NAME`` without ``--weights`` and not in the hub's cache: one line naming
+    ``--weights``, at once (the hub used to retry each request five times with back-off:
+    about 50 s and 22 "Retrying in 8s" lines before the error, with no network)."""
+    out = tmp_path / "o.mp4"
+    code = _NO_SOCKETS + ("import sys\nfrom camvideo.commands.main import main\n"
+                          f"sys.exit(main([{str(small_clip)!r}, {str(out)!r}, '-m', "
+                          "'timm:resnet18', '-q']))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE",
+                                                            "TRANSFORMERS_OFFLINE")}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")  # empty: the weights are nowhere
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=40)  # the retries alone took 46 s
+    assert proc.returncode == ExitCode.MODEL, proc.stderr
+    assert proc.stderr == (f"camvideo: error: no weights for timm:resnet18: not in the "
+                           f"Hugging Face hub cache ({tmp_path / 'hub'}), and camvideo does "
+                           "not download them; pass --weights FILE\n")
+    assert time.monotonic() - t0 < 40 and not out.exists()
+
+
+def test_timm_weights_come_from_the_hub_cache_offline(tmp_path, monkeypatch):
+    """Weights in the hub's cache are used with the network out of reach."""
+    import socket
+
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    net = timm.create_model("resnet18", pretrained=False).eval()
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(net.state_dict(), repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def refuse(*a, **k):
+        raise OSError("network access attempted")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    before = constants.HF_HUB_OFFLINE
+    model = load_model("timm:resnet18")
+    assert constants.HF_HUB_OFFLINE == before  # given back as it was
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.allclose(model(x)[1], net(x), atol=1e-3)
+
+
 def test_labels_file_that_is_not_utf8_is_refused_by_the_cli(small_clip, tmp_path, capsys):
     (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1") * 1000)
     out = tmp_path / "out" / "o.mp4"
@@ -197,8 +254,36 @@ def test_weights_only_refuses_code(tmp_path):
     with pytest.raises(ModelError, match="would run code.*weights_only=True"):
         load_model("resnet18", weights=tmp_path / "evil.pth")
     (tmp_path / "text.pth").write_text("not weights\n")  # not a pickle at all
-    with pytest.raises(ModelError, match="text.pth: not a PyTorch weights file$"):
+    with pytest.raises(ModelError, match=r"text.pth: not a PyTorch weights file \(a text "
+                                         r"file; torch.save writes a zip archive\)$"):
         load_model("resnet18", weights=tmp_path / "text.pth")
+
+
+def _cut_checkpoint(path: Path) -> None:
+    torch.save({"fc.weight": torch.zeros(4, 4)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("make, why", [
+    # torch.load's error for these is KeyError(101): the first byte, 'e', as an opcode
+    (lambda p: p.write_text("hello not a video\n"),
+     "not a PyTorch weights file (a text file; torch.save writes a zip archive)"),
+    (lambda p: p.write_bytes(b""), "the file is empty"),
+    (lambda p: p.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256))),
+     "not a PyTorch weights file (neither the zip archive nor the pickle torch.save "
+     "writes)"),
+    (_cut_checkpoint, "not a PyTorch weights file, or a damaged one (a zip archive cut "
+                      "short)"),
+], ids=["text", "empty", "video", "cut"])
+def test_weights_file_that_is_no_checkpoint_is_refused_by_the_cli(small_clip, tmp_path,
+                                                                  capsys, make, why):
+    """A file torch cannot load as weights is named with what it is, not torch's
+    internal error (a text file gave ``cannot load weights FILE: 101``)."""
+    make(tmp_path / "w.mp4")
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    assert_refused_by_cli([small_clip, out, "--weights", tmp_path / "w.mp4"], capsys, out,
+                          f"cannot load weights {tmp_path / 'w.mp4'}: {why}\n")
 
 
 def test_weights_that_do_not_fit(tmp_path):

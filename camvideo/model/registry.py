@@ -140,6 +140,7 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family,
         import timm
 
         tname = name[len("timm:"):]
+        hub_cache = None
         if not timm.is_model(tname):
             close = difflib.get_close_matches(tname, timm.list_models(), n=3)
             hint = f"; close matches: {', '.join('timm:' + c for c in close)}" if close else ""
@@ -151,10 +152,15 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family,
                                           num_classes=classes_in(sd) or 1000)
                 apply_state_dict(model, sd, str(weights))
             else:
-                model = timm.create_model(tname, pretrained=True)
+                with _hub_offline() as hub_cache:
+                    model = timm.create_model(tname, pretrained=True)
         except ModelError:
             raise
         except Exception as e:  # noqa: BLE001 - hub/download errors of many kinds
+            if hub_cache is not None and _not_cached(e):
+                raise ModelError(f"no weights for {name}: not in the Hugging Face hub cache "
+                                 f"({hub_cache}), and camvideo does not download them; "
+                                 "pass {option}", hint=("weights", "FILE")) from None
             raise ModelError(f"cannot get weights for {name}: {str(e).splitlines()[0][:200]}"
                              " (offline? pass {option})", hint=("weights", "FILE")) from None
         cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -197,6 +203,41 @@ def _build(name: str, weights: str | os.PathLike | None) -> tuple[Split, Family,
                                / Path(default.url).name)
     side = next((size for n, size, _ in fam.models if n == name), 224)
     return split_torchvision(model.eval(), fam.name, name, fam.head), fam, side
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """The Hugging Face hub in offline mode while timm gets a model's pretrained weights:
+    they come from the hub's cache or not at all (camvideo runs offline). Online, the hub
+    retries every request five times with back-off (about 50 s and 22 warning lines
+    before the error, with no network). Yields the hub's cache folder, None without
+    ``huggingface_hub`` (timm then uses torch's URL cache, which fails at once offline).
+
+    ``HF_HUB_OFFLINE=0`` in the environment, said explicitly, lets the hub download."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield None
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off"):
+        yield None
+        return
+    before = constants.HF_HUB_OFFLINE  # read by every request, not only at import
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield constants.HF_HUB_CACHE
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _not_cached(e: BaseException) -> bool:
+    """Whether ``e`` (from timm in :func:`_hub_offline`) says the weights are not in the
+    hub's cache."""
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    except ImportError:
+        return False
+    return isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled))
 
 
 def _suggest(name: str) -> str:

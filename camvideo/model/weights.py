@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -65,17 +66,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": torch's aside
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "Unsupported global" in str(e):  # a pickle of objects, not of tensors
             raise ModelError(f"refusing to load {path}: it is not a plain weights file "
                              "(it would run code when unpickled; loaded with "
                              "weights_only=True)") from None
-        if "Weights only load failed" in first:  # torch's advice line; not the reason
-            raise ModelError(f"cannot load weights {path}: not a PyTorch weights file") \
-                from None
-        raise ModelError(f"cannot load weights {path}: {first}") from None
+        raise ModelError(f"cannot load weights {path}: {_not_loadable(path, e)}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -85,6 +84,36 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return rename_legacy_keys(obj)
+
+
+def _not_loadable(path: Path, e: Exception) -> str:
+    """Why ``torch.load`` failed on ``path``, in words: told by the file's first bytes
+    (``torch.save`` writes a zip archive, older versions a pickle), as torch's own errors
+    are internal (a text file gives ``KeyError: 101``, the pickle opcode its first byte
+    was taken for) or advice about ``weights_only``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    if not head:
+        return "the file is empty"
+    not_ckpt = "not a PyTorch weights file"
+    if head.startswith(b"PK"):  # a zip archive: torch.save's format, or another one
+        text = str(e)
+        if "central directory" in text or isinstance(e, EOFError):
+            return f"{not_ckpt}, or a damaged one (a zip archive cut short)"
+        return f"{not_ckpt} (a zip archive without the files torch.save writes)"
+    if head[0] == 0x80:  # a pickle (protocol 2+): torch.save's legacy format
+        return f"{not_ckpt} (a pickle that holds no tensors torch can read)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not a character cut at the end of the 64 bytes
+            return f"{not_ckpt} (neither the zip archive nor the pickle torch.save writes)"
+    if all(c >= 32 or c in b"\t\r\n" for c in head):  # no control characters
+        return f"{not_ckpt} (a text file; torch.save writes a zip archive)"
+    return f"{not_ckpt} (neither the zip archive nor the pickle torch.save writes)"
 
 
 def rename_legacy_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:

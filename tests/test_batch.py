@@ -18,7 +18,7 @@ import pytest
 
 from batch_tools import (BAD, FAST, GOOD, after_interrupt, by_rel, check_done, frame_count,
                          interrupt_after_first_output, partials, popen_batch)
-from camvideo.batch.runner import (DONE, FAILED, INTERRUPTED, SKIPPED,
+from camvideo.batch.runner import (DONE, FAILED, INTERRUPTED, PENDING, SKIPPED,
                                    clean_stale_partials, find_videos, plan, run_batch)
 from camvideo.errors import ExitCode, InputError, ModelError, OptionError
 from camvideo.media.sink import source_of
@@ -144,7 +144,8 @@ def test_batch_done_failed_report_then_resume(tree, tmp_path, lite0):
     for rel, words in BAD.items():
         assert recs[rel].status == FAILED and words in recs[rel].reason, recs[rel]
     assert recs["link.mp4"].status == SKIPPED
-    assert s.counts == {DONE: 4, SKIPPED: 1, FAILED: 3, INTERRUPTED: 0}
+    assert s.counts == {DONE: 4, SKIPPED: 1, FAILED: 3, INTERRUPTED: 0,
+                        PENDING: 0}
     assert s.frames == sum(n for _, n in GOOD.values()) and s.fps > 0
     assert s.exit_code == ExitCode.PARTIAL
     assert partials(out) == [] and not (out / "readme.mp4").exists()
@@ -213,13 +214,50 @@ def test_stop_event_aborts_cleanly(tree, tmp_path, lite0):
     s = run_batch(tree, out, patterns=list(GOOD), jobs=1, model=lite0, progress=progress,
                   stop=stop, **FAST)
     assert s.interrupted and s.exit_code == ExitCode.INTERRUPTED
-    assert s.counts[DONE] >= 1 and s.counts[INTERRUPTED] >= 1
+    # stopped as the first file ended: none was in progress, the others never began
+    assert s.counts[DONE] == 1 and s.counts[INTERRUPTED] == 0
+    assert s.counts[PENDING] == len(GOOD) - 1
     assert partials(out) == []
     for r in s.records:
         assert Path(r.output).exists() == (r.status == DONE)
     assert seen[-1].videos_total == len(GOOD) and any(p.current for p in seen)
     first = next(p.last for p in seen if p.last is not None)
     assert max(p.frames for p in seen) >= first.frames > 0
+
+
+def test_stop_tells_files_begun_from_files_never_begun(tree, tmp_path, lite0):
+    """A stop in the middle of the second file: that file is interrupted (its temporary
+    files removed), the files after it were never begun and are pending, not
+    interrupted; the report says so, and a rerun does both."""
+    import threading
+
+    stop = threading.Event()
+    first: list = []
+
+    def progress(p):
+        if p.last is not None and p.last.status == DONE:
+            first.append(p.frames)
+        elif first and p.current and p.frames > first[0]:  # the second file's frames
+            stop.set()
+
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    s = run_batch(tree, out, patterns=list(GOOD), jobs=1, model=lite0, progress=progress,
+                  stop=stop, report=report, **FAST)
+    assert s.interrupted and s.exit_code == ExitCode.INTERRUPTED
+    statuses = [r.status for r in s.records]  # sorted by path: a.mp4, then sub/...
+    assert sorted(statuses) == [DONE, INTERRUPTED] + [PENDING] * (len(GOOD) - 2), statuses
+    assert s.counts == {DONE: 1, SKIPPED: 0, FAILED: 0, INTERRUPTED: 1,
+                        PENDING: len(GOOD) - 2}
+    rep = json.loads(report.read_text())  # its "interrupted" is the batch's: true
+    assert rep["interrupted"] is True and (rep["done"], rep["pending"]) == (1, len(GOOD) - 2)
+    assert sorted(r["status"] for r in rep["records"]) == sorted(statuses)
+    for rec in rep["records"]:
+        assert rec["reason"] == {DONE: "", INTERRUPTED: "interrupted",
+                                 PENDING: "not started"}[rec["status"]]
+        assert Path(rec["output"]).exists() == (rec["status"] == DONE)
+    assert partials(out) == []
+    again = run_batch(tree, out, patterns=list(GOOD), jobs=1, model=lite0, **FAST)
+    assert again.counts[SKIPPED] == 1 and again.counts[DONE] == len(GOOD) - 1
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, tree):

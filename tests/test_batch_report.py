@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import av
 import pytest
 
 from camvideo.batch.jobs import BatchInterrupted
-from camvideo.batch.runner import DONE, INTERRUPTED, run_batch
+from camvideo.batch.runner import DONE, INTERRUPTED, PENDING, run_batch
 from camvideo.commands.main import main
 from camvideo.errors import ExitCode
 from camvideo.testing import synth
@@ -115,8 +116,10 @@ def test_stop_in_process_raises_with_the_summary(tiny, tree, tmp_path, monkeypat
         run_batch(tree, tmp_path / "out", report=tmp_path / "r.json", size=64)
     s = info.value.summary
     assert isinstance(info.value, KeyboardInterrupt) and s.interrupted
-    assert s.counts[INTERRUPTED] == 2
-    assert json.loads((tmp_path / "r.json").read_text())["interrupted"] is True
+    assert s.counts[INTERRUPTED] == 0 and s.counts[PENDING] == 2  # none had begun
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["interrupted"] is True and rep["pending"] == 2
+    assert {r["status"] for r in rep["records"]} == {PENDING}
 
 
 PRELUDE = (
@@ -159,7 +162,12 @@ def test_interrupted_batch_prints_its_summary(tmp_path):
     lines = err.strip().splitlines()
     summary = next(ln for ln in lines if ln.startswith("camvideo batch: "))
     done = len([p for p in out.rglob("*.mp4") if not p.name.startswith(".")])
-    assert summary.startswith(f"camvideo batch: {done} done, 0 skipped, 0 failed, "
-                              f"{4 - done} interrupted; "), err
+    # one file at a time: at most one was in progress; the others never began
+    m = re.match(r"camvideo batch: (\d+) done, 0 skipped, 0 failed, (\d+) interrupted"
+                 r"(?:, (\d+) not started)?; ", summary)
+    assert m, err
+    interrupted, pending = int(m[2]), int(m[3] or 0)
+    assert int(m[1]) == done and interrupted <= 1 and done + interrupted + pending == 4, err
+    assert pending >= 1 if done + interrupted < 4 else m[3] is None, err
     assert lines[-1] == "camvideo: interrupted; nothing was left half written"
     assert "Traceback" not in err

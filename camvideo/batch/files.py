@@ -28,6 +28,8 @@ DEFAULT_GLOBS = ("*.mp4", "*.m4v", "*.mov", "*.mkv", "*.webm", "*.avi", "*.mpg",
                  "*.ts", "*.mts", "*.m2ts", "*.wmv", "*.flv", "*.3gp", "*.ogv")
 OUTPUT_EXTS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
 DONE, SKIPPED, FAILED, INTERRUPTED = "done", "skipped", "failed", "interrupted"
+#: A file a stopped batch never began (left for the rerun, which resumes it).
+PENDING = "pending"
 #: Temporary files of :class:`camvideo.media.sink.FileSink` and the JSON Lines sidecar.
 #: ``.NAME.PID.TID.partial.EXT`` (video) or ``.NAME.PID.partial`` (sidecar, report).
 _PARTIAL = (re.compile(r"^\..+\.(\d+)\.\d+\.partial\.[A-Za-z0-9]+$"),
@@ -48,7 +50,8 @@ class Job:
 
 @dataclass
 class Record:
-    """What happened to one input: ``status`` is done, skipped, failed or interrupted;
+    """What happened to one input: ``status`` is done, skipped, failed, interrupted (begun,
+    then aborted by a stop) or pending (a stop came before it began);
     ``warnings``: what decoding it warned about (``68 of 444 frames decodable``), also
     in ``reason`` for a file done. A failure whose error points at a setting that gets
     past it (:class:`~camvideo.errors.CamVideoError`'s ``hint``) keeps its message with

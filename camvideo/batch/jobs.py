@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .files import DONE, FAILED, INTERRUPTED, SKIPPED, Job, Record
+from .files import DONE, FAILED, INTERRUPTED, PENDING, SKIPPED, Job, Record
 from ..errors import CamVideoError, ExitCode, ModelError, OutputError, first_line
 from ..options import Options
 
@@ -44,7 +44,7 @@ class BatchSummary:
 
     def __post_init__(self) -> None:
         self.counts = {s: sum(r.status == s for r in self.records)
-                       for s in (DONE, SKIPPED, FAILED, INTERRUPTED)}
+                       for s in (DONE, SKIPPED, FAILED, INTERRUPTED, PENDING)}
 
     @property
     def warned(self) -> int:
@@ -144,14 +144,23 @@ class Tracker:
         self.records: dict[str, Record] = {}
         self.frames = 0
         self._current: dict[str, int] = {}
+        #: inputs begun (on one machine) or handed to a worker (Ray): a stop leaves those
+        #: without a record interrupted, the others pending
+        self.begun: set[str] = set()
 
     def _emit(self, last: Record | None = None) -> None:
         if self._progress is not None:
             self._progress(BatchProgress(len(self.records), self.total, self.frames,
                                          tuple(self._current), last))
 
+    def sent(self, job: Job) -> None:
+        """``job`` was handed to a worker that may begin it any time (Ray)."""
+        with self._lock:
+            self.begun.add(str(job.input))
+
     def started(self, job: Job) -> None:
         with self._lock:
+            self.begun.add(str(job.input))
             self._current[job.rel] = 0
             self._emit()
 

@@ -18,9 +18,10 @@ once, then recorded as failed.
 
 Stopping (Ctrl-C, or ``stop``) is cooperative: a small actor holds a flag that every task
 polls; a task that sees it aborts its file (temporary files removed) and returns an
-``interrupted`` record, and the driver waits for them. ``ray.cancel`` is not used: in
-Ray 2.x cancelling a task that is just completing can crash the driver (a ``RAY_CHECK``
-"Tried to complete task that was not pending", seen with Ray 2.60).
+``interrupted`` record (``pending`` if it had not begun), and the driver waits for them.
+``ray.cancel`` is not used: in Ray 2.x cancelling a task that is just completing can
+crash the driver (a ``RAY_CHECK`` "Tried to complete task that was not pending", seen
+with Ray 2.60).
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def _task(job: "Job", opts: "Options", device: str, flag: Any) -> dict:
     from .jobs import process_job
 
     if ray.get(flag.is_set.remote()):
-        return _record(job, "interrupted", "interrupted")
+        return _record(job, "pending", "not started")
     stop, finished = threading.Event(), threading.Event()
 
     def watch() -> None:
@@ -171,6 +172,7 @@ def run_ray(todo: list["Job"], opts: "Options", tracker: "Tracker", *,
         def submit() -> None:
             while queued and len(inflight) < 2 * slots:
                 job = queued.pop(0)
+                tracker.sent(job)  # a stop leaves it interrupted, not pending
                 inflight[remote.remote(job, opts, device, flag)] = job
 
         def gather(refs: list) -> None:

@@ -25,7 +25,8 @@ and ``DIR/index.html`` lists them all (:mod:`camvideo.report`).
   (symbolic links followed) and checked before anything is created; symbolic links under
   ``IN_DIR`` that point outside it are skipped, and linked folders are not descended into.
 - **Interrupt.** Ctrl-C (or ``stop``) aborts the files in progress, whose temporary files
-  are removed; the report, when asked for, lists them as ``interrupted``.
+  are removed; the report, when asked for, lists them as ``interrupted``, and the files
+  not begun yet as ``pending`` (a rerun does both).
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .files import (DEFAULT_GLOBS, DONE, FAILED, INTERRUPTED, OUTPUT_EXTS, SKIPPED,
-                    Job, Record, clean_stale_partials, find_videos, is_complete, plan)
+from .files import (DEFAULT_GLOBS, DONE, FAILED, INTERRUPTED, OUTPUT_EXTS, PENDING,
+                    SKIPPED, Job, Record, clean_stale_partials, find_videos, is_complete,
+                    plan)
 from .jobs import BatchInterrupted, BatchProgress, BatchSummary, Tracker, process_job
 from ..errors import InputError, OptionError, OutputError, first_line
 from ..media.sink import check_writable
@@ -48,6 +50,7 @@ from ..options import Options
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_GLOBS", "OUTPUT_EXTS", "DONE", "SKIPPED", "FAILED", "INTERRUPTED",
+           "PENDING",
            "Job", "Record", "BatchProgress", "BatchSummary", "BatchInterrupted",
            "run_batch", "process_job",
            "find_videos", "plan", "is_complete", "clean_stale_partials"]
@@ -165,10 +168,12 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike,
         interrupted = ctrl_c = True
     finally:
         interrupted = interrupted or stop.is_set()
-        for job in todo:
+        for job in todo:  # what the stop (or a fatal error) left without a record
             if str(job.input) not in tracker.records:
                 tracker.records[str(job.input)] = Record(
-                    str(job.input), str(job.output), INTERRUPTED, "interrupted")
+                    str(job.input), str(job.output),
+                    *((INTERRUPTED, "interrupted") if str(job.input) in tracker.begun
+                      else (PENDING, "not started")))
         recs = sorted(tracker.records.values(), key=lambda r: r.path)
         summary = BatchSummary(str(src), str(dst), recs, time.monotonic() - t0,
                                interrupted=interrupted)

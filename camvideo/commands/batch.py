@@ -127,6 +127,8 @@ def _print_summary(s: BatchSummary) -> None:
     c = s.counts
     warned = f" ({s.warned} with warnings)" if s.warned else ""
     stopped = f", {c['interrupted']} interrupted" if s.interrupted else ""
+    if c["pending"]:
+        stopped += f", {c['pending']} not started"
     print(f"camvideo batch: {c['done']} done{warned}, {c['skipped']} skipped, "
           f"{c['failed']} failed{stopped}; {s.frames} frames in {s.seconds:.1f} s "
           f"({s.fps:.1f} fps)", file=sys.stderr)

@@ -304,7 +304,26 @@ def test_unwritable_output_folder(pan_clip, tmp_path, capsys, monkeypatch):
     assert list(ro.iterdir()) == []
     parent_is_file = _file(tmp_path / "f.txt", b"x")
     rc, err = run([pan_clip.path, parent_is_file / "o.mp4"], capsys)
-    assert rc == ExitCode.OUTPUT and "does not exist" in err
+    assert rc == ExitCode.OUTPUT and "output folder is a file" in err
+
+
+def test_output_that_is_a_folder_or_under_a_file(pan_clip, tmp_path, capsys):
+    """An output that is a folder is said to be one, with or without a container
+    extension (``OUT`` said ``unknown output container '(none)'``); one whose folder is a
+    file says that (it said the folder does not exist)."""
+    for folder in (tmp_path / "out", tmp_path / "dir.mp4"):
+        folder.mkdir()
+        rc, err = run([pan_clip.path, folder], capsys)
+        assert rc == ExitCode.OUTPUT, err
+        assert err == f"camvideo: error: output is a directory: {folder}\n"
+        assert list(folder.iterdir()) == []
+    clip = Path(pan_clip.path)
+    for out, words in ((clip / "x.mp4", "a file"), (clip / "sub" / "x.mp4", "under a file")):
+        rc, err = run([clip, out], capsys)
+        assert rc == ExitCode.OUTPUT, err
+        assert err == f"camvideo: error: output folder is {words}: {clip}\n"
+    rc, err = run([clip, tmp_path / "missing" / "x.mp4"], capsys)
+    assert err == f"camvideo: error: output folder does not exist: {tmp_path / 'missing'}\n"
 
 
 # --------------------------------------------------------------------- process level

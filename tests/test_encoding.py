@@ -29,10 +29,20 @@ def test_default_options_are_superfast_with_mbtree():
     assert encoder_options("libx264", 20, "slow", "bframes=0") == {
         "crf": "20", "preset": "slow", "x264-params": "bframes=0"}
     assert encoder_options("libx264", 20, None, "") == {"crf": "20", "preset": "superfast"}
-    assert encoder_options("libx265", 20) == {"crf": "20", "preset": "superfast"}
+    assert encoder_options("libx265", 20) == {"crf": "20", "preset": "superfast",
+                                              "x265-params": "log-level=error"}
     assert encoder_options("libvpx-vp9", 30) == {"crf": "30", "b": "0"}
     assert encoder_options("h264_nvenc", 20) == {"cq": "20", "preset": "p4"}
     assert encoder_options("mpeg4", 20) == {}
+
+
+def test_x265_says_nothing_on_stderr(pan_clip, tiny_model, tmp_path, capfd):
+    """x265 writes its own log to the process's stderr (23 ``x265 [info]`` lines, and a
+    warning below 720p), past -q; only errors are let through."""
+    out = tmp_path / "h.mp4"
+    assert main([str(pan_clip.path), str(out), "--codec", "libx265", "-q"]) == ExitCode.OK
+    assert capfd.readouterr().err == ""
+    assert out.stat().st_size > 0
 
 
 def test_default_encode_uses_superfast_with_mbtree(pan_clip, tiny_model, tmp_path):

@@ -36,6 +36,8 @@ def encoder_options(codec: str, crf: int, preset: str | None = None,
     """
     if codec in ("libx264", "libx265"):
         opts = {"crf": str(crf), "preset": preset or DEFAULT_PRESET}
+        if codec == "libx265":  # x265 writes its [info] lines to stderr itself, past -q
+            opts["x265-params"] = "log-level=error"
         if codec == "libx264":
             params = x264_params if x264_params is not None else \
                 (DEFAULT_X264_PARAMS if preset is None else "")

@@ -80,10 +80,10 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
         same = out.exists() and Path(inp).exists() and os.path.samefile(out, inp)
         if same or out.resolve() == Path(inp).resolve():
             raise OutputError(f"output {output} is the input; choose another name")
+    check_writable(out, "output", hint=False)  # a positional argument, or live's option
     if out.suffix.lower() not in _FORMATS:
         raise OutputError(f"unknown output container {out.suffix or '(none)'!r}; "
                           f"use one of {', '.join(sorted(_FORMATS))}")
-    check_writable(out, "output", hint=False)  # a positional argument, or live's option
     if out.exists() and not overwrite:
         raise output_exists(output)
     return out
@@ -104,6 +104,10 @@ def check_writable(path: Path, option: str, *, hint: bool = True) -> None:
         raise OutputError(f"{name} is a directory: {path}", hint=h)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
+        there = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise OutputError(f"{name} folder is {'a' if there == parent else 'under a'} "
+                              f"file: {there}", hint=h)
         raise OutputError(f"{name} folder does not exist: {parent}", hint=h)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{name} folder is not writable: {parent}", hint=h)

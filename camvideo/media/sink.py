@@ -180,6 +180,7 @@ class FileSink:
         self.fmt = _FORMATS[self.output.suffix.lower()]
         self.tmp = _temp_path(self.output)
         self.frames = 0
+        self._video_packets = 0
         self.left_out = 0  #: AVI: frames that came faster than its one rate allows
         self.encoder = ""  #: the video encoder that opened
         self._done = False
@@ -294,10 +295,22 @@ class FileSink:
         vf.time_base = self._stream.codec_context.time_base
         try:
             for packet in self._stream.encode(vf):
-                self._container.mux(packet)
+                self._mux_video(packet)
         except (av.FFmpegError, OSError) as e:
             raise OutputError(f"cannot write {self.output}: {first_line(e)}") from None
         self.frames += 1
+
+    def _mux_video(self, packet: av.Packet) -> None:
+        """Mux an encoded video packet. libx265 (FFmpeg 7/8) now and then gives the only
+        packet of a one-frame video a garbage decoding time (such as -4.6e18), which the
+        MP4 muxer refuses ('Not yet implemented', 'Invalid argument'); a first packet
+        decoded after it is shown, or over a second before, gets its presentation time."""
+        if self._video_packets == 0 and packet.dts is not None and packet.pts is not None \
+                and packet.time_base and not 0 <= (packet.pts - packet.dts) * \
+                packet.time_base <= 1:
+            packet.dts = packet.pts
+        self._video_packets += 1
+        self._container.mux(packet)
 
     def close(self) -> None:
         """Flush, finish the audio, close and rename into place."""
@@ -305,7 +318,7 @@ class FileSink:
             return
         try:
             for packet in self._stream.encode(None):
-                self._container.mux(packet)
+                self._mux_video(packet)
             if self._audio is not None:
                 until = float("inf")
                 if self._audio_tail is not None:

@@ -79,5 +79,6 @@ def after_interrupt(proc, out: Path, report: Path) -> set[str]:
     for p in out.rglob("*.mp4"):  # every output there is complete
         assert frame_count(p) == 30
     rep = json.loads(report.read_text())
-    assert rep["interrupted"] and rep["done"] == len(done)
+    assert rep["stopped"] is True and rep["done"] == len(done)
+    assert rep["interrupted"] == sum(r["status"] == "interrupted" for r in rep["records"])
     return done

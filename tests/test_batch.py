@@ -248,8 +248,9 @@ def test_stop_tells_files_begun_from_files_never_begun(tree, tmp_path, lite0):
     assert sorted(statuses) == [DONE, INTERRUPTED] + [PENDING] * (len(GOOD) - 2), statuses
     assert s.counts == {DONE: 1, SKIPPED: 0, FAILED: 0, INTERRUPTED: 1,
                         PENDING: len(GOOD) - 2}
-    rep = json.loads(report.read_text())  # its "interrupted" is the batch's: true
-    assert rep["interrupted"] is True and (rep["done"], rep["pending"]) == (1, len(GOOD) - 2)
+    rep = json.loads(report.read_text())  # "interrupted" counts files; "stopped": the batch
+    assert rep["stopped"] is True
+    assert (rep["done"], rep["interrupted"], rep["pending"]) == (1, 1, len(GOOD) - 2)
     assert sorted(r["status"] for r in rep["records"]) == sorted(statuses)
     for rec in rep["records"]:
         assert rec["reason"] == {DONE: "", INTERRUPTED: "interrupted",

@@ -118,7 +118,7 @@ def test_stop_in_process_raises_with_the_summary(tiny, tree, tmp_path, monkeypat
     assert isinstance(info.value, KeyboardInterrupt) and s.interrupted
     assert s.counts[INTERRUPTED] == 0 and s.counts[PENDING] == 2  # none had begun
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["interrupted"] is True and rep["pending"] == 2
+    assert rep["stopped"] is True and (rep["interrupted"], rep["pending"]) == (0, 2)
     assert {r["status"] for r in rep["records"]} == {PENDING}
 
 

@@ -67,9 +67,11 @@ class BatchSummary:
         return ExitCode.PARTIAL if self.counts[FAILED] else ExitCode.OK
 
     def as_dict(self) -> dict:
+        """The report: the counts per status (``interrupted``: files begun and aborted),
+        ``stopped``: whether a stop (Ctrl-C) ended the batch, and one record per input."""
         return {"in_dir": self.in_dir, "out_dir": self.out_dir, **self.counts,
                 "warned": self.warned, "frames": self.frames, "seconds": round(self.seconds, 3),
-                "fps": round(self.fps, 2), "interrupted": self.interrupted,
+                "fps": round(self.fps, 2), "stopped": self.interrupted,
                 "records": [r.as_report() for r in self.records]}
 
     def write_report(self, path: str | os.PathLike) -> None:

@@ -576,7 +576,8 @@ class AudioRemuxer:
         (its own end is followed only where the video does not start again). None: the
         packet is left out, as it overlaps the audio before the join (a part's audio
         longer than its video)."""
-        clock = self._clocks.setdefault(slot, Restarts(jump=RESTART_S, near=_JITTER))
+        # (back at its first timestamp after at least 0.1 s: not a damaged duplicate)
+        clock = self._clocks.setdefault(slot, Restarts(jump=RESTART_S, near=0.1))
         stamp = pkt.dts if pkt.dts is not None else pkt.pts
         if stamp is None or pkt.time_base is None:
             return float(clock.offset)

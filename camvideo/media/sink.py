@@ -6,8 +6,9 @@ AVI has no timestamps, only a frame rate and one index entry per frame (the firs
 is always the first entry): its video gets the time base ``1/fps``, frame times counted
 from the first frame and rounded to it (a longer gap becomes empty entries; a frame that
 would show more than a frame late, as variable-rate input outruns the rate, is left out
-with a warning), and no B-frames. A video encoder the container cannot hold, or an audio encoder given as
-``codec``, is an :class:`~camvideo.errors.OptionError` before anything is written.
+with a warning), and no B-frames. A video encoder the container cannot hold, or an audio
+encoder given as ``codec``, is an :class:`~camvideo.errors.OptionError` before anything
+is written.
 """
 from __future__ import annotations
 
@@ -230,9 +231,6 @@ class FileSink:
             pix = "yuv420p" if "yuv420p" in formats or not formats else sorted(formats)[0]
             if odd and "yuv444p" in formats:
                 pix = "yuv444p"  # 4:2:0 needs even sizes; 4:4:4 keeps the input's size
-                log.warning("%dx%d is odd, which 4:2:0 cannot hold: %s writes 4:4:4, which "
-                            "browsers, QuickTime and hardware decoders do not play", w, h,
-                            attempt)
             elif odd:
                 raise OptionError(f"encoder {attempt} cannot encode the odd size {w}x{h}")
             stream.width, stream.height, stream.pix_fmt = w, h, pix
@@ -248,6 +246,10 @@ class FileSink:
             try:
                 stream.codec_context.open()
                 self.encoder = attempt
+                if odd:
+                    log.warning("%dx%d is odd, which 4:2:0 cannot hold: %s writes 4:4:4, "
+                                "which browsers, QuickTime and hardware decoders do not "
+                                "play", w, h, attempt)
                 return stream
             except av.FFmpegError as e:
                 if attempt == default:

@@ -8,6 +8,9 @@ defaults from here before it loads anything else.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -55,6 +58,33 @@ def parse_classes(text: str) -> int | tuple[str, ...]:
         raise OptionError(f"classes must be a count or names separated by commas, got "
                           f"{text!r}", option="classes")
     return names
+
+
+#: What each kind of field takes (its annotation's parts); bool is no number here.
+_KINDS: dict[str, tuple[type, ...]] = {
+    "bool": (bool,), "int": (numbers.Integral,), "float": (numbers.Real,),
+    "str": (str,), "None": (type(None),)}
+#: Fields that name files: a path object will do.
+_PATHS = frozenset({"weights", "labels", "json", "tracks", "html_report"})
+#: Names a caller may try for a field: the command line's flags that differ.
+_ALIASES = {"class": "cls", "report": "html_report", "audio_encoder": "audio_codec"}
+
+
+def _check_type(name: str, annotation: str, value: object) -> None:
+    """Refuse a value of the wrong kind (``overwrite="no"`` would count as true, and
+    ``alpha="0.5"`` fail with a TypeError deep inside)."""
+    parts = [p.strip() for p in annotation.split("|")]
+    kinds = tuple(k for p in parts for k in _KINDS.get(p, (object,)))
+    if name in _PATHS:
+        kinds += (os.PathLike,)
+    ok = isinstance(value, bool) if "bool" in parts else \
+        isinstance(value, kinds) and not isinstance(value, bool)
+    if not ok:
+        want = " or ".join("a path" if p == "str" and name in _PATHS else
+                           {"bool": "True/False", "int": "a whole number",
+                            "float": "a number", "str": "a string"}.get(p, p)
+                           for p in parts)
+        raise OptionError(f"{name} must be {want}, got {value!r}", option=name)
 
 
 def _check(ok: bool, option: str, message: str,
@@ -133,6 +163,9 @@ class Options:
     stride: int = 1
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name not in ("classes", "bbox_threshold", "model"):  # checked below
+                _check_type(f.name, str(f.type), getattr(self, f.name))
         _check(isinstance(self.model, str) and bool(self.model), "model",
                f"must be a model name (a loaded model is the `model` parameter), "
                f"got {self.model!r}")
@@ -190,7 +223,10 @@ class Options:
         """A copy with ``changes`` applied (validated; unknown names are refused)."""
         unknown = sorted(set(changes) - set(self.names()))
         if unknown:
-            raise OptionError(f"unknown option(s): {', '.join(unknown)}")
+            said = [n + (f" (did you mean {m[0]}?)" if (m := [_ALIASES[n]] if n in _ALIASES
+                         else difflib.get_close_matches(n, self.names(), n=1)) else "")
+                    for n in unknown]
+            raise OptionError(f"unknown option(s): {', '.join(said)}")
         return dataclasses.replace(self, **changes) if changes else self
 
     @classmethod

@@ -267,6 +267,93 @@ def test_options_are_validated_once_and_immutable():
         Options.of({"size": 300})  # type: ignore[arg-type]
 
 
+def test_options_refuse_values_of_the_wrong_kind():
+    """A string where a flag is wanted counted as true (``overwrite="no"`` replaced an
+    existing file); a string where a number is wanted failed with a TypeError deep
+    inside. Both are OptionErrors naming the field; numpy numbers and paths will do."""
+    for field, value, words in [("overwrite", "no", "must be True/False"),
+                                ("fine_maps", "no", "must be True/False"),
+                                ("audio", "mp3", "must be True/False"),
+                                ("alpha", "0.5", "must be a number"),
+                                ("crf", "x", "must be a whole number"),
+                                ("topk", True, "must be a whole number"),
+                                ("size", "abc", "must be a whole number or None"),
+                                ("json", 3, "must be a path or None")]:
+        with pytest.raises(OptionError) as e:
+            Options(**{field: value})
+        assert e.value.option == field and words in str(e.value), (field, str(e.value))
+    from pathlib import Path
+    assert Options(size=np.int64(320), alpha=np.float32(0.25), json=Path("a.jsonl")).size \
+        == 320
+    # a name the command line spells otherwise is pointed at
+    with pytest.raises(OptionError, match=r"report \(did you mean html_report\?\)"):
+        Options().replace(report="r.html")
+    with pytest.raises(OptionError, match=r"class \(did you mean cls\?\)"):
+        Options().replace(**{"class": "tabby"})
+
+
+def test_overwrite_given_as_a_string_does_not_replace_a_file(pan_clip, tiny_model,
+                                                             tmp_path):
+    out = tmp_path / "precious.mp4"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OptionError):
+        camvideo.annotate(pan_clip.path, out, model=tiny_model, overwrite="no")
+    assert out.read_bytes() == b"keep me"
+
+
+def test_sources_of_the_wrong_kind_are_one_clear_error(tiny_model):
+    """A camera index as an int is a camera (it was 'int object is not iterable'); an
+    iterable must give Frames (bare pictures have no time: it was an AttributeError)."""
+    from camvideo.errors import SourceLostError
+
+    with pytest.raises(SourceLostError, match="camera 57"):
+        camvideo.stream(57)
+    with pytest.raises(InputError, match="got float"):
+        camvideo.stream(2.5)
+    results = camvideo.stream([np.zeros((48, 64, 3), np.uint8)] * 3, model=tiny_model)
+    with pytest.raises(InputError, match="must give camvideo.media.frames.Frame objects"):
+        list(results)
+    from camvideo.media.frames import Frame
+
+    assert camvideo.Frame is Frame
+
+
+def test_the_library_prints_nothing_without_logging_configured(tmp_path):
+    """An application that configures no logging hears nothing from the library (Python's
+    last-resort handler printed its warnings: here the odd size's 4:4:4 line)."""
+    from camvideo.testing import synth
+
+    clip = synth.make_clip("pan", tmp_path / "odd.mp4", size=(95, 63), n=4, fps=10)
+    code = TINY_MODEL_CLI_PRELUDE + f"""
+import camvideo
+camvideo.annotate({str(clip.path)!r}, {str(tmp_path / 'o.mp4')!r})
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out.stderr
+
+
+def test_an_iterator_left_at_module_level_lets_the_process_exit(tmp_path):
+    """A script that keeps ``iter(stream(...))`` in a global and ends mid-way: its
+    generator is closed only as the interpreter is torn down, when the daemon threads no
+    longer run, and the exit waited 60 s ('the pipeline did not stop within 60 s')."""
+    from camvideo.testing import synth
+
+    clip = synth.make_clip("pan", tmp_path / "long.mp4", size=(160, 96), n=300, fps=30)
+    code = TINY_MODEL_CLI_PRELUDE + f"""
+import camvideo
+it = iter(camvideo.stream({str(clip.path)!r}))
+first = next(it)
+print(first.index)
+"""
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    took = time.monotonic() - t0
+    assert out.returncode == 0 and out.stdout == "0\n" and out.stderr == "", out.stderr
+    assert took < 30, took
+
+
 def test_a_loaded_model_is_a_parameter_not_an_option(lite0):
     with pytest.raises(OptionError) as e:
         Options(model=lite0)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ progress bars (on a terminal) and the summary, and returns the exit code.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from typing import Sequence
@@ -145,8 +146,9 @@ def run_cli(argv: Sequence[str]) -> int:
     from .terminal import setup_logging
 
     setup_logging(ns.verbose)
-    # --json and -f/--force are the batch's own flags (json: a bool here)
-    options = cliargs.options_from(ns).replace(json=None, overwrite=False)
+    # --json and -f/--force are the batch's own flags (json: a bool here, not a path)
+    options = cliargs.options_from(argparse.Namespace(**{**vars(ns), "json": None})) \
+        .replace(overwrite=False)
     bars = _Bars(not ns.quiet and sys.stderr.isatty(), lines=not ns.quiet)
     try:
         summary = run_batch(ns.in_dir, ns.out_dir, patterns=ns.patterns, ext=ns.ext,

@@ -15,14 +15,20 @@ The names are imported on first use, so ``import camvideo`` stays light.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
 
+# A library's logger: silent unless the application configures logging (Python's
+# last-resort handler would print its warnings on stderr); the command line sets its own.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 _LAZY = {"stream": "api", "annotate": "api", "Options": "options", "Summary": "options",
-         "FrameResult": "options", "ClassResult": "options", "Stream": "runtime.stream", "load_model": "model.registry"}
-__all__ = ["ClassResult", "FrameResult", "Options", "Stream", "Summary", "annotate", "load_model", "stream",
-           "__version__"]
+         "FrameResult": "options", "ClassResult": "options", "Stream": "runtime.stream",
+         "load_model": "model.registry", "Frame": "media.frames"}
+__all__ = ["ClassResult", "Frame", "FrameResult", "Options", "Stream", "Summary", "annotate",
+           "load_model", "stream", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

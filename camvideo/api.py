@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import OutputError
+from .errors import InputError, OutputError
 from .media.encoding import check_preset
 from .media.files import FileSource
+from .media.frames import Frame
 from .media.sink import (check_output_path, check_video_codec, check_writable, output_exists,
                          source_comment)
 from .model.cammodel import CamModel
@@ -190,6 +191,8 @@ def _open_source(source: Any) -> tuple[Any, Any]:
     """The source object and its VideoInfo (None when not a file). Files decode to I420
     where they can (:mod:`camvideo.pixels`): the CPU pipeline keeps it to the encoder,
     the GPU's uploads it (half the bytes of RGB) and converts it there."""
+    if isinstance(source, int) and not isinstance(source, bool):
+        source = str(source)  # a camera index
     if isinstance(source, (str, os.PathLike)):
         from .media.sources import open_live, parse_source
 
@@ -198,7 +201,23 @@ def _open_source(source: Any) -> tuple[Any, Any]:
             return open_live(text), None
         src = FileSource(text, i420=True)
         return src, src.info
-    return source, getattr(source, "info", None)
+    if hasattr(source, "stop") or hasattr(source, "close"):
+        return source, getattr(source, "info", None)  # a source object: its own frames
+    if not hasattr(source, "__iter__"):
+        raise InputError(f"source must be a file, a camera index, a stream URL or an "
+                         f"iterable of Frames, got {type(source).__name__}")
+    return _frames(source), getattr(source, "info", None)
+
+
+def _frames(items: Any) -> Any:
+    """The frames of an iterable, each checked to be a :class:`Frame` (its picture and
+    time): a bare picture has no time to smooth over."""
+    for item in items:
+        if not isinstance(item, Frame):
+            raise InputError(f"an iterable source must give camvideo.media.frames.Frame "
+                             f"objects (a picture and its time), got "
+                             f"{type(item).__name__}")
+        yield item
 
 
 def _close(src: Any) -> None:

@@ -20,9 +20,11 @@ engine holds back (a video network's clip, :attr:`CamEngine.held_frames
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
+import weakref
 from typing import Any, Iterator, Sequence
 
 import cv2
@@ -37,6 +39,16 @@ log = logging.getLogger(__name__)
 
 _END = object()
 _STOP_WAIT_S = 60.0  #: how long closing waits for the stages before giving up
+#: Streams whose stages run: closed at exit, while their (daemon) threads still can stop
+#: (an iterator left suspended at module level is closed only as the interpreter is
+#: torn down, when they no longer run: the exit waited the full _STOP_WAIT_S).
+_RUNNING: "weakref.WeakSet[Stream]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_running() -> None:
+    for stream in list(_RUNNING):
+        stream.close()
 
 
 class _AnyEvent:
@@ -150,6 +162,7 @@ class Stream:
         try:
             self._wait()
         finally:
+            _RUNNING.discard(self)
             self._close_source()
 
     def _close_source(self) -> None:
@@ -262,6 +275,7 @@ class Stream:
         if self.live and hasattr(self.source, "start"):
             self.source.start()
         self._thread = threading.Thread(target=work, name="camvideo-stream", daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
         taken = False
         try:

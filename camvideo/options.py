@@ -179,6 +179,8 @@ class Options:
             not isinstance(self.bbox_threshold, (str, bool))
             and 0.0 < self.bbox_threshold <= 1.0), "bbox_threshold",
             f"must be 'auto' or in (0, 1], got {self.bbox_threshold!r}")
+        _check(self.colormap.lower() in COLORMAPS, "colormap",
+               f"must be one of {', '.join(COLORMAPS)}, got {self.colormap!r}")
         _check(self.layout in LAYOUTS, "layout",
                f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         _check(self.smooth >= 0, "smooth", f"must be ≥ 0 seconds, got {self.smooth}")

@@ -285,6 +285,10 @@ def test_options_refuse_values_of_the_wrong_kind():
     from pathlib import Path
     assert Options(size=np.int64(320), alpha=np.float32(0.25), json=Path("a.jsonl")).size \
         == 320
+    with pytest.raises(OptionError) as e:   # checked when made, not when the run starts
+        Options(colormap="nope")
+    assert e.value.option == "colormap" and "turbo" in str(e.value)
+    assert Options(colormap="Turbo").colormap == "Turbo"  # as OpenCV's names, any case
     # a name the command line spells otherwise is pointed at
     with pytest.raises(OptionError, match=r"report \(did you mean html_report\?\)"):
         Options().replace(report="r.html")

@@ -37,7 +37,7 @@ from typing import Union
 import av
 
 from ..errors import OptionError, OutputError, first_line
-from .timeline import MAX_REORDER, RESTART_S, Restarts, nominal_rate
+from .timeline import RESTART_S, Restarts, nominal_rate
 
 log = logging.getLogger(__name__)
 
@@ -440,10 +440,8 @@ class AudioRemuxer:
             if self._in is not None else []
         if videos:  # the one FileSource decodes
             self._video = videos[0]
-            self._video_step = step = 1 / nominal_rate(self._in, self._video)
-            self._video_clock = Restarts(jump=max(Fraction(RESTART_S),
-                                                  (MAX_REORDER + 1) * step) + step,
-                                         near=(MAX_REORDER + 1) * step)
+            self._video_step = 1 / nominal_rate(self._in, self._video)
+            self._video_clock = Restarts.of_video(self._video_step)  # as FileSource's
         self._out = out
         self._packets = self._in.demux(usable + ([self._video] if self._video and usable
                                                  else [])) if self._in is not None else None

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import pixels
 from .frames import Frame, VideoInfo
-from .timeline import MAX_REORDER, RESTART_S, Restarts, nominal_rate
+from .timeline import MAX_REORDER, Restarts, nominal_rate
 from .audio import audio_streams
 from ..errors import InputError, first_line
 
@@ -159,9 +159,7 @@ class FileSource:
         class docs: a small window of frames puts their timestamps in order)."""
         tb, scale = self.info.time_base, self._scale
         step = max(1, round(1 / (self.info.fps * tb))) if self.info.fps else 1
-        # a backward jump larger than any reordering: the timestamps started again
-        jump = max(round(Fraction(RESTART_S) / tb), (MAX_REORDER + 1) * step)
-        clock = Restarts(jump=jump + step, near=(MAX_REORDER + 1) * step)  # ends: + step
+        clock = Restarts.of_video(step, second=1 / tb)  # the timestamps starting again
         window: collections.deque[av.VideoFrame] = collections.deque()
         stamps: list[int] = []  # heap of the window's timestamps
         depth = _REORDER

@@ -48,6 +48,15 @@ class Restarts:
         self.offset = 0
         self.shifts: list = []
 
+    @classmethod
+    def of_video(cls, step, second=1) -> "Restarts":
+        """For a video's timestamps, frames ``step`` apart, in units of which ``second``
+        make one second: a jump back of :data:`RESTART_S` or more (and beyond any
+        reordering) starts again, as does one back to the first timestamp more than the
+        reordering from the end (ends are a frame after the last timestamp)."""
+        reorder = (MAX_REORDER + 1) * step
+        return cls(jump=max(Fraction(RESTART_S) * second, reorder) + step, near=reorder)
+
     def starts_again(self, raw) -> bool:
         """Whether the timestamp ``raw`` (as read) starts the stream again."""
         if self.end is None:
